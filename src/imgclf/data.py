@@ -1,0 +1,269 @@
+"""Data sets laid out as class folders: discover, validate, fingerprint, prepare, merge uploads.
+
+Layout: ``<data_dir>/train/<class>/<image>`` and ``<data_dir>/test/<class>/<image>``; uploaded
+labelled images live in ``<data_dir>/uploads/<batch>/<class>/<image>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from imgclf.config import IGNORED_FILE_NAMES, IMAGE_EXTENSIONS
+from imgclf.preprocessing import load_images
+
+
+class DataError(ValueError):
+    """The data set is not usable; the message names the file or folder at fault."""
+
+
+@dataclass
+class Split:
+    """The files of one split and their labels (indices into ``class_names``)."""
+
+    root: Path
+    class_names: list[str]
+    paths: list[Path]
+    labels: list[int]
+
+    def counts(self) -> dict[str, int]:
+        """Return the number of files per class name, in class order."""
+        tally = Counter(self.labels)
+        return {name: tally.get(index, 0) for index, name in enumerate(self.class_names)}
+
+
+@dataclass
+class LoadedSplit:
+    """Decoded images of a split, with the files that could not be decoded."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    paths: list[Path]
+    class_names: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _is_ignored(path: Path) -> bool:
+    return path.name.startswith(".") or path.name.lower() in IGNORED_FILE_NAMES
+
+
+def is_image_name(name: str) -> bool:
+    """Return whether a file name has an accepted image ending (case-insensitive)."""
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def class_folders(split_dir: Path) -> list[Path]:
+    """Return the class folders of a split, sorted by name (hidden folders are ignored)."""
+    return sorted(p for p in split_dir.iterdir() if p.is_dir() and not _is_ignored(p))
+
+
+def _class_files(folder: Path) -> list[Path]:
+    files = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_dir() or _is_ignored(path):
+            continue
+        if not is_image_name(path.name):
+            raise DataError(
+                f"{path}: not an image file (accepted endings: {', '.join(IMAGE_EXTENSIONS)}); "
+                "move it out of the class folder"
+            )
+        files.append(path)
+    return files
+
+
+def discover(split_dir: str | Path, class_names: list[str] | None = None) -> Split:
+    """List the images of one split and label them by folder.
+
+    Args:
+        split_dir: a folder with one sub-folder per class.
+        class_names: the expected classes (e.g. the training classes when reading the test
+            split); a folder not in the list is an error. Default: the folders found.
+
+    Returns:
+        The split, with class names sorted so that label indices are stable.
+
+    Raises:
+        DataError: the folder is missing, has fewer than two classes, has an empty class
+            folder, holds a non-image file, or has a class not in ``class_names``.
+    """
+    split_dir = Path(split_dir)
+    if not split_dir.is_dir():
+        raise DataError(f"{split_dir}: split folder not found (expected <class>/<image> inside)")
+    folders = class_folders(split_dir)
+    names = [folder.name for folder in folders]
+    if class_names is None:
+        if len(names) < 2:
+            raise DataError(
+                f"{split_dir}: found {len(names)} class folder(s) {names}; "
+                "a classifier needs at least two"
+            )
+        class_names = names
+    unknown = sorted(set(names) - set(class_names))
+    if unknown:
+        raise DataError(f"{split_dir}: class folder(s) {unknown} are not among {class_names}")
+    paths, labels = [], []
+    for folder in folders:
+        files = _class_files(folder)
+        if not files:
+            raise DataError(f"{folder}: class folder is empty")
+        paths.extend(files)
+        labels.extend([class_names.index(folder.name)] * len(files))
+    return Split(split_dir, list(class_names), paths, labels)
+
+
+def load_split(split: Split, image_size: int, color_mode: str) -> LoadedSplit:
+    """Decode every image of a split; corrupt images are skipped and listed, not fatal.
+
+    Raises:
+        DataError: no image of the split could be decoded.
+    """
+    images, kept, skipped = load_images(split.paths, image_size, color_mode)
+    if not kept:
+        raise DataError(f"{split.root}: none of the {len(split.paths)} images could be read")
+    labels = np.asarray([split.labels[i] for i in kept], dtype=np.int32)
+    paths = [split.paths[i] for i in kept]
+    return LoadedSplit(images, labels, paths, split.class_names, skipped)
+
+
+def fingerprint(files: Iterable[Path], root: Path) -> str:
+    """Return a SHA-256 over the files' paths relative to ``root`` and their bytes.
+
+    Renaming, moving, adding, removing or editing any file changes the fingerprint; the order
+    in which the files are given does not.
+    """
+    digest = hashlib.sha256()
+    for path in sorted(files, key=lambda p: p.relative_to(root).as_posix()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def dataset_fingerprint(*splits: Split) -> str:
+    """Return one fingerprint over all the files of the given splits (see ``fingerprint``)."""
+    root = Path(os.path.commonpath([split.root.resolve() for split in splits]))
+    return fingerprint([p.resolve() for split in splits for p in split.paths], root)
+
+
+def discover_uploads(uploads_dir: Path) -> Split | None:
+    """List uploaded images (``<uploads_dir>/<batch>/<class>/<image>``) as one split.
+
+    Returns:
+        The uploads labelled by class folder name (class names sorted), or None if there are
+        none.
+    """
+    if not uploads_dir.is_dir():
+        return None
+    by_class: dict[str, list[Path]] = {}
+    for batch in sorted(p for p in uploads_dir.iterdir() if p.is_dir() and not _is_ignored(p)):
+        for folder in class_folders(batch):
+            images = [p for p in sorted(folder.iterdir()) if p.is_file() and is_image_name(p.name)]
+            by_class.setdefault(folder.name, []).extend(images)
+    by_class = {name: files for name, files in by_class.items() if files}
+    if not by_class:
+        return None
+    names = sorted(by_class)
+    paths = [path for name in names for path in by_class[name]]
+    labels = [names.index(name) for name in names for _ in by_class[name]]
+    return Split(uploads_dir, names, paths, labels)
+
+
+def merge_splits(base: Split, extra: Split | None) -> Split:
+    """Return ``base`` plus ``extra``; classes new in ``extra`` are appended after base's.
+
+    Appending (not re-sorting) keeps the label indices of the existing classes, so that a
+    model's head can be widened for the new classes without remapping the old ones.
+    """
+    if extra is None:
+        return base
+    names = list(base.class_names) + [n for n in extra.class_names if n not in base.class_names]
+    labels = list(base.labels) + [names.index(extra.class_names[i]) for i in extra.labels]
+    return Split(base.root, names, list(base.paths) + list(extra.paths), labels)
+
+
+def _write_split(root: Path, images: np.ndarray, labels: np.ndarray, indices) -> None:
+    from PIL import Image
+
+    for index in indices:
+        folder = root / str(labels[index])
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = np.uint8(np.round(images[index] / 16.0 * 255.0))
+        Image.fromarray(pixels, mode="L").save(folder / f"digit_{index:04d}.png")
+
+
+def prepare_digits(data_dir: Path, test_size: float = 0.2, seed: int = 42) -> bool:
+    """Write scikit-learn's bundled digits as PNG class folders (offline, stratified, seeded).
+
+    Writes into a temporary folder and renames it into place, so ``data_dir/train`` and
+    ``data_dir/test`` appear whole or not at all.
+
+    Returns:
+        True if the data was written, False if both splits already existed (nothing done).
+
+    Raises:
+        DataError: only one of the two splits exists (a half-made or foreign data set).
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    train_dir, test_dir = data_dir / "train", data_dir / "test"
+    if train_dir.exists() and test_dir.exists():
+        return False
+    if train_dir.exists() or test_dir.exists():
+        raise DataError(f"{data_dir}: has only one of train/ and test/; remove it or complete it")
+    digits = load_digits()
+    indices = np.arange(len(digits.target))
+    train_idx, test_idx = train_test_split(
+        indices, test_size=test_size, stratify=digits.target, random_state=seed
+    )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".digits-", dir=data_dir))
+    try:
+        _write_split(staging / "train", digits.images, digits.target, train_idx)
+        _write_split(staging / "test", digits.images, digits.target, test_idx)
+        os.rename(staging / "train", train_dir)
+        os.rename(staging / "test", test_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return True
+
+
+def prepare_keras_dataset(name: str, data_dir: Path, limit: int | None = None) -> None:
+    """Write a public data set from ``keras.datasets`` (needs the network) as class folders.
+
+    Args:
+        name: ``"fashion_mnist"``, ``"mnist"`` or ``"cifar10"``.
+        limit: keep at most this many images per split (for a quick try).
+
+    Raises:
+        DataError: unknown name, or the download failed (e.g. offline).
+    """
+    import keras
+    from PIL import Image
+
+    loaders = {
+        "mnist": keras.datasets.mnist,
+        "fashion_mnist": keras.datasets.fashion_mnist,
+        "cifar10": keras.datasets.cifar10,
+    }
+    if name not in loaders:
+        raise DataError(f"unknown data set {name!r}; expected one of {sorted(loaders)}")
+    try:
+        (x_train, y_train), (x_test, y_test) = loaders[name].load_data()
+    except Exception as error:
+        raise DataError(
+            f"could not download {name!r} ({type(error).__name__}: {error}); this needs the "
+            "network. The default data set (make data) works offline."
+        ) from None
+    for split, images, labels in (("train", x_train, y_train), ("test", x_test, y_test)):
+        for index in range(len(images) if limit is None else min(limit, len(images))):
+            folder = data_dir / split / str(int(np.ravel(labels[index])[0]))
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(images[index]).save(folder / f"{name}_{index:05d}.png")

@@ -1,0 +1,187 @@
+"""Metrics (scikit-learn) and the figures shown by the notebooks, the reports and the dashboard."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn import metrics as skm
+
+#: The metric the promotion gate compares, unless told otherwise.
+GATE_METRIC = "f1_macro"
+
+
+def classification_metrics(
+    labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str]
+) -> dict:
+    """Return loss, accuracy, macro precision/recall/F1, per-class scores and the confusion matrix.
+
+    Args:
+        labels: true class indices, shape ``(n,)``.
+        probabilities: predicted probabilities, shape ``(n, len(class_names))``.
+
+    Returns:
+        A JSON-ready dict: ``loss``, ``accuracy``, ``precision_macro``, ``recall_macro``,
+        ``f1_macro``, ``per_class`` (name -> precision/recall/f1/support), ``confusion_matrix``
+        (rows: true class, columns: predicted) and ``n``.
+
+    Raises:
+        ValueError: the shapes disagree.
+    """
+    labels = np.asarray(labels)
+    probabilities = np.asarray(probabilities)
+    if probabilities.shape != (len(labels), len(class_names)):
+        raise ValueError(
+            f"probabilities shape {probabilities.shape} does not match "
+            f"{len(labels)} labels x {len(class_names)} classes"
+        )
+    predicted = probabilities.argmax(axis=1)
+    indices = list(range(len(class_names)))
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        labels, predicted, labels=indices, zero_division=0
+    )
+    clipped = np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1.0)
+    return {
+        "n": int(len(labels)),
+        "loss": float(-np.mean(np.log(clipped))),
+        "accuracy": float(skm.accuracy_score(labels, predicted)),
+        "precision_macro": float(np.mean(precision)),
+        "recall_macro": float(np.mean(recall)),
+        "f1_macro": float(np.mean(f1)),
+        "per_class": {
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(class_names)
+        },
+        "confusion_matrix": skm.confusion_matrix(labels, predicted, labels=indices).tolist(),
+    }
+
+
+def classification_report(
+    labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str]
+) -> str:
+    """Return scikit-learn's text classification report."""
+    return skm.classification_report(
+        labels, np.asarray(probabilities).argmax(axis=1),
+        labels=list(range(len(class_names))), target_names=list(class_names),
+        digits=4, zero_division=0,
+    )
+
+
+def summary(metrics: dict) -> dict:
+    """Return the headline figures of ``classification_metrics`` (no per-class detail)."""
+    keys = ("n", "loss", "accuracy", "precision_macro", "recall_macro", "f1_macro")
+    return {key: metrics[key] for key in keys if key in metrics}
+
+
+# --- figures -------------------------------------------------------------------------------
+
+
+def _figure(width: float = 6, height: float = 4):
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(width, height), layout="constrained")
+
+
+def plot_history(history: dict[str, list[float]]):
+    """Plot training and validation loss and accuracy per epoch; returns the figure."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.5), layout="constrained")
+    for axis, key in zip(axes, ("loss", "accuracy"), strict=True):
+        axis.plot(history.get(key, []), label=f"training {key}")
+        axis.plot(history.get(f"val_{key}", []), label=f"validation {key}")
+        axis.set_xlabel("epoch")
+        axis.set_title(key)
+        axis.legend()
+    return figure
+
+
+def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str]):
+    """Plot a confusion matrix with counts in the cells; returns the figure."""
+    matrix = np.asarray(matrix)
+    size = max(4.0, 0.5 * len(class_names) + 2)
+    figure, axis = _figure(size, size * 0.85)
+    image = axis.imshow(matrix, cmap="Blues")
+    figure.colorbar(image, ax=axis, shrink=0.8)
+    ticks = np.arange(len(class_names))
+    axis.set_xticks(ticks, class_names, rotation=45, ha="right")
+    axis.set_yticks(ticks, class_names)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (row, column), value in np.ndenumerate(matrix):
+        colour = "white" if value > threshold else "black"
+        axis.text(column, row, int(value), ha="center", va="center", color=colour, fontsize=8)
+    return figure
+
+
+def plot_image_grid(
+    images: Sequence[np.ndarray], titles: Sequence[str], columns: int = 8, title: str = ""
+):
+    """Show images (``(h, w, c)`` in [0, 1]) in a grid with a title each; returns the figure."""
+    import matplotlib.pyplot as plt
+
+    rows = max(1, -(-len(images) // columns))
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(1.4 * columns, 1.6 * rows), squeeze=False, layout="constrained"
+    )
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, image, label in zip(axes.flat, images, titles, strict=False):
+        image = np.asarray(image)
+        axis.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray",
+                    vmin=0, vmax=1)
+        axis.set_title(label, fontsize=8)
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def misclassified(
+    labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str], limit: int = 32
+) -> tuple[list[int], list[str]]:
+    """Return the indices of wrong predictions (most confident first) and a title for each."""
+    predicted = np.asarray(probabilities).argmax(axis=1)
+    wrong = np.flatnonzero(predicted != np.asarray(labels))
+    wrong = wrong[np.argsort(-np.asarray(probabilities)[wrong, predicted[wrong]])][:limit]
+    titles = [
+        f"true {class_names[labels[i]]}\npred {class_names[predicted[i]]} "
+        f"{probabilities[i, predicted[i]]:.2f}"
+        for i in wrong
+    ]
+    return [int(i) for i in wrong], titles
+
+
+def plot_class_distribution(counts: dict[str, dict[str, int]]):
+    """Bar chart of images per class for one or more splits (``{split: {class: count}}``)."""
+    figure, axis = _figure(max(6, 0.5 * len(next(iter(counts.values()), {})) + 3), 3.5)
+    names = sorted({name for split in counts.values() for name in split})
+    width = 0.8 / max(1, len(counts))
+    positions = np.arange(len(names))
+    for offset, (split, tally) in enumerate(counts.items()):
+        axis.bar(positions + offset * width, [tally.get(n, 0) for n in names], width, label=split)
+    axis.set_xticks(positions + width * (len(counts) - 1) / 2, names, rotation=45, ha="right")
+    axis.set_ylabel("images")
+    axis.legend()
+    return figure
+
+
+def plot_histograms(values: dict[str, np.ndarray], xlabel: str, bins: int = 30):
+    """Overlaid density histograms of one statistic for several groups; returns the figure."""
+    figure, axis = _figure(7, 3.5)
+    arrays = [np.asarray(v, dtype=float) for v in values.values() if len(v)]
+    if not arrays:
+        return figure
+    edges = np.histogram_bin_edges(np.concatenate(arrays), bins=bins)
+    for name, array in values.items():
+        if len(array):
+            axis.hist(array, bins=edges, alpha=0.5, density=True, label=name)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel("density")
+    axis.legend(fontsize=8, ncols=2)
+    return figure

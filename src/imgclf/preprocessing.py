@@ -1,0 +1,158 @@
+"""Bytes or path -> model input. One function, used by training, evaluation and serving alike.
+
+Keeping a single decoder is what prevents train/serve skew: the API feeds uploaded bytes through
+exactly the code that fed the training images through.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from imgclf.config import COLOR_MODES
+
+#: Formats Pillow may open. Anything else (EPS, PDF, ...) is refused before any decoding.
+ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "MPO")
+
+#: Images above this many pixels are refused (a decompression bomb guard stricter than Pillow's).
+DEFAULT_MAX_PIXELS = 50_000_000
+
+
+class ImageDecodeError(ValueError):
+    """The bytes or file are not an image this pipeline can read; the message says why."""
+
+
+def _open(source: bytes | str | Path, name: str) -> Image.Image:
+    stream = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
+    if isinstance(source, bytes | bytearray) and not source:
+        raise ImageDecodeError(f"{name}: empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(stream, formats=ALLOWED_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageDecodeError(f"{name}: image too large ({error})") from None
+    except FileNotFoundError:
+        raise ImageDecodeError(f"{name}: no such file") from None
+    except Exception:
+        raise ImageDecodeError(
+            f"{name}: not a readable image (allowed formats: {', '.join(ALLOWED_FORMATS[:5])})"
+        ) from None
+
+
+def _to_mode(image: Image.Image, color_mode: str) -> Image.Image:
+    if image.mode in ("I", "I;16", "I;16B", "F"):  # 16-bit or float grayscale: rescale to 8 bits
+        array = np.asarray(image, dtype=np.float64)
+        top = array.max() or 1.0
+        image = Image.fromarray(np.uint8(np.clip(array / top, 0, 1) * 255))
+    return image.convert("L" if color_mode == "grayscale" else "RGB")
+
+
+def load_image(
+    source: bytes | str | Path,
+    image_size: int | Sequence[int],
+    color_mode: str = "grayscale",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """Decode one image and turn it into the model's input.
+
+    Steps: refuse formats outside ``ALLOWED_FORMATS`` and images over ``max_pixels``; let JPEG
+    decode at a reduced scale when the target is much smaller (Pillow's draft mode); apply the
+    EXIF orientation; convert to the colour mode; resize (bilinear); scale to [0, 1].
+
+    Args:
+        source: encoded bytes or a file path.
+        image_size: side of the square output, or ``(height, width)``.
+        color_mode: ``"grayscale"`` (1 channel) or ``"rgb"`` (3 channels).
+        max_pixels: largest width * height accepted.
+
+    Returns:
+        A float32 array of shape ``(height, width, channels)`` with values in [0, 1].
+
+    Raises:
+        ImageDecodeError: empty, truncated, corrupt, disallowed or oversized image.
+        ValueError: an unknown ``color_mode``.
+    """
+    if color_mode not in COLOR_MODES:
+        raise ValueError(f"color_mode={color_mode!r}: expected one of {', '.join(COLOR_MODES)}")
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    name = str(source) if isinstance(source, str | Path) else "image"
+    original = _open(source, name)
+    try:
+        if original.width * original.height > max_pixels:
+            raise ImageDecodeError(
+                f"{name}: {original.width}x{original.height} pixels is more than the limit of "
+                f"{max_pixels:,} pixels"
+            )
+        if original.format in ("JPEG", "MPO"):
+            original.draft("L" if color_mode == "grayscale" else "RGB", (width, height))
+        image = ImageOps.exif_transpose(original)
+        image = _to_mode(image, color_mode).resize((width, height), Image.Resampling.BILINEAR)
+        array = np.asarray(image, dtype=np.float32) / 255.0
+    except ImageDecodeError:
+        raise
+    except Exception as error:  # truncated data surfaces only when pixels are read
+        raise ImageDecodeError(f"{name}: corrupt or truncated image ({error})") from None
+    finally:
+        original.close()
+    return array[..., None] if array.ndim == 2 else array
+
+
+def load_images(
+    paths: Iterable[str | Path], image_size: int, color_mode: str = "grayscale"
+) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+    """Decode many files with ``load_image``, skipping the unreadable ones.
+
+    Returns:
+        ``(images, kept, failures)``: a stacked float32 array, the indices (into ``paths``) of
+        the images that were decoded, and ``(path, reason)`` for each one that was skipped.
+    """
+    channels = 1 if color_mode == "grayscale" else 3
+    images, kept, failures = [], [], []
+    for index, path in enumerate(paths):
+        try:
+            images.append(load_image(path, image_size, color_mode))
+            kept.append(index)
+        except ImageDecodeError as error:
+            failures.append((str(path), str(error)))
+    if not images:
+        return np.zeros((0, image_size, image_size, channels), np.float32), kept, failures
+    return np.stack(images), kept, failures
+
+
+def augmentation_layers(
+    rotation: float = 0.05,
+    zoom: float = 0.1,
+    shift: float = 0.1,
+    flip: bool = False,
+    seed: int | None = None,
+) -> list:
+    """Keras preprocessing layers for training-time augmentation (inactive at inference).
+
+    Args:
+        rotation: largest rotation as a fraction of a full turn (0.05 = 18 degrees).
+        zoom: largest zoom in or out as a fraction of the size.
+        shift: largest translation as a fraction of the height and width.
+        flip: horizontal flips; off for digits and text, where a mirror image changes meaning.
+        seed: seed of the random transformations.
+
+    Returns:
+        A list of layers, empty when every amount is zero.
+    """
+    from keras import layers
+
+    augmentation = []
+    if flip:
+        augmentation.append(layers.RandomFlip("horizontal", seed=seed))
+    if rotation:
+        augmentation.append(layers.RandomRotation(rotation, fill_mode="constant", seed=seed))
+    if zoom:
+        augmentation.append(layers.RandomZoom(zoom, fill_mode="constant", seed=seed))
+    if shift:
+        augmentation.append(layers.RandomTranslation(shift, shift, fill_mode="constant", seed=seed))
+    return augmentation

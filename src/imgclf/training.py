@@ -1,0 +1,150 @@
+"""The steps the train and retrain notebooks run, as tested functions.
+
+The notebooks show and explain; these functions do: load a data set, hold out validation data,
+train, evaluate and register the result with everything needed to reproduce it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from imgclf import data, evaluation, registry
+from imgclf import model as modelling
+
+
+@dataclass
+class Dataset:
+    """Decoded train and test splits, their fingerprint and what could not be read."""
+
+    train: data.LoadedSplit
+    test: data.LoadedSplit
+    fingerprint: str
+    class_names: list[str]
+    uploads: int = 0
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        return self.train.skipped + self.test.skipped
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(int(d) for d in self.train.images.shape[1:])
+
+
+def load_dataset(
+    data_dir: Path,
+    image_size: int,
+    color_mode: str,
+    include_uploads: bool = False,
+    base_classes: list[str] | None = None,
+) -> Dataset:
+    """Discover, validate and decode ``train/`` and ``test/`` (plus uploads, if asked).
+
+    Args:
+        base_classes: class order to keep (a current model's classes, when retraining); classes
+            found only in the data are appended after them.
+
+    Raises:
+        data.DataError: missing split, too few classes, empty class folder, non-image file,
+            a test class unknown to training, or a split with no readable image.
+    """
+    train_split = data.discover(data_dir / "train")
+    if base_classes:  # keep the current model's label indices; new classes go after them
+        empty = data.Split(train_split.root, list(base_classes), [], [])
+        train_split = data.merge_splits(empty, train_split)
+    uploads = data.discover_uploads(data_dir / "uploads") if include_uploads else None
+    train_split = data.merge_splits(train_split, uploads)
+    test_split = data.discover(data_dir / "test", class_names=train_split.class_names)
+    return Dataset(
+        train=data.load_split(train_split, image_size, color_mode),
+        test=data.load_split(test_split, image_size, color_mode),
+        fingerprint=data.dataset_fingerprint(train_split, test_split),
+        class_names=train_split.class_names,
+        uploads=len(uploads.paths) if uploads else 0,
+    )
+
+
+def hold_out(
+    images: np.ndarray, labels: np.ndarray, fraction: float, seed: int
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Split off a stratified validation set (plain random split if a class is too small).
+
+    Returns:
+        ``((train_images, train_labels), (validation_images, validation_labels))``.
+    """
+    counts = np.bincount(labels)
+    stratify = labels if counts[counts > 0].min() >= 2 else None
+    x_train, x_val, y_train, y_val = train_test_split(
+        images, labels, test_size=fraction, stratify=stratify, random_state=seed
+    )
+    return (x_train, y_train), (x_val, y_val)
+
+
+def fit(
+    model,
+    dataset: Dataset,
+    params: modelling.TrainParams,
+    augmentation: list,
+    seed: int,
+    verbose: int | str = 2,
+) -> dict[str, list[float]]:
+    """Hold out validation data, train with checkpointing, and return the history."""
+    train_part, validation = hold_out(
+        dataset.train.images, dataset.train.labels, params.validation_fraction, seed
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        return modelling.train(
+            model, train_part, validation, params, augmentation=augmentation,
+            checkpoint_path=Path(folder) / "best.keras", seed=seed, verbose=verbose,
+        )
+
+
+def evaluate(model, split: data.LoadedSplit) -> tuple[dict, np.ndarray]:
+    """Return ``(metrics, probabilities)`` of a model on a decoded split."""
+    probabilities = modelling.predict_proba(model, split.images)
+    return evaluation.classification_metrics(split.labels, probabilities, split.class_names), (
+        probabilities
+    )
+
+
+def register(
+    models_dir: Path,
+    model,
+    dataset: Dataset,
+    color_mode: str,
+    parameters: dict,
+    test_metrics: dict,
+    history: dict,
+    report: str | None,
+    parent_version: str | None = None,
+    extra: dict | None = None,
+) -> str:
+    """Save a trained model into the registry with its metadata; returns the version name."""
+    info = {
+        "parent_version": parent_version,
+        "parameters": parameters,
+        "data_fingerprint": dataset.fingerprint,
+        "class_names": dataset.class_names,
+        "image_size": list(dataset.input_shape[:2]),
+        "color_mode": color_mode,
+        "test_metrics": test_metrics,
+        "history": history,
+        "train_size": int(len(dataset.train.labels)),
+        "uploads_used": dataset.uploads,
+        "skipped_files": [{"path": p, "reason": r} for p, r in dataset.skipped],
+        "report": report,
+        **(extra or {}),
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        path = modelling.save_model(model, Path(folder) / registry.MODEL_FILE)
+        return registry.register(models_dir, path, info)
+
+
+def params_dict(params: modelling.TrainParams, **more) -> dict:
+    """Return training parameters and any extra ones as one JSON-ready dict."""
+    return {**asdict(params), **more}
