@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+
+from imgclf import evaluation, retrain, training
+from imgclf import model as modelling
+from imgclf.prediction import Predictor
+
+
+def test_save_load_round_trip_gives_identical_predictions(tmp_path):
+    model = modelling.compile_model(modelling.build_model(3, (16, 16, 1)))
+    images = np.random.default_rng(0).random((5, 16, 16, 1), dtype=np.float32)
+    path = modelling.save_model(model, tmp_path / "m.keras")
+    loaded = modelling.load_model(path)
+    np.testing.assert_allclose(modelling.predict_proba(loaded, images),
+                               modelling.predict_proba(model, images), atol=1e-6)
+
+
+def test_widen_head_keeps_old_class_outputs_and_adds_new_ones():
+    model = modelling.build_model(2, (16, 16, 1))
+    images = np.random.default_rng(1).random((4, 16, 16, 1), dtype=np.float32)
+    before = modelling.predict_proba(model, images)
+    widened = modelling.widen_head(model, ["a", "b"], ["a", "b", "c"])
+    after = modelling.predict_proba(widened, images)
+    assert after.shape == (4, 3)
+    # logits of the old classes are unchanged, so their ratio is too
+    np.testing.assert_allclose(after[:, 0] / after[:, 1], before[:, 0] / before[:, 1], rtol=1e-4)
+    with pytest.raises(ValueError, match="drops"):
+        modelling.widen_head(model, ["a", "b"], ["a"])
+
+
+def test_build_model_rejects_single_class_and_unknown_backbone():
+    with pytest.raises(ValueError, match="at least two"):
+        modelling.build_model(1, (16, 16, 1))
+    with pytest.raises(ValueError, match="backbone"):
+        modelling.build_model(3, (32, 32, 1), backbone="vgg99")
+
+
+@pytest.mark.parametrize(
+    "candidate, current, tolerance, promote",
+    [(0.95, 0.95, 0.0, True), (0.96, 0.95, 0.0, True), (0.94, 0.95, 0.0, False),
+     (0.94, 0.95, 0.02, True), (0.5, None, 0.0, True)],
+)
+def test_gate_promotes_only_when_not_worse(candidate, current, tolerance, promote):
+    decision = retrain.gate({"f1_macro": candidate},
+                            None if current is None else {"f1_macro": current}, tolerance=tolerance)
+    assert decision.promote is promote
+    assert ("the current model stays" in decision.reason) is (not promote)
+
+
+def test_gate_rejects_unknown_metric_and_negative_tolerance():
+    with pytest.raises(ValueError, match="metric"):
+        retrain.gate({}, {}, metric="auc")
+    with pytest.raises(ValueError, match="tolerance"):
+        retrain.gate({"f1_macro": 1}, None, tolerance=-1)
+
+
+def test_metrics_match_hand_counts():
+    labels = np.array([0, 0, 1, 1])
+    probabilities = np.array([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.3, 0.7]])
+    metrics = evaluation.classification_metrics(labels, probabilities, ["a", "b"])
+    assert metrics["accuracy"] == 0.75
+    assert metrics["confusion_matrix"] == [[1, 1], [0, 2]]
+    assert metrics["per_class"]["a"]["recall"] == 0.5
+
+
+def test_training_is_reproducible_and_registered_model_serves(digits_dir, tmp_path):
+    params = modelling.TrainParams(epochs=2, patience=2)
+    results = []
+    for _ in range(2):
+        modelling.set_seed(3)
+        dataset = training.load_dataset(digits_dir, 16, "grayscale")
+        model = modelling.compile_model(modelling.build_model(10, dataset.input_shape))
+        training.fit(model, dataset, params, [], seed=3, verbose=0)
+        metrics, _ = training.evaluate(model, dataset.test)
+        results.append(metrics)
+    assert results[0]["accuracy"] == results[1]["accuracy"]
+    assert results[0]["loss"] == results[1]["loss"]
+    version = training.register(tmp_path, model, dataset, "grayscale", {}, results[1], {}, None)
+    predictor = Predictor.load(tmp_path, version)
+    image = (digits_dir / "test" / "3").glob("*.png").__next__().read_bytes()
+    [prediction] = predictor.predict_bytes([image])
+    assert prediction.label in dataset.class_names
+    assert abs(sum(prediction.probabilities.values()) - 1) < 1e-4
