@@ -30,7 +30,10 @@ def test_discover_labels_sorted_classes_with_spaces_hyphens_and_uppercase_ending
         (lambda root: make_split(root, {"only": 2}), "at least two"),
         (lambda root: (make_split(root, {"a": 1}), (root / "b").mkdir()), "class folder is empty"),
         (
-            lambda root: (make_split(root, {"a": 1, "b": 1}), (root / "a" / "notes.txt").write_text("x")),
+            lambda root: (
+                make_split(root, {"a": 1, "b": 1}),
+                (root / "a" / "notes.txt").write_text("x"),
+            ),
             "not an image file",
         ),
     ],

@@ -11,8 +11,9 @@ def test_save_load_round_trip_gives_identical_predictions(tmp_path):
     images = np.random.default_rng(0).random((5, 16, 16, 1), dtype=np.float32)
     path = modelling.save_model(model, tmp_path / "m.keras")
     loaded = modelling.load_model(path)
-    np.testing.assert_allclose(modelling.predict_proba(loaded, images),
-                               modelling.predict_proba(model, images), atol=1e-6)
+    np.testing.assert_allclose(
+        modelling.predict_proba(loaded, images), modelling.predict_proba(model, images), atol=1e-6
+    )
 
 
 def test_widen_head_keeps_old_class_outputs_and_adds_new_ones():
@@ -37,12 +38,20 @@ def test_build_model_rejects_single_class_and_unknown_backbone():
 
 @pytest.mark.parametrize(
     "candidate, current, tolerance, promote",
-    [(0.95, 0.95, 0.0, True), (0.96, 0.95, 0.0, True), (0.94, 0.95, 0.0, False),
-     (0.94, 0.95, 0.02, True), (0.5, None, 0.0, True)],
+    [
+        (0.95, 0.95, 0.0, True),
+        (0.96, 0.95, 0.0, True),
+        (0.94, 0.95, 0.0, False),
+        (0.94, 0.95, 0.02, True),
+        (0.5, None, 0.0, True),
+    ],
 )
 def test_gate_promotes_only_when_not_worse(candidate, current, tolerance, promote):
-    decision = retrain.gate({"f1_macro": candidate},
-                            None if current is None else {"f1_macro": current}, tolerance=tolerance)
+    decision = retrain.gate(
+        {"f1_macro": candidate},
+        None if current is None else {"f1_macro": current},
+        tolerance=tolerance,
+    )
     assert decision.promote is promote
     assert ("the current model stays" in decision.reason) is (not promote)
 

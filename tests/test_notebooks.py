@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import papermill
 import pytest
@@ -43,15 +42,38 @@ def test_all_notebooks_pass_nbval(digits_dir, tmp_path):
     paths = []
     for name, parameters in NOTEBOOKS.items():
         path = prepared / name
-        papermill.execute_notebook(str(PROJECT_ROOT / "notebooks" / name), str(path),
-                                   parameters=parameters, prepare_only=True)
+        papermill.execute_notebook(
+            str(PROJECT_ROOT / "notebooks" / name),
+            str(path),
+            parameters=parameters,
+            prepare_only=True,
+        )
         paths.append(str(path))
-    env = {**os.environ, "DATA_DIR": str(data_dir), "MODELS_DIR": str(models_dir),
-           "REPORTS_DIR": str(tmp_path / "reports"), "KERAS_BACKEND": "jax"}
+    env = {
+        **os.environ,
+        "DATA_DIR": str(data_dir),
+        "MODELS_DIR": str(models_dir),
+        "REPORTS_DIR": str(tmp_path / "reports"),
+        "KERAS_BACKEND": "jax",
+    }
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q",
-         "--rootdir", str(prepared), *paths],
-        cwd=prepared, env=env, capture_output=True, text=True, timeout=1200,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--nbval-lax",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "--rootdir",
+            str(prepared),
+            *paths,
+        ],
+        cwd=prepared,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     versions = registry.list_versions(models_dir)

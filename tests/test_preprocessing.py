@@ -8,8 +8,9 @@ from PIL import Image
 from imgclf.preprocessing import ImageDecodeError, load_image
 
 
-@pytest.mark.parametrize("fmt, mode", [("PNG", "L"), ("JPEG", "RGB"), ("BMP", "RGB"),
-                                       ("GIF", "P"), ("WEBP", "RGB")])
+@pytest.mark.parametrize(
+    "fmt, mode", [("PNG", "L"), ("JPEG", "RGB"), ("BMP", "RGB"), ("GIF", "P"), ("WEBP", "RGB")]
+)
 def test_load_image_gives_scaled_array_of_requested_shape(tmp_path, fmt, mode):
     path = tmp_path / f"x.{fmt.lower()}"
     Image.new(mode, (40, 30), color=200 if mode != "RGB" else (200, 100, 50)).save(path, fmt)

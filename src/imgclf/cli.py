@@ -14,9 +14,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="imgclf")
     commands = parser.add_subparsers(dest="command", required=True)
     prepare = commands.add_parser("data", help="write a data set into DATA_DIR as class folders")
-    prepare.add_argument("--source", default="digits",
-                         choices=["digits", "mnist", "fashion_mnist", "cifar10"],
-                         help="digits is bundled (offline); the others download (online)")
+    prepare.add_argument(
+        "--source",
+        default="digits",
+        choices=["digits", "mnist", "fashion_mnist", "cifar10"],
+        help="digits is bundled (offline); the others download (online)",
+    )
     prepare.add_argument("--limit", type=int, help="at most this many images per split")
     args = parser.parse_args(argv)
     try:
@@ -31,8 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     train = data.discover(settings.train_dir)
-    print(f"data {state}: {settings.data_dir} ({len(train.paths)} training images, "
-          f"{len(train.class_names)} classes)")
+    print(
+        f"data {state}: {settings.data_dir} ({len(train.paths)} training images, "
+        f"{len(train.class_names)} classes)"
+    )
     return 0
 
 

@@ -21,8 +21,10 @@ def describe_balance(counts: dict[str, int]) -> str:
     largest = max(counts, key=counts.get)
     ratio = counts[largest] / max(1, counts[smallest])
     verdict = (
-        "The classes are balanced" if ratio < 1.5
-        else "The classes are moderately imbalanced" if ratio < 3
+        "The classes are balanced"
+        if ratio < 1.5
+        else "The classes are moderately imbalanced"
+        if ratio < 3
         else "The classes are strongly imbalanced; consider class weights or more data for "
         f"'{smallest}'"
     )
@@ -40,8 +42,10 @@ def describe_sizes(sizes: np.ndarray) -> str:
     widths, heights = sizes[:, 0], sizes[:, 1]
     distinct = len({tuple(s) for s in sizes.tolist()})
     if distinct == 1:
-        return (f"Every image is {widths[0]}x{heights[0]} pixels, so resizing treats all of "
-                "them alike.")
+        return (
+            f"Every image is {widths[0]}x{heights[0]} pixels, so resizing treats all of "
+            "them alike."
+        )
     aspect = widths / np.maximum(heights, 1)
     return (
         f"Sizes vary ({distinct} distinct): widths {widths.min()}-{widths.max()} and heights "
@@ -57,15 +61,16 @@ def describe_statistic(
     """One sentence comparing a per-image statistic across classes (means, spread, extremes)."""
     means = {
         class_names[c]: float(values[labels == c].mean())
-        for c in range(len(class_names)) if np.any(labels == c)
+        for c in range(len(class_names))
+        if np.any(labels == c)
     }
     low, high = min(means, key=means.get), max(means, key=means.get)
     spread = float(values.std())
     between = float(np.std(list(means.values())))
     separation = (
         "differs clearly between classes, so it carries some class information"
-        if between > 0.5 * spread else
-        "is similar across classes, so the model must rely on shape rather than this statistic"
+        if between > 0.5 * spread
+        else "is similar across classes, so the model must rely on shape, not on this statistic"
     )
     return (
         f"Mean {name} is {float(values.mean()):.3f} (standard deviation {spread:.3f}); it "

@@ -66,9 +66,12 @@ def classification_report(
 ) -> str:
     """Return scikit-learn's text classification report."""
     return skm.classification_report(
-        labels, np.asarray(probabilities).argmax(axis=1),
-        labels=list(range(len(class_names))), target_names=list(class_names),
-        digits=4, zero_division=0,
+        labels,
+        np.asarray(probabilities).argmax(axis=1),
+        labels=list(range(len(class_names))),
+        target_names=list(class_names),
+        digits=4,
+        zero_division=0,
     )
 
 
@@ -134,8 +137,9 @@ def plot_image_grid(
         axis.axis("off")
     for axis, image, label in zip(axes.flat, images, titles, strict=False):
         image = np.asarray(image)
-        axis.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray",
-                    vmin=0, vmax=1)
+        axis.imshow(
+            image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1
+        )
         axis.set_title(label, fontsize=8)
     if title:
         figure.suptitle(title)

@@ -22,8 +22,12 @@ def header(source: bytes | str | Path) -> dict:
     """
     stream = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
     with Image.open(stream) as image:
-        return {"width": image.width, "height": image.height, "format": image.format,
-                "mode": image.mode}
+        return {
+            "width": image.width,
+            "height": image.height,
+            "format": image.format,
+            "mode": image.mode,
+        }
 
 
 def pixel_statistics(image: np.ndarray) -> dict[str, float]:
@@ -52,7 +56,7 @@ def batch_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def file_sizes(paths: Sequence[Path]) -> np.ndarray:
-    """Return ``(width, height)`` of each file, read from headers; unreadable files are left out."""
+    """Return ``(width, height)`` of each file from its header; unreadable files are left out."""
     sizes = []
     for path in paths:
         try:

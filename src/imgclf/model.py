@@ -12,7 +12,6 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import layers, regularizers  # noqa: E402
 
-
 HEAD_NAME = "head"
 FEATURES_NAME = "features"
 
@@ -46,8 +45,12 @@ def set_seed(seed: int) -> None:
 def _conv_block(x, filters: int, l2: float, name: str):
     for index in (1, 2):
         x = layers.Conv2D(
-            filters, 3, padding="same", use_bias=False,
-            kernel_regularizer=regularizers.L2(l2), name=f"{name}_conv{index}",
+            filters,
+            3,
+            padding="same",
+            use_bias=False,
+            kernel_regularizer=regularizers.L2(l2),
+            name=f"{name}_conv{index}",
         )(x)
         # momentum 0.9: small data sets give few steps, and the default 0.99 leaves the
         # inference statistics far from the training ones for many epochs.
@@ -192,13 +195,17 @@ def train(
     ]
     if checkpoint_path is not None:
         callbacks.append(
-            keras.callbacks.ModelCheckpoint(str(checkpoint_path), monitor="val_loss",
-                                            save_best_only=True)
+            keras.callbacks.ModelCheckpoint(
+                str(checkpoint_path), monitor="val_loss", save_best_only=True
+            )
         )
     batches = AugmentedBatches(*train_data, params.batch_size, augmentation or [], seed)
     history = model.fit(
-        batches, validation_data=validation_data, epochs=params.epochs,
-        callbacks=callbacks, verbose=verbose,
+        batches,
+        validation_data=validation_data,
+        epochs=params.epochs,
+        callbacks=callbacks,
+        verbose=verbose,
     )
     return {key: [float(v) for v in values] for key, values in history.history.items()}
 
@@ -243,7 +250,9 @@ def widen_head(
     old_head = model.get_layer(HEAD_NAME)
     features = model.get_layer(FEATURES_NAME).output
     head = layers.Dense(
-        len(new_classes), activation="softmax", kernel_regularizer=regularizers.L2(l2),
+        len(new_classes),
+        activation="softmax",
+        kernel_regularizer=regularizers.L2(l2),
         name=HEAD_NAME,
     )
     widened = keras.Model(model.input, head(features), name=model.name)

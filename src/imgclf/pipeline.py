@@ -81,8 +81,11 @@ def new_run_dir(reports_dir: Path, name: str) -> Path:
     """Create and return a fresh, uniquely named run folder."""
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     for attempt in range(1000):
-        candidate = reports_dir / f"{stamp}-{name}" if attempt == 0 else (
-            reports_dir / f"{stamp}-{name}-{attempt + 1}")
+        candidate = (
+            reports_dir / f"{stamp}-{name}"
+            if attempt == 0
+            else (reports_dir / f"{stamp}-{name}-{attempt + 1}")
+        )
         try:
             candidate.mkdir(parents=True)
             return candidate
@@ -96,8 +99,9 @@ def export_html(notebook: Path, target: Path, show_code: bool = False) -> Path:
     import nbformat
     from nbconvert import HTMLExporter
 
-    exporter = HTMLExporter(exclude_input=not show_code, exclude_input_prompt=True,
-                            exclude_output_prompt=True)
+    exporter = HTMLExporter(
+        exclude_input=not show_code, exclude_input_prompt=True, exclude_output_prompt=True
+    )
     body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
     partial = target.with_name(f".{target.name}.partial")
     partial.write_text(body, encoding="utf-8")
@@ -135,27 +139,41 @@ def run_notebook(
     run_dir = run_dir or new_run_dir(settings.reports_dir, name)
     run_dir.mkdir(parents=True, exist_ok=True)
     parameters = {**(parameters or {}), "run_dir": str(run_dir)}
-    record = {"name": name, "notebook": NOTEBOOKS[name], "parameters": parameters,
-              "started_at": datetime.now(UTC).isoformat(), "status": "running"}
+    record = {
+        "name": name,
+        "notebook": NOTEBOOKS[name],
+        "parameters": parameters,
+        "started_at": datetime.now(UTC).isoformat(),
+        "status": "running",
+    }
     write_json_atomic(run_dir / RUN_FILE, record)
     started, error = time.monotonic(), None
     try:
         papermill.execute_notebook(
-            str(settings.notebooks_dir / NOTEBOOKS[name]), str(run_dir / "notebook.ipynb"),
-            parameters=parameters, kernel_name="python3", cwd=str(settings.notebooks_dir),
-            progress_bar=False, log_output=log_output,
+            str(settings.notebooks_dir / NOTEBOOKS[name]),
+            str(run_dir / "notebook.ipynb"),
+            parameters=parameters,
+            kernel_name="python3",
+            cwd=str(settings.notebooks_dir),
+            progress_bar=False,
+            log_output=log_output,
         )
     except papermill.PapermillExecutionError as failure:
         error = f"{failure.ename}: {failure.evalue}"
-    record.update(status="failed" if error else "succeeded", error=error,
-                  finished_at=datetime.now(UTC).isoformat(),
-                  duration_s=round(time.monotonic() - started, 1))
+    record.update(
+        status="failed" if error else "succeeded",
+        error=error,
+        finished_at=datetime.now(UTC).isoformat(),
+        duration_s=round(time.monotonic() - started, 1),
+    )
     if (run_dir / "notebook.ipynb").is_file():
         export_html(run_dir / "notebook.ipynb", run_dir / "report.html", show_code)
     write_json_atomic(run_dir / RUN_FILE, record)
     update_index(settings.reports_dir)
     if error:
-        raise PipelineError(f"{NOTEBOOKS[name]} failed: {error} (report: {run_dir/'report.html'})")
+        raise PipelineError(
+            f"{NOTEBOOKS[name]} failed: {error} (report: {run_dir / 'report.html'})"
+        )
     return RunResult(name, run_dir, record["status"], read_summary(run_dir))
 
 
@@ -181,10 +199,12 @@ def update_index(reports_dir: Path) -> Path:
     for run in list_runs(reports_dir):
         summary, folder = run["summary"], html.escape(run["folder"])
         figures = "".join(f"<td>{_cell(summary.get(key))}</td>" for key in INDEX_FIELDS)
-        links = f'<a href="{folder}/report.html">report</a> · ' \
-                f'<a href="{folder}/notebook.ipynb">notebook</a>'
+        links = (
+            f'<a href="{folder}/report.html">report</a> · '
+            f'<a href="{folder}/notebook.ipynb">notebook</a>'
+        )
         rows.append(
-            f"<tr class=\"{_cell(run['status'])}\"><td>{_cell(run['started_at'][:19])}</td>"
+            f'<tr class="{_cell(run["status"])}"><td>{_cell(run["started_at"][:19])}</td>'
             f"<td>{_cell(run['name'])}</td><td>{_cell(run['status'])}</td>"
             f"<td>{_cell(run.get('duration_s'))}</td>{figures}<td>{links}</td></tr>"
         )
@@ -220,8 +240,15 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="execute a notebook and write its report")
     run.add_argument("notebook", choices=sorted(NOTEBOOKS))
-    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
-                     metavar=("NAME", "VALUE"), help="a notebook parameter (Python literal)")
+    run.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="a notebook parameter (Python literal)",
+    )
     run.add_argument("--show-code", action="store_true", help="keep code cells in the HTML")
     commands.add_parser("index", help="rewrite reports/index.html")
     args = parser.parse_args(argv)
@@ -232,8 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     parameters = {name: _parse_value(value) for name, value in args.parameter}
     print(f"running {NOTEBOOKS[args.notebook]} ...", flush=True)
     try:
-        result = run_notebook(args.notebook, parameters, settings, show_code=args.show_code,
-                              log_output=True)
+        result = run_notebook(
+            args.notebook, parameters, settings, show_code=args.show_code, log_output=True
+        )
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -105,6 +105,7 @@ class Predictor:
         best = int(np.argmax(probabilities))
         names = self.class_names
         return Prediction(
-            names[best], float(probabilities[best]),
+            names[best],
+            float(probabilities[best]),
             {name: float(p) for name, p in zip(names, probabilities, strict=True)},
         )

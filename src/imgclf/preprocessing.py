@@ -154,5 +154,7 @@ def augmentation_layers(
     if zoom:
         augmentation.append(layers.RandomZoom(zoom, fill_mode="constant", seed=seed))
     if shift:
-        augmentation.append(layers.RandomTranslation(shift, shift, fill_mode="constant", seed=seed))
+        augmentation.append(
+            layers.RandomTranslation(shift, shift, fill_mode="constant", seed=seed)
+        )
     return augmentation

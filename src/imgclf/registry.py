@@ -131,8 +131,11 @@ def promote(models_dir: Path, version: str) -> dict:
         if pointer["version"] == version:
             return pointer
         history = pointer["history"] + ([pointer["version"]] if pointer["version"] else [])
-        pointer = {"version": version, "history": history,
-                   "changed_at": datetime.now(UTC).isoformat()}
+        pointer = {
+            "version": version,
+            "history": history,
+            "changed_at": datetime.now(UTC).isoformat(),
+        }
         write_json_atomic(models_dir / POINTER_FILE, pointer)
     return pointer
 
@@ -153,8 +156,11 @@ def rollback(models_dir: Path) -> dict:
                 f"nothing to roll back to: {pointer['version'] or 'no model'} is the first "
                 "promoted version"
             )
-        pointer = {"version": pointer["history"][-1], "history": pointer["history"][:-1],
-                   "changed_at": datetime.now(UTC).isoformat()}
+        pointer = {
+            "version": pointer["history"][-1],
+            "history": pointer["history"][:-1],
+            "changed_at": datetime.now(UTC).isoformat(),
+        }
         write_json_atomic(models_dir / POINTER_FILE, pointer)
     return pointer
 
@@ -165,7 +171,8 @@ def _describe(models_dir: Path, version: str, current: str | None) -> str:
     mark = "*" if version == current else " "
     return (
         f"{mark} {version}  {info.get('created_at', '')[:19]}  "
-        f"acc={test.get('accuracy', float('nan')):.4f}  f1={test.get('f1_macro', float('nan')):.4f}"
+        f"acc={test.get('accuracy', float('nan')):.4f}  "
+        f"f1={test.get('f1_macro', float('nan')):.4f}"
         f"  classes={len(info.get('class_names', []))}  parent={info.get('parent_version')}"
     )
 
@@ -174,8 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; prints errors without a traceback and returns 1 on failure."""
     from imgclf.config import get_settings
 
-    parser = argparse.ArgumentParser(prog="python -m imgclf.registry", description=__doc__.split(
-        "\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m imgclf.registry", description=__doc__.split("\n")[0]
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="list versions (* marks the current one)")
     show = commands.add_parser("show", help="print a version's metadata (default: current)")

@@ -44,18 +44,32 @@ def gate(
         raise ValueError(f"tolerance={tolerance}: must be zero or positive")
     candidate = float(candidate_metrics[metric])
     if current_metrics is None:
-        return GateDecision(True, metric, candidate, None, tolerance,
-                            "no current model: the candidate becomes the first")
+        return GateDecision(
+            True,
+            metric,
+            candidate,
+            None,
+            tolerance,
+            "no current model: the candidate becomes the first",
+        )
     current = float(current_metrics[metric])
     if candidate >= current - tolerance:
         verdict = "better than" if candidate > current else "not worse than"
         return GateDecision(
-            True, metric, candidate, current, tolerance,
+            True,
+            metric,
+            candidate,
+            current,
+            tolerance,
             f"candidate {metric} {candidate:.4f} is {verdict} current {current:.4f} "
             f"(tolerance {tolerance:g})",
         )
     return GateDecision(
-        False, metric, candidate, current, tolerance,
+        False,
+        metric,
+        candidate,
+        current,
+        tolerance,
         f"candidate {metric} {candidate:.4f} is worse than current {current:.4f} by more than "
         f"the tolerance {tolerance:g}; the current model stays",
     )

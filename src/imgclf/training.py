@@ -99,8 +99,14 @@ def fit(
     )
     with tempfile.TemporaryDirectory() as folder:
         return modelling.train(
-            model, train_part, validation, params, augmentation=augmentation,
-            checkpoint_path=Path(folder) / "best.keras", seed=seed, verbose=verbose,
+            model,
+            train_part,
+            validation,
+            params,
+            augmentation=augmentation,
+            checkpoint_path=Path(folder) / "best.keras",
+            seed=seed,
+            verbose=verbose,
         )
 
 

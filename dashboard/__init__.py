@@ -1,0 +1,1 @@
+"""Panel dashboard: planned in issue 4."""

@@ -1,0 +1,1 @@
+"""REST API (Flask + gunicorn): planned in issue 3; the predictor it will use is imgclf.prediction."""
