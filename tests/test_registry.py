@@ -41,6 +41,7 @@ def test_pointer_is_replaced_atomically_leaving_no_temporary_files(models):
     registry.promote(models_dir, "v0002")
     pointer = json.loads((models_dir / registry.POINTER_FILE).read_text())
     assert pointer["version"] == "v0002"
+    assert (models_dir / registry.POINTER_FILE).stat().st_mode & stat.S_IROTH
     assert not [p for p in models_dir.iterdir() if p.name.startswith(f".{registry.POINTER_FILE}")]
 
 

@@ -48,6 +48,7 @@ def _lock(models_dir: Path) -> FileLock:
 def write_json_atomic(path: Path, payload: dict) -> None:
     """Write JSON to a temporary file in the same folder, then rename it over ``path``."""
     handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.fchmod(handle, 0o644)  # mkstemp makes 0600; other readers (a web server) need more
     with os.fdopen(handle, "w") as stream:
         json.dump(payload, stream, indent=2, sort_keys=True)
         stream.flush()
