@@ -13,6 +13,8 @@ import numpy as np  # noqa: E402
 from keras import layers, regularizers  # noqa: E402
 
 HEAD_NAME = "head"
+#: Optimisation steps before early stopping may judge the validation loss.
+WARMUP_STEPS = 100
 FEATURES_NAME = "features"
 
 #: Backbones from keras.applications: constructor and the scale it expects its input in.
@@ -184,9 +186,16 @@ def train(
     Returns:
         The training history: ``{"loss": [...], "val_loss": [...], "accuracy": [...], ...}``.
     """
+    batches = AugmentedBatches(*train_data, params.batch_size, augmentation or [], seed)
+    # Small data sets give few steps an epoch, and batch-norm statistics need about
+    # WARMUP_STEPS to settle: judging (and keeping "best" weights) earlier stops on a fluke.
+    warmup = min(params.epochs, -(-WARMUP_STEPS // len(batches)))
     callbacks = [
         keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=params.patience, restore_best_weights=True
+            monitor="val_loss",
+            patience=params.patience,
+            restore_best_weights=True,
+            start_from_epoch=warmup,
         ),
         # halving the step size when validation loss stalls is what gets the last half percent
         keras.callbacks.ReduceLROnPlateau(
@@ -199,7 +208,6 @@ def train(
                 str(checkpoint_path), monitor="val_loss", save_best_only=True
             )
         )
-    batches = AugmentedBatches(*train_data, params.batch_size, augmentation or [], seed)
     history = model.fit(
         batches,
         validation_data=validation_data,
