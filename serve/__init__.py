@@ -1,1 +1,1 @@
-"""REST API (Flask + gunicorn): planned in issue 3; the predictor it will use is imgclf.prediction."""
+"""REST API (Flask + gunicorn): issue 3. It will build on imgclf.prediction.Predictor."""
