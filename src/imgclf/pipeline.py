@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from imgclf.config import Settings, get_settings
-from imgclf.registry import write_json_atomic
+from imgclf.files import write_json_atomic, write_text_atomic
 
 NOTEBOOKS = {
     "eda": "01_eda.ipynb",
@@ -103,10 +103,7 @@ def export_html(notebook: Path, target: Path, show_code: bool = False) -> Path:
         exclude_input=not show_code, exclude_input_prompt=True, exclude_output_prompt=True
     )
     body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
-    partial = target.with_name(f".{target.name}.partial")
-    partial.write_text(body, encoding="utf-8")
-    partial.replace(target)
-    return target
+    return write_text_atomic(target, body)
 
 
 def run_notebook(
@@ -220,11 +217,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}tr.failed{{backgro
 </tbody></table></body></html>
 """
     reports_dir.mkdir(parents=True, exist_ok=True)
-    target = reports_dir / "index.html"
-    partial = reports_dir / ".index.html.partial"
-    partial.write_text(page, encoding="utf-8")
-    partial.replace(target)
-    return target
+    return write_text_atomic(reports_dir / "index.html", page)
 
 
 def _parse_value(text: str):

@@ -29,6 +29,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from imgclf.files import write_json_atomic
+
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
 POINTER_FILE = "current.json"
@@ -43,17 +45,6 @@ class RegistryError(ValueError):
 def _lock(models_dir: Path) -> FileLock:
     models_dir.mkdir(parents=True, exist_ok=True)
     return FileLock(str(models_dir / LOCK_FILE), timeout=60)
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write JSON to a temporary file in the same folder, then rename it over ``path``."""
-    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.fchmod(handle, 0o644)  # mkstemp makes 0600; other readers (a web server) need more
-    with os.fdopen(handle, "w") as stream:
-        json.dump(payload, stream, indent=2, sort_keys=True)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(partial, path)
 
 
 def list_versions(models_dir: Path) -> list[str]:
