@@ -111,11 +111,18 @@ def fit(
 
 
 def evaluate(model, split: data.LoadedSplit) -> tuple[dict, np.ndarray]:
-    """Return ``(metrics, probabilities)`` of a model on a decoded split."""
+    """Return ``(metrics, probabilities)`` of a model on a decoded split.
+
+    A model that knows fewer classes than the split (the current model, when uploads brought
+    new classes) gets zero probability for the classes it has never seen, so that it is scored
+    on the same test set as a candidate that knows them all.
+    """
     probabilities = modelling.predict_proba(model, split.images)
-    return evaluation.classification_metrics(split.labels, probabilities, split.class_names), (
-        probabilities
-    )
+    missing = len(split.class_names) - probabilities.shape[1]
+    if missing > 0:
+        probabilities = np.pad(probabilities, ((0, 0), (0, missing)))
+    metrics = evaluation.classification_metrics(split.labels, probabilities, split.class_names)
+    return metrics, probabilities
 
 
 def register(
