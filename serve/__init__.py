@@ -1,1 +1,1 @@
-"""REST API (Flask + gunicorn): issue 3. It will build on imgclf.prediction.Predictor."""
+"""The REST API: Flask app factory (``serve.app``), schemas, metrics and gunicorn config."""

@@ -6,6 +6,9 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
+import shutil  # noqa: E402
+import struct  # noqa: E402
+import zlib  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -13,6 +16,7 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from imgclf import data  # noqa: E402
+from imgclf.config import PROJECT_ROOT, Settings  # noqa: E402
 
 
 def write_image(path: Path, size=(12, 10), mode="L", value=128, fmt=None) -> Path:
@@ -29,3 +33,68 @@ def digits_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("digits")
     data.prepare_digits(root)
     return root
+
+
+def png_with_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width x height`` but holds almost no data (a bomb)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.fixture(scope="session")
+def trained_root(digits_dir, tmp_path_factory) -> Path:
+    """A project folder with the digits data and one small trained, promoted model (16 px)."""
+    from imgclf import model as modelling
+    from imgclf import registry, training
+
+    root = tmp_path_factory.mktemp("project")
+    shutil.copytree(digits_dir / "train", root / "data" / "train")
+    shutil.copytree(digits_dir / "test", root / "data" / "test")
+    modelling.set_seed(1)
+    dataset = training.load_dataset(root / "data", 16, "grayscale")
+    model = modelling.compile_model(modelling.build_model(10, dataset.input_shape))
+    params = modelling.TrainParams(epochs=3, patience=3)
+    history = training.fit(model, dataset, params, [], seed=1, verbose=0)
+    metrics, _ = training.evaluate(model, dataset.test)
+    version = training.register(
+        root / "models",
+        model,
+        dataset,
+        "grayscale",
+        training.params_dict(params),
+        metrics,
+        history,
+        None,
+    )
+    registry.promote(root / "models", version)
+    return root
+
+
+@pytest.fixture
+def project(trained_root, tmp_path) -> Settings:
+    """A private copy of ``trained_root`` (data, models) with its own reports and database."""
+    root = tmp_path / "project"
+    shutil.copytree(trained_root, root)
+    (root / "reports").mkdir()
+    return Settings(
+        project_root=root,
+        data_dir=root / "data",
+        models_dir=root / "models",
+        reports_dir=root / "reports",
+        notebooks_dir=PROJECT_ROOT / "notebooks",
+        database_url=f"sqlite:///{root / 'data' / 'imgclf.db'}",
+        image_size=16,
+        color_mode="grayscale",
+        seed=1,
+    )

@@ -67,6 +67,19 @@ class Settings:
     def uploads_dir(self) -> Path:
         return self.data_dir / "uploads"
 
+    def as_environment(self) -> dict[str, str]:
+        """These settings as the environment variables ``get_settings`` reads (for children)."""
+        return {
+            "DATA_DIR": str(self.data_dir),
+            "MODELS_DIR": str(self.models_dir),
+            "REPORTS_DIR": str(self.reports_dir),
+            "NOTEBOOKS_DIR": str(self.notebooks_dir),
+            "DATABASE_URL": self.database_url,
+            "IMAGE_SIZE": str(self.image_size),
+            "COLOR_MODE": self.color_mode,
+            "SEED": str(self.seed),
+        }
+
 
 def get_settings() -> Settings:
     """Return the settings from environment variables, with defaults under the project root.

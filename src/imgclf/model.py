@@ -175,6 +175,7 @@ def train(
     checkpoint_path: str | Path | None = None,
     seed: int = 42,
     verbose: int | str = 2,
+    callbacks: list | None = None,
 ) -> dict[str, list[float]]:
     """Fit a compiled model with early stopping on validation loss (best weights restored).
 
@@ -182,6 +183,7 @@ def train(
         augmentation: Keras preprocessing layers applied to each training batch.
         checkpoint_path: where to keep the best model so far (``.keras``), if given.
         seed: seed of the batch order.
+        callbacks: more Keras callbacks (e.g. progress reporting).
 
     Returns:
         The training history: ``{"loss": [...], "val_loss": [...], "accuracy": [...], ...}``.
@@ -191,6 +193,7 @@ def train(
     # WARMUP_STEPS to settle: judging (and keeping "best" weights) earlier stops on a fluke.
     warmup = min(params.epochs, -(-WARMUP_STEPS // len(batches)))
     callbacks = [
+        *(callbacks or []),
         keras.callbacks.EarlyStopping(
             monitor="val_loss",
             patience=params.patience,

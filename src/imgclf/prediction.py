@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -92,6 +93,11 @@ class Predictor:
             images = np.concatenate([images, filler])
         return np.asarray(self._forward(images))[:count]
 
+    def warm_up(self) -> None:
+        """Compile the forward pass for one image now, not on the first request."""
+        channels = 1 if self.color_mode == "grayscale" else 3
+        self.predict_images(np.zeros((1, *self.image_size, channels), np.float32))
+
     def predict_bytes(self, payloads: list[bytes]) -> list[Prediction]:
         """Decode and classify encoded images.
 
@@ -99,9 +105,10 @@ class Predictor:
             preprocessing.ImageDecodeError: one of the payloads is not a readable image.
         """
         images = np.stack([self.preprocess(payload) for payload in payloads])
-        return [self._describe(row) for row in self.predict_images(images)]
+        return [self.describe(row) for row in self.predict_images(images)]
 
-    def _describe(self, probabilities: np.ndarray) -> Prediction:
+    def describe(self, probabilities: np.ndarray) -> Prediction:
+        """Turn one row of probabilities into a ``Prediction``."""
         best = int(np.argmax(probabilities))
         names = self.class_names
         return Prediction(
@@ -109,3 +116,71 @@ class Predictor:
             float(probabilities[best]),
             {name: float(p) for name, p in zip(names, probabilities, strict=True)},
         )
+
+
+class LiveModel:
+    """The current registry version, kept up to date by a background thread.
+
+    Every ``poll_s`` seconds the thread looks at the registry pointer (a ``stat`` call, and a
+    read only when it changed). When another version became current, the thread loads it,
+    compiles and warms its forward pass, and only then swaps it in: requests already running
+    finish on the old predictor, new ones get the new one, none waits or fails.
+    """
+
+    def __init__(self, models_dir: Path, poll_s: float = 0.5):
+        self.models_dir = Path(models_dir)
+        self.poll_s = poll_s
+        self.last_error: str | None = None
+        self._predictor: Predictor | None = None
+        self._stamp: tuple | None = None
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    @property
+    def predictor(self) -> Predictor | None:
+        """The predictor to use now (loads the current version on first use)."""
+        if self._predictor is None:
+            self.refresh()
+        return self._predictor
+
+    def _pointer_stamp(self) -> tuple | None:
+        try:
+            info = (self.models_dir / registry.POINTER_FILE).stat()
+        except FileNotFoundError:
+            return None
+        return (info.st_ino, info.st_mtime_ns, info.st_size)
+
+    def refresh(self) -> bool:
+        """Load the current version if it is not the one loaded; returns whether it swapped."""
+        with self._lock:
+            stamp = self._pointer_stamp()
+            if stamp is not None and stamp == self._stamp:
+                return False
+            try:
+                version = registry.current_version(self.models_dir)
+                loaded = self._predictor.version if self._predictor else None
+                if version is None or version == loaded:
+                    self._stamp = stamp
+                    return False
+                predictor = Predictor.load(self.models_dir, version)
+                predictor.warm_up()
+            except Exception as error:  # keep serving the loaded version; retry next poll
+                self.last_error = f"loading the current model failed: {error}"
+                return False
+            self._predictor, self._stamp, self.last_error = predictor, stamp, None
+            return True
+
+    def start(self) -> LiveModel:
+        """Start the polling thread (once per process; call it after forking)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._poll, name="model-reload", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self.refresh()

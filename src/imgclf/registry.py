@@ -80,6 +80,11 @@ def _read_pointer(models_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def pointer(models_dir: Path) -> dict:
+    """Return the pointer: ``{"version": ..., "history": [...], "changed_at": ...}``."""
+    return _read_pointer(models_dir)
+
+
 def current_version(models_dir: Path) -> str | None:
     """Return the version the pointer names, or None when no model was promoted yet."""
     return _read_pointer(models_dir).get("version")

@@ -10,10 +10,11 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import keras
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from imgclf import data, evaluation, registry
+from imgclf import data, evaluation, pipeline, registry
 from imgclf import model as modelling
 
 
@@ -85,6 +86,18 @@ def hold_out(
     return (x_train, y_train), (x_val, y_val)
 
 
+class ProgressReporter(keras.callbacks.Callback):
+    """Writes the epoch reached into a pipeline run's summary after every epoch."""
+
+    def __init__(self, run_dir: str | Path, epochs: int):
+        super().__init__()
+        self.run_dir, self.epochs = run_dir, epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        figures = {k: round(float(v), 5) for k, v in (logs or {}).items() if k.startswith("val_")}
+        pipeline.write_summary(self.run_dir, epoch=epoch + 1, epochs=self.epochs, **figures)
+
+
 def fit(
     model,
     dataset: Dataset,
@@ -92,8 +105,13 @@ def fit(
     augmentation: list,
     seed: int,
     verbose: int | str = 2,
+    run_dir: str | Path | None = None,
 ) -> dict[str, list[float]]:
-    """Hold out validation data, train with checkpointing, and return the history."""
+    """Hold out validation data, train with checkpointing, and return the history.
+
+    With ``run_dir`` (a pipeline run), each finished epoch is recorded in the run's summary
+    (``epoch``, ``epochs``, ``val_loss``), which is how the API reports a job's progress.
+    """
     train_part, validation = hold_out(
         dataset.train.images, dataset.train.labels, params.validation_fraction, seed
     )
@@ -107,6 +125,7 @@ def fit(
             checkpoint_path=Path(folder) / "best.keras",
             seed=seed,
             verbose=verbose,
+            callbacks=[ProgressReporter(run_dir, params.epochs)] if run_dir else None,
         )
 
 

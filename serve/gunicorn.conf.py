@@ -1,0 +1,71 @@
+"""gunicorn configuration: ``gunicorn -c serve/gunicorn.conf.py`` (what ``make serve`` runs).
+
+Settings from the environment: ``PORT`` (8000), ``HOST`` (127.0.0.1), ``WORKERS`` (the number of
+cores, at most 4), ``THREADS`` (per worker, 4), ``TIMEOUT`` (60 s).
+
+JAX: the master never imports it. The app is not preloaded, so each worker imports JAX and
+loads the model after the fork. XLA's CPU thread pool is sized here, before any worker starts:
+``cores // workers`` threads per worker (one, with Eigen's own pool switched off, when there are
+as many workers as cores), so that the workers together use the cores once, not N times over.
+"""
+
+import os
+import shutil
+import tempfile
+import time
+
+_cores = os.cpu_count() or 1
+bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
+workers = int(os.environ.get("WORKERS", min(_cores, 4)))
+threads = int(os.environ.get("THREADS", 4))
+worker_class = "gthread"
+timeout = int(os.environ.get("TIMEOUT", 60))
+graceful_timeout = 30
+preload_app = False  # JAX must be initialised in each worker, after the fork
+wsgi_app = "serve.wsgi:app"
+accesslog = os.environ.get("ACCESS_LOG", "-") or None
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info")
+
+_threads_per_worker = max(1, _cores // max(workers, 1))
+if "XLA_FLAGS" not in os.environ:
+    os.environ["XLA_FLAGS"] = (
+        "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        if _threads_per_worker == 1
+        else f"intra_op_parallelism_threads={_threads_per_worker}"
+    )
+for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, str(_threads_per_worker))
+os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ.setdefault("IMGCLF_STARTED_AT", str(time.time()))
+
+# prometheus_client multiprocess mode: one folder of sample files shared by the workers
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="imgclf-metrics-")
+    _own_metrics_dir = True
+else:
+    _own_metrics_dir = False
+
+
+def on_starting(server):
+    folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(folder, exist_ok=True)
+    for name in os.listdir(folder):  # samples of an earlier run would be summed in
+        os.remove(os.path.join(folder, name))
+    server.log.info(
+        "XLA_FLAGS=%r, %d worker(s) x %d thread(s)",
+        os.environ["XLA_FLAGS"],
+        workers,
+        threads,
+    )
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _own_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -1,0 +1,304 @@
+"""Bulk upload of labelled images: validate, deduplicate, store atomically under data/uploads/.
+
+An upload is either many files with one label, or one zip laid out as ``<class>/<file>``
+(optionally inside one top folder). Every file is decoded with the same function training
+uses, so an accepted file is one the retrain notebook can read. Files are stored under their
+content hash (``data/uploads/<batch>/<class>/<sha256[:16]>.<ext>``), never under a name the client
+chose. The batch is written into a hidden staging folder and renamed into place under a file
+lock, so a reader (the retrain job) sees all of a batch or none of it, and two concurrent
+uploads of the same image store it once.
+
+A zip that is hostile as a whole (``..`` or absolute paths, links, nested archives, too many
+entries, too much uncompressed data, a suspicious compression ratio) is refused before any
+entry is decoded: ``UploadError``. Single bad images are reported, with a reason, and skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import stat
+import tempfile
+import uuid
+import zipfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+
+from filelock import FileLock
+from PIL import Image
+
+from imgclf import data
+from imgclf.preprocessing import ImageDecodeError, load_image
+
+#: Class names: letters, digits, space, ``_ - .``, starting with a letter or digit.
+LABEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]*$")
+MAX_LABEL_LENGTH = 64
+ARCHIVE_ENDINGS = (".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".jar")
+FORMAT_ENDINGS = {"PNG": "png", "JPEG": "jpg", "MPO": "jpg", "BMP": "bmp", "GIF": "gif"}
+FORMAT_ENDINGS["WEBP"] = "webp"
+
+
+class UploadError(ValueError):
+    """The upload as a whole is refused; nothing was stored. The message says why."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much one upload may hold."""
+
+    max_files: int = 2000
+    max_file_bytes: int = 20 * 1024 * 1024
+    max_total_bytes: int = 200 * 1024 * 1024  # uncompressed, for zips
+    max_ratio: float = 100.0  # uncompressed / compressed size of one zip entry
+    max_pixels: int = 50_000_000
+
+
+@dataclass
+class UploadReport:
+    """What happened to each file of an upload."""
+
+    batch: str | None = None
+    accepted: list[dict] = field(default_factory=list)
+    duplicates: list[dict] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "batch": self.batch,
+            "counts": {
+                "accepted": len(self.accepted),
+                "duplicate": len(self.duplicates),
+                "rejected": len(self.rejected),
+            },
+            "by_class": _count_by_class(self.accepted),
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "rejected": self.rejected,
+        }
+
+
+def _count_by_class(rows: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["label"]] = counts.get(row["label"], 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def validate_label(label: str | None) -> str:
+    """Return a cleaned class name.
+
+    Raises:
+        UploadError: missing, too long, or holding characters that could form a path.
+    """
+    label = (label or "").strip()
+    if not label:
+        raise UploadError("a label is required: the class of the uploaded images")
+    if len(label) > MAX_LABEL_LENGTH:
+        raise UploadError(f"label is {len(label)} characters long; at most {MAX_LABEL_LENGTH}")
+    if ".." in label or not LABEL_PATTERN.match(label):
+        raise UploadError(
+            f"label {label!r} is not allowed: use letters, digits, spaces, '_', '-' and '.', "
+            "starting with a letter or digit (no '/', '\\' or '..')"
+        )
+    return label
+
+
+def read_zip(payload: bytes, limits: Limits) -> list[tuple[str, str, bytes]]:
+    """Return ``(label, name, bytes)`` for each image of a zip laid out as ``<class>/<file>``.
+
+    Raises:
+        UploadError: not a zip, or hostile or malformed as a whole (see the module docstring).
+    """
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(payload))
+    except (zipfile.BadZipFile, ValueError):
+        raise UploadError("the file is not a readable zip archive") from None
+    entries = [info for info in archive.infolist() if not info.is_dir()]
+    if len(entries) > limits.max_files:
+        raise UploadError(f"the zip holds {len(entries)} files; at most {limits.max_files}")
+    total = 0
+    paths = []
+    for info in entries:
+        name = info.filename
+        path = PurePosixPath(name)
+        if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or "\\" in name:
+            raise UploadError(f"zip entry {name!r}: absolute or Windows paths are not allowed")
+        if ".." in path.parts:
+            raise UploadError(f"zip entry {name!r}: '..' in a path is not allowed")
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise UploadError(f"zip entry {name!r}: links are not allowed")
+        if name.lower().endswith(ARCHIVE_ENDINGS):
+            raise UploadError(f"zip entry {name!r}: nested archives are not allowed")
+        if info.file_size > limits.max_file_bytes:
+            raise UploadError(
+                f"zip entry {name!r}: {info.file_size} bytes uncompressed; "
+                f"at most {limits.max_file_bytes} per file"
+            )
+        ratio = info.file_size / max(info.compress_size, 1)
+        if info.file_size > 1024 and ratio > limits.max_ratio:
+            raise UploadError(
+                f"zip entry {name!r}: compression ratio {ratio:.0f} is above "
+                f"{limits.max_ratio:.0f} (a zip bomb?)"
+            )
+        total += info.file_size
+        if total > limits.max_total_bytes:
+            raise UploadError(
+                f"the zip holds more than {limits.max_total_bytes} bytes uncompressed"
+            )
+        parts = [p for p in path.parts if p]
+        if any(p.startswith(".") or p == "__MACOSX" for p in parts):
+            continue  # operating-system clutter (.DS_Store, __MACOSX/)
+        paths.append((info, parts))
+    if not paths:
+        raise UploadError("the zip holds no files; expected <class>/<image> entries")
+    tops = {parts[0] for _, parts in paths}
+    strip = 1 if len(tops) == 1 and all(len(parts) == 3 for _, parts in paths) else 0
+    files = []
+    for info, parts in paths:
+        parts = parts[strip:]
+        if len(parts) != 2:
+            raise UploadError(
+                f"zip entry {info.filename!r}: expected <class>/<image> (one folder per class)"
+            )
+        with archive.open(info) as member:
+            content = member.read(limits.max_file_bytes + 1)
+        if content[:4] == b"PK\x03\x04":
+            raise UploadError(f"zip entry {info.filename!r}: nested archives are not allowed")
+        files.append((parts[0], parts[1], content))
+    return files
+
+
+class HashIndex:
+    """SHA-256 of every image already in the training set and the uploads.
+
+    Hashes are cached by (path, size, modification time), so only new files are read again.
+    """
+
+    def __init__(self, data_dir: Path):
+        self.data_dir = data_dir
+        self._cache: dict[Path, tuple[int, int, str]] = {}
+
+    def hashes(self) -> dict[str, Path]:
+        found: dict[str, Path] = {}
+        roots = [self.data_dir / "train", self.data_dir / "test", self.data_dir / "uploads"]
+        for root in roots:
+            if not root.is_dir():
+                continue
+            for path in root.rglob("*"):
+                if any(part.startswith(".") for part in path.relative_to(root).parts):
+                    continue
+                if not path.is_file() or not data.is_image_name(path.name):
+                    continue
+                info = path.stat()
+                cached = self._cache.get(path)
+                if cached is None or cached[:2] != (info.st_size, info.st_mtime_ns):
+                    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                    cached = (info.st_size, info.st_mtime_ns, digest)
+                    self._cache[path] = cached
+                found.setdefault(cached[2], path)
+        return found
+
+
+def _check_image(content: bytes, name: str, limits: Limits) -> str:
+    """Decode fully (as training would) and return the file ending for its real format."""
+    if len(content) > limits.max_file_bytes:
+        raise ImageDecodeError(f"{len(content)} bytes; at most {limits.max_file_bytes} per file")
+    load_image(content, 8, "grayscale", max_pixels=limits.max_pixels)
+    with Image.open(io.BytesIO(content)) as image:
+        return FORMAT_ENDINGS.get(image.format or "", "png")
+
+
+def store_upload(
+    files: list[tuple[str, str, bytes]],
+    uploads_dir: Path,
+    index: HashIndex,
+    limits: Limits = Limits(),
+) -> UploadReport:
+    """Validate and store ``(label, file name, bytes)`` triples as one new batch.
+
+    Returns:
+        The report; ``batch`` is None when nothing was accepted (then nothing was written).
+
+    Raises:
+        UploadError: no files, too many files, or a label that is not allowed.
+    """
+    if not files:
+        raise UploadError("no files in the upload")
+    if len(files) > limits.max_files:
+        raise UploadError(f"{len(files)} files in one upload; at most {limits.max_files}")
+    labels = {label: validate_label(label) for label in {label for label, _, _ in files}}
+    report = UploadReport()
+    candidates: dict[str, tuple[str, str, str]] = {}  # sha256 -> (label, name, ending)
+    for label, name, content in files:
+        label = labels[label]
+        row = {"file": name, "label": label}
+        try:
+            ending = _check_image(content, name, limits)
+        except ImageDecodeError as error:
+            reason = str(error).removeprefix(f"{name}: ").removeprefix("image: ")
+            report.rejected.append({**row, "reason": reason})
+            continue
+        digest = hashlib.sha256(content).hexdigest()
+        if digest in candidates:
+            report.duplicates.append({**row, "sha256": digest, "duplicate_of": "this upload"})
+            continue
+        candidates[digest] = (label, name, ending)
+    if not candidates:
+        return report
+    uploads_dir.mkdir(parents=True, exist_ok=True)
+    contents = {hashlib.sha256(content).hexdigest(): content for _, _, content in files}
+    with FileLock(str(uploads_dir / ".upload.lock"), timeout=120):
+        known = index.hashes()
+        fresh = {}
+        for digest, (label, name, ending) in candidates.items():
+            if digest in known:
+                where = known[digest].relative_to(index.data_dir).as_posix()
+                report.duplicates.append(
+                    {"file": name, "label": label, "sha256": digest, "duplicate_of": where}
+                )
+            else:
+                fresh[digest] = (label, name, ending)
+        if not fresh:
+            return report
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        batch = f"{stamp}-{uuid.uuid4().hex[:6]}"
+        staging = Path(tempfile.mkdtemp(prefix=f".{batch}-", dir=uploads_dir))
+        try:
+            manifest = []
+            for digest, (label, name, ending) in fresh.items():
+                target = staging / label / f"{digest[:16]}.{ending}"
+                target.parent.mkdir(exist_ok=True)
+                target.write_bytes(contents[digest])
+                stored = f"uploads/{batch}/{label}/{target.name}"
+                row = {"file": name, "label": label, "sha256": digest, "stored_as": stored}
+                report.accepted.append(row)
+                manifest.append(row)
+            (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+            staging.chmod(0o755)
+            os.rename(staging, uploads_dir / batch)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        report.batch = batch
+    return report
+
+
+def class_counts(data_dir: Path) -> dict:
+    """Images per class in the training split and in the pending uploads."""
+    train = data.discover(data_dir / "train").counts() if (data_dir / "train").is_dir() else {}
+    uploads = data.discover_uploads(data_dir / "uploads")
+    return {
+        "train": train,
+        "uploads": uploads.counts() if uploads else {},
+        "upload_batches": sorted(
+            p.name
+            for p in (data_dir / "uploads").glob("*")
+            if p.is_dir() and not p.name.startswith(".")
+        )
+        if (data_dir / "uploads").is_dir()
+        else [],
+    }

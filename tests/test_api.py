@@ -1,0 +1,410 @@
+"""The REST API through Flask's test client: every endpoint and its error paths."""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import png_with_header
+from PIL import Image
+
+from imgclf import registry
+from serve.app import create_app
+
+TOKEN = "test-token-123"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def app(project):
+    return create_app({"SETTINGS": project, "ADMIN_TOKEN": TOKEN, "RELOAD_POLL_S": 0.1})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def digit(project, label="3", index=0) -> bytes:
+    return sorted((project.test_dir / label).glob("*.png"))[index].read_bytes()
+
+
+def fresh_png(value: int, size=(20, 20)) -> bytes:
+    buffer = io.BytesIO()
+    pixels = (bytes((value * 7 + i) % 256 for i in range(size[0] * size[1])), size)
+    Image.frombytes("L", pixels[1], pixels[0]).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def make_zip(entries: dict[str, bytes], compression=zipfile.ZIP_DEFLATED) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression) as archive:
+        for name, content in entries.items():
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+def files_under(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+# ---------------------------------------------------------------------------------- predict
+def test_health_reports_model_and_uptime(client):
+    body = client.get("/health").get_json()
+    assert body["status"] == "ok"
+    assert body["model_version"] == "v0001"
+    assert body["uptime_s"] >= 0 and body["model_loaded_at"]
+
+
+def test_predict_multipart_and_raw_body_agree(client, project):
+    image = digit(project)
+    multipart = client.post("/predict", data={"image": (io.BytesIO(image), "3.png")})
+    raw = client.post("/predict", data=image, content_type="image/png")
+    assert multipart.status_code == raw.status_code == 200
+    first, second = multipart.get_json(), raw.get_json()
+    assert first["label"] == second["label"]
+    assert first["probabilities"] == pytest.approx(second["probabilities"])
+    assert set(first["probabilities"]) == {str(d) for d in range(10)}
+    assert sum(first["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+    assert first["confidence"] == max(first["probabilities"].values())
+    assert first["model_version"] == "v0001" and first["prediction_id"] != second["prediction_id"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, status, message",
+    [
+        ({"data": b"", "content_type": "image/png"}, 422, "empty"),
+        ({"data": b"hello", "content_type": "image/png"}, 422, "not a readable image"),
+        ({"json": {"image": "x"}}, 415, "multipart"),
+        ({"data": {"picture": (io.BytesIO(b"x"), "a.png")}}, 400, "'image'"),
+        ({"data": png_with_header(30000, 30000), "content_type": "image/png"}, 422, "too large"),
+    ],
+)
+def test_predict_bad_input_gets_a_clear_4xx(client, kwargs, status, message):
+    response = client.post("/predict", **kwargs)
+    assert response.status_code == status
+    assert message in response.get_json()["message"]
+    assert client.get("/health").status_code == 200
+
+
+def test_predict_truncated_jpeg_is_refused(client):
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(buffer, format="JPEG")
+    response = client.post("/predict", data=buffer.getvalue()[:300], content_type="image/jpeg")
+    assert response.status_code == 422
+
+
+def test_predict_batch_reports_errors_per_image(client, project):
+    files = [(io.BytesIO(digit(project, str(d))), f"{d}.png") for d in range(3)]
+    files.append((io.BytesIO(b"junk"), "junk.png"))
+    body = client.post("/predict/batch", data={"images": files}).get_json()
+    assert body["count"] == 4 and body["failed"] == 1
+    assert [p.get("error") is None for p in body["predictions"]] == [True, True, True, False]
+    assert "junk.png" == body["predictions"][3]["file"]
+    only_junk = client.post("/predict/batch", data={"images": [(io.BytesIO(b"x"), "x.png")]})
+    assert only_junk.status_code == 422
+    assert client.post("/predict/batch", data={}).status_code == 400
+
+
+def test_prediction_log_feedback_and_stats(client, project):
+    first = client.post("/predict", data=digit(project), content_type="image/png").get_json()
+    client.post("/predict", data=b"junk", content_type="image/png")
+    response = client.post(
+        "/feedback", json={"prediction_id": first["prediction_id"], "label": "3"}
+    )
+    assert response.status_code == 201
+    assert response.get_json()["correct"] is (first["label"] == "3")
+    missing = client.post("/feedback", json={"prediction_id": "nope", "label": "3"})
+    assert missing.status_code == 404
+    bad = client.post("/feedback", json={"prediction_id": first["prediction_id"], "label": "../x"})
+    assert bad.status_code == 422
+    stats = client.get("/stats").get_json()
+    assert stats["predictions"] == 1 and stats["failed_predictions"] == 1
+    assert stats["error_rate"] == 0.5
+    assert stats["by_class"] == {first["label"]: 1}
+    assert stats["latency_ms"]["p50"] > 0
+    assert stats["feedback"]["count"] == 1
+    assert stats["series"]["points"][-1]["requests"] == 2
+    brightness = client.get("/data/brightness").get_json()
+    assert brightness["production_count"] == 1 and sum(brightness["train"]) > 100
+
+
+def scrape(client) -> dict[tuple, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = client.get("/metrics").get_data(as_text=True)
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_are_prometheus_text(client, project):
+    request = (
+        "imgclf_http_requests_total",
+        (("method", "POST"), ("route", "/predict"), ("status", "200")),
+    )
+    before = scrape(client)
+    label = client.post("/predict", data=digit(project), content_type="image/png").json["label"]
+    after = scrape(client)
+    assert after[request] - before.get(request, 0) == 1
+    predicted = ("imgclf_predictions_total", (("label", label), ("model_version", "v0001")))
+    assert after[predicted] - before.get(predicted, 0) == 1
+    assert after[("imgclf_model_info", (("version", "v0001"),))] == 1
+    assert 0 <= after[("imgclf_uptime_seconds", ())] < 3600
+    assert any(name == "imgclf_predict_latency_seconds_bucket" for name, _ in after)
+
+
+def test_openapi_document_and_offline_docs(client):
+    spec = client.get("/openapi.json").get_json()
+    assert spec["openapi"].startswith("3.")
+    for path in (
+        "/predict",
+        "/predict/batch",
+        "/upload-data",
+        "/retrain",
+        "/retrain/{job_id}",
+        "/jobs",
+        "/model",
+        "/models",
+        "/model/rollback",
+        "/metrics",
+        "/stats",
+        "/feedback",
+        "/health",
+    ):
+        assert path in spec["paths"], path
+    assert "bearerAuth" in spec["components"]["securitySchemes"]
+    docs = client.get("/docs").get_data(as_text=True)
+    assert "/docs/static/swagger-ui-bundle.js" in docs
+    assert client.get("/docs/static/swagger-ui-bundle.js").status_code == 200
+
+
+def test_unknown_route_is_json_404(client):
+    response = client.get("/nowhere")
+    assert response.status_code == 404 and "no such resource" in response.get_json()["message"]
+
+
+# ----------------------------------------------------------------------------------- upload
+def test_admin_endpoints_need_the_token(client, project):
+    for path in ("/upload-data", "/retrain", "/model/rollback"):
+        assert client.post(path).status_code == 401
+        wrong = client.post(path, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.get_json()["message"] == "wrong admin token"
+    disabled = create_app({"SETTINGS": project, "ADMIN_TOKEN": ""}).test_client()
+    assert disabled.post("/model/rollback", headers=AUTH).status_code == 503
+
+
+def test_upload_files_dedupes_against_training_set_and_itself(client, project):
+    known = digit(project)  # already in the test split
+    files = [
+        (io.BytesIO(fresh_png(1)), "a.png"),
+        (io.BytesIO(fresh_png(1)), "a-again.png"),
+        (io.BytesIO(fresh_png(2)), "b.png"),
+        (io.BytesIO(known), "known.png"),
+        (io.BytesIO(b"text"), "fake.png"),
+    ]
+    response = client.post(
+        "/upload-data", data={"files": files, "label": "seven-ish"}, headers=AUTH
+    )
+    assert response.status_code == 201
+    body = response.get_json()
+    assert body["counts"] == {"accepted": 2, "duplicate": 2, "rejected": 1}
+    assert body["rejected"][0]["file"] == "fake.png"
+    assert "not a readable image" in body["rejected"][0]["reason"]
+    assert {d["duplicate_of"] for d in body["duplicates"]} == {
+        "this upload",
+        f"test/3/{sorted((project.test_dir / '3').glob('*.png'))[0].name}",
+    }
+    stored = files_under(project.uploads_dir)
+    assert len([s for s in stored if s.endswith(".png")]) == 2
+    again = client.post(
+        "/upload-data",
+        data={"files": [(io.BytesIO(fresh_png(2)), "b.png")], "label": "x"},
+        headers=AUTH,
+    )
+    assert again.status_code == 200 and again.get_json()["counts"]["duplicate"] == 1
+    summary = client.get("/data/summary").get_json()
+    assert summary["uploads"] == {"seven-ish": 2} and len(summary["upload_batches"]) == 1
+
+
+def test_upload_zip_of_class_folders(client, project):
+    archive = make_zip(
+        {
+            "mydata/cat/1.png": fresh_png(10),
+            "mydata/cat/2.png": fresh_png(11),
+            "mydata/dog/1.png": fresh_png(12),
+            "mydata/.DS_Store": b"junk",
+        }
+    )
+    response = client.post(
+        "/upload-data", data={"zip": (io.BytesIO(archive), "d.zip")}, headers=AUTH
+    )
+    assert response.status_code == 201
+    assert response.get_json()["by_class"] == {"cat": 2, "dog": 1}
+    raw = client.post(
+        "/upload-data",
+        data=make_zip({"cow/1.png": fresh_png(13)}),
+        content_type="application/zip",
+        headers=AUTH,
+    )
+    assert raw.status_code == 201
+
+
+def bomb() -> bytes:
+    return make_zip({"cls/big.png": b"\0" * 10_000_000})
+
+
+def hostile_uploads(project):
+    """(description, request kwargs, expected status, words in the message)."""
+    files = lambda content, name="x.png", label="ok": {  # noqa: E731
+        "data": {"files": [(io.BytesIO(content), name)], "label": label}
+    }
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(buffer, format="JPEG")
+    zipped = lambda entries: {"data": {"zip": (io.BytesIO(make_zip(entries)), "z.zip")}}  # noqa: E731
+    return [
+        ("empty file", files(b""), 422, "empty"),
+        ("text named .png", files(b"hello world"), 422, "not a readable image"),
+        ("truncated JPEG", files(buffer.getvalue()[:250], "t.jpg"), 422, "t.jpg"),
+        ("decompression bomb", files(png_with_header(40000, 40000)), 422, "too large"),
+        ("huge dimensions", files(png_with_header(9000, 9000)), 422, "more than the limit"),
+        ("label with ../", files(fresh_png(5), label="../evil"), 400, "not allowed"),
+        ("label with /", files(fresh_png(5), label="a/b"), 400, "not allowed"),
+        ("long label", files(fresh_png(5), label="a" * 65), 400, "at most 64"),
+        ("zip with ../", zipped({"../evil/x.png": fresh_png(6)}), 400, "'..'"),
+        ("zip with absolute path", zipped({"/etc/x.png": fresh_png(6)}), 400, "absolute"),
+        ("zip bomb", {"data": {"zip": (io.BytesIO(bomb()), "b.zip")}}, 400, "ratio"),
+        ("nested zip", zipped({"cls/inner.zip": make_zip({"a/b.png": b"1"})}), 400, "nested"),
+        ("not a zip", {"data": {"zip": (io.BytesIO(b"nope"), "z.zip")}}, 400, "not a readable"),
+        ("zip without folders", zipped({"x.png": fresh_png(7)}), 400, "<class>/<image>"),
+        ("no files", {"data": {"label": "x"}}, 400, "files"),
+    ]
+
+
+def test_hostile_uploads_get_4xx_and_write_nothing(client, project):
+    before = files_under(project.project_root)
+    for description, kwargs, status, words in hostile_uploads(project):
+        response = client.post("/upload-data", headers=AUTH, **kwargs)
+        assert response.status_code == status, (description, response.get_json())
+        assert words in response.get_json()["message"], (description, response.get_json())
+    after = files_under(project.project_root)
+    written = {p for p in after - before if not p.startswith("data/imgclf.db")}
+    assert written <= {"data/uploads/.upload.lock"}, written
+    assert client.get("/health").get_json()["status"] == "ok"
+
+
+def test_request_size_limit_is_a_json_413(project):
+    client = create_app(
+        {"SETTINGS": project, "ADMIN_TOKEN": TOKEN, "MAX_CONTENT_LENGTH": 1000}
+    ).test_client()
+    response = client.post("/predict", data=b"\0" * 5000, content_type="image/png")
+    assert response.status_code == 413 and "too large" in response.get_json()["message"]
+
+
+# ----------------------------------------------------------------------------- registry
+def test_models_rollback_promote_and_hot_reload(client, app, project):
+    first = registry.metadata(project.models_dir, "v0001")
+    second = registry.register(
+        project.models_dir,
+        registry.model_path(project.models_dir, "v0001"),
+        {**{k: v for k, v in first.items() if k not in ("version", "created_at")}},
+    )
+    assert client.get("/model").get_json()["version"] == "v0001"
+    assert (
+        client.post("/model/promote", json={"version": "v0099"}, headers=AUTH).status_code == 404
+    )
+    promoted = client.post("/model/promote", json={"version": second}, headers=AUTH)
+    assert promoted.status_code == 200 and promoted.get_json()["version"] == second
+    deadline = time.time() + 5
+    while client.get("/health").get_json()["model_version"] != second:
+        assert time.time() < deadline, "the worker did not load the promoted version"
+        time.sleep(0.1)
+    image = digit(project)
+    assert (
+        client.post("/predict", data=image, content_type="image/png").get_json()["model_version"]
+        == second
+    )
+    listing = client.get("/models").get_json()
+    assert listing["current"] == second and listing["history"] == ["v0001"]
+    assert [v["version"] for v in listing["versions"]] == ["v0001", second]
+    back = client.post("/model/rollback", headers=AUTH)
+    assert back.status_code == 200 and back.get_json()["version"] == "v0001"
+    nothing = client.post("/model/rollback", headers=AUTH)
+    assert nothing.status_code == 409 and "nothing to roll back" in nothing.get_json()["message"]
+
+
+def test_no_model_yet_is_503_not_500(project):
+    empty = project.models_dir.parent / "empty-models"
+    from dataclasses import replace
+
+    client = create_app({"SETTINGS": replace(project, models_dir=empty)}).test_client()
+    assert client.get("/health").get_json()["status"] == "no-model"
+    response = client.post("/predict", data=fresh_png(1), content_type="image/png")
+    assert response.status_code == 503 and "make train" in response.get_json()["message"]
+    assert client.get("/model").status_code == 404
+
+
+# ------------------------------------------------------------------------------- retrain
+def test_retrain_parameters_are_validated(client):
+    unknown = client.post("/retrain", json={"epochs": 1, "rm": "-rf"}, headers=AUTH)
+    assert unknown.status_code == 422 and "rm" in str(unknown.get_json()["errors"])
+    out_of_range = client.post("/retrain", json={"epochs": 0}, headers=AUTH)
+    assert out_of_range.status_code == 422
+    assert client.get("/retrain/doesnotexist").status_code == 404
+
+
+@pytest.mark.slow
+def test_retrain_job_runs_the_notebook_in_its_own_process(client, project):
+    client.post(
+        "/upload-data",
+        data={"files": [(io.BytesIO(fresh_png(3)), "a.png")], "label": "3"},
+        headers=AUTH,
+    )
+    started = client.post(
+        "/retrain", json={"epochs": 1, "patience": 1, "tolerance": 0.2}, headers=AUTH
+    )
+    assert started.status_code == 202, started.get_json()
+    job = started.get_json()
+    assert started.headers["Location"] == f"/retrain/{job['id']}"
+    conflict = client.post("/retrain", json={"epochs": 1}, headers=AUTH)
+    assert conflict.status_code == 409 and conflict.get_json()["job"]["id"] == job["id"]
+    deadline = time.time() + 240
+    while (status := client.get(f"/retrain/{job['id']}").get_json())["state"] in (
+        "queued",
+        "running",
+    ):
+        assert time.time() < deadline, status
+        time.sleep(1)
+    assert status["state"] == "promoted", status
+    assert status["result"]["version"] == "v0002" and status["result"]["uploads"] == 1
+    assert status["progress"]["fraction"] == 1.0 and status["progress"]["epoch"] == 1
+    assert status["report"].endswith("/report.html")
+    assert client.get(status["report"]).status_code == 200
+    assert any("retrain job" in line for line in status["log_tail"])
+    assert client.get("/jobs").get_json()[0]["id"] == job["id"]
+    assert client.get("/stats").get_json()["last_retrain"]["id"] == job["id"]
+
+
+def test_dead_job_is_marked_failed(project):
+    from imgclf.store import Store
+
+    store = Store(project.database_url)
+    job = store.create_job("retrain", {}, str(project.reports_dir / "x"))
+    store.update_job(job["id"], state="running", pid=2**22 + 12345)  # no such process
+    assert store.job(job["id"])["state"] == "failed"
+    again = store.create_job("retrain", {}, str(project.reports_dir / "y"))
+    store.update_job(again["id"], heartbeat_at=time.time() - 120)
+    assert store.jobs()[0]["state"] == "failed"
+    assert "died" in store.jobs()[0]["error"]
+
+
+def test_reports_are_served_read_only(client, project):
+    (project.reports_dir / "index.html").write_text("<h1>runs</h1>")
+    assert client.get("/reports/").get_data(as_text=True) == "<h1>runs</h1>"
+    assert client.get("/reports/../data/imgclf.db").status_code == 404
+    assert client.post("/reports/index.html").status_code == 405
