@@ -12,8 +12,14 @@ export KERAS_BACKEND := jax
 # Extra notebook parameters, e.g.  make train PARAMS="-p epochs 5 -p seed 1"
 PARAMS ?=
 
-.PHONY: help setup lock data eda train evaluate retrain pipeline run reports lab test test-unit \
-        test-notebooks lint format clean
+# API and dashboard: make serve PORT=8080 WORKERS=2
+PORT ?= 8000
+WORKERS ?= 2
+DASHBOARD_PORT ?= 5006
+export PORT WORKERS DASHBOARD_PORT
+
+.PHONY: help setup lock data eda train evaluate retrain pipeline run model serve dashboard token \
+        bench loadtest reports lab test lint format clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -48,12 +54,31 @@ retrain: setup ## fine-tune on train + uploads; promote only if not worse (04_re
 
 pipeline: data eda train evaluate ## the whole offline pipeline: data, EDA, train, evaluate
 
-run: data ## set up, prepare data, train if there is no model yet, write the reports
+model: data ## prepare data and train (EDA, train, evaluate) unless a current model exists
 	@if [ -z "$$($(PY) -c 'from imgclf import config, registry; print(registry.current_version(config.get_settings().models_dir) or "")')" ]; then \
 	  $(MAKE) --no-print-directory eda train evaluate; \
 	else echo "a current model exists: skipping training (make train to train anew)"; fi
 	@$(PY) -m imgclf.registry list
 	@echo "reports: $(CURDIR)/reports/index.html"
+
+run: model ## everything: set up, data, train if no model yet, then serve the API + dashboard
+	$(PY) -m serve.launch
+
+serve: model ## start the API alone under gunicorn (PORT, WORKERS)
+	$(PY) -m serve.launch --no-dashboard
+
+dashboard: setup ## start the dashboard alone (expects the API at IMGCLF_API_URL)
+	$(PY) -m panel serve dashboard/app.py --port $(DASHBOARD_PORT)
+
+token: setup ## print the admin token (created in .env on first use)
+	@$(PY) -c 'from serve.launch import ensure_token; print(ensure_token())'
+
+bench: model ## benchmark /predict: jitted + draft-mode decoding against a naive implementation
+	$(PY) -m serve.bench
+
+loadtest: model ## flood the API with locust for 1, 2 and 4 workers -> reports/loadtest-*.json
+	$(PIP) install --quiet -c requirements.lock -e '.[load]'
+	$(PY) -m serve.loadtest
 
 reports: setup ## rewrite reports/index.html
 	$(PY) -m imgclf.pipeline index

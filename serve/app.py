@@ -229,7 +229,7 @@ def _register_metrics_hooks(app: Flask) -> None:
 
 
 def _require_token(view):
-    """Admin endpoints need ``Authorization: Bearer <IMGCLF_ADMIN_TOKEN>`` (constant-time check)."""
+    """Admin endpoints need ``Authorization: Bearer <IMGCLF_ADMIN_TOKEN>`` (constant time)."""
 
     @wraps(view)
     def checked(*args, **kwargs):

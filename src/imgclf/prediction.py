@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from dataclasses import dataclass, field
@@ -23,6 +24,28 @@ class Prediction:
     probabilities: dict[str, float]
 
 
+#: One jitted forward pass per model architecture (its Keras config), shared by every version
+#: with that architecture: weights are arguments, so a new version of the same network reuses
+#: the compiled code and a hot reload costs a file load, not a compilation.
+_FORWARDS: dict[str, object] = {}
+_FORWARDS_LOCK = threading.Lock()
+
+
+def _compiled_forward(model):
+    import jax
+
+    key = json.dumps(model.get_config(), sort_keys=True, default=str)
+    with _FORWARDS_LOCK:
+        if key not in _FORWARDS:
+
+            def forward(trainable, non_trainable, images):
+                outputs, _ = model.stateless_call(trainable, non_trainable, images, training=False)
+                return outputs
+
+            _FORWARDS[key] = jax.jit(forward)
+        return _FORWARDS[key]
+
+
 @dataclass
 class Predictor:
     """A loaded model version with a jitted, inference-mode forward pass.
@@ -37,17 +60,15 @@ class Predictor:
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
 
     def __post_init__(self) -> None:
-        import jax
+        import jax.numpy as jnp
 
         model = self.model
-        trainable = [v.value for v in model.trainable_variables]
-        non_trainable = [v.value for v in model.non_trainable_variables]
-
-        def forward(images):
-            outputs, _ = model.stateless_call(trainable, non_trainable, images, training=False)
-            return outputs
-
-        self._forward = jax.jit(forward)
+        self._forward = _compiled_forward(model)
+        # copies: a later model.predict() on the same model may donate the variables' buffers
+        self._trainable = [jnp.array(v.value, copy=True) for v in model.trainable_variables]
+        self._non_trainable = [
+            jnp.array(v.value, copy=True) for v in model.non_trainable_variables
+        ]
 
     @classmethod
     def load(cls, models_dir: Path, version: str | None = None) -> Predictor:
@@ -91,7 +112,7 @@ class Predictor:
         if padded != count:
             filler = np.zeros((padded - count, *images.shape[1:]), images.dtype)
             images = np.concatenate([images, filler])
-        return np.asarray(self._forward(images))[:count]
+        return np.asarray(self._forward(self._trainable, self._non_trainable, images))[:count]
 
     def warm_up(self) -> None:
         """Compile the forward pass for one image now, not on the first request."""

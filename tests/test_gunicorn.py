@@ -1,0 +1,174 @@
+"""Real gunicorn, two workers: upload, retrain under prediction load, hot reload, rollback."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+
+import pytest
+import requests
+from PIL import Image
+
+from imgclf import registry
+from imgclf.config import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+TOKEN = "integration-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def server(project, tmp_path):
+    port = free_port()
+    env = {
+        **os.environ,
+        **project.as_environment(),
+        "PORT": str(port),
+        "WORKERS": "2",
+        "THREADS": "4",
+        "IMGCLF_ADMIN_TOKEN": TOKEN,
+        "IMGCLF_RELOAD_POLL_S": "0.5",
+        "ACCESS_LOG": "",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+    }
+    env.pop("XLA_FLAGS", None)
+    log = open(tmp_path / "gunicorn.log", "w+")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "serve/gunicorn.conf.py"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            if requests.get(f"{url}/health", timeout=5).json()["status"] == "ok":
+                break
+        except requests.RequestException:
+            pass
+        if process.poll() is not None or time.time() > deadline:
+            log.seek(0)
+            pytest.fail(f"gunicorn did not start:\n{log.read()[-3000:]}")
+        time.sleep(0.3)
+    yield url, process
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    log.close()
+
+
+def worker_versions(url: str, tries: int = 60) -> dict[int, str]:
+    """Ask /health until two different workers have answered; their pid -> version."""
+    seen: dict[int, str] = {}
+    for _ in range(tries):
+        # a fresh connection each time, so that the kernel can hand it to either worker
+        body = requests.get(f"{url}/health", timeout=10).json()
+        seen[body["worker_pid"]] = body["model_version"]
+        if len(seen) >= 2:
+            break
+    return seen
+
+
+def png(value: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.frombytes("L", (20, 20), bytes((value * 11 + i) % 256 for i in range(400))).save(
+        buffer, format="PNG"
+    )
+    return buffer.getvalue()
+
+
+def test_retrain_under_load_hot_reloads_every_worker_without_failures(server, project):
+    url, process = server
+    assert set(worker_versions(url).values()) == {"v0001"}
+
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for i in range(4):
+            zipped.writestr(f"7/extra-{i}.png", png(i))
+    uploaded = requests.post(
+        f"{url}/upload-data", files={"zip": ("u.zip", archive.getvalue())}, headers=AUTH
+    )
+    assert uploaded.status_code == 201 and uploaded.json()["counts"]["accepted"] == 4
+
+    image = next((project.test_dir / "4").glob("*.png")).read_bytes()
+    answers: list[tuple[float, float, int, str | None]] = []  # (sent, received, status, version)
+    stop = threading.Event()
+
+    def load():
+        with requests.Session() as session:
+            while not stop.is_set():
+                sent = time.time()
+                try:
+                    response = session.post(
+                        f"{url}/predict",
+                        data=image,
+                        headers={"Content-Type": "image/png"},
+                        timeout=30,
+                    )
+                    version = response.json().get("model_version")
+                    answers.append((sent, time.time(), response.status_code, version))
+                except requests.RequestException as error:
+                    answers.append((sent, time.time(), 0, str(error)))
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        started = requests.post(
+            f"{url}/retrain", json={"epochs": 1, "patience": 1, "tolerance": 0.2}, headers=AUTH
+        )
+        assert started.status_code == 202, started.text
+        job_url = f"{url}/retrain/{started.json()['id']}"
+        assert requests.post(f"{url}/retrain", json={}, headers=AUTH).status_code == 409
+        deadline = time.time() + 300
+        while (job := requests.get(job_url).json())["state"] in ("queued", "running"):
+            assert time.time() < deadline, job
+            time.sleep(1)
+        assert job["state"] == "promoted", job
+        new_version = job["result"]["version"]
+        promoted_at = registry.pointer(project.models_dir)["changed_at"]
+        time.sleep(2.5)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+
+    from datetime import datetime
+
+    promoted = datetime.fromisoformat(promoted_at).timestamp()
+    failed = [a for a in answers if a[2] != 200]
+    assert not failed, failed[:5]
+    assert len(answers) > 20
+    first_new = min((a[1] for a in answers if a[3] == new_version), default=None)
+    print(f"first answer from {new_version}: {first_new and first_new - promoted:.2f} s after")
+    late = [a for a in answers if a[0] > promoted + 2.0]
+    assert late and all(a[3] == new_version for a in late), late[:5]
+    assert set(worker_versions(url).values()) == {new_version}
+
+    rolled = requests.post(f"{url}/model/rollback", headers=AUTH)
+    assert rolled.status_code == 200 and rolled.json()["version"] == "v0001"
+    time.sleep(2.0)
+    versions = worker_versions(url)
+    assert len(versions) == 2 and set(versions.values()) == {"v0001"}
+
+    text = requests.get(f"{url}/metrics").text
+    assert 'route="/predict",status="200"' in text
+    assert 'imgclf_retrain_jobs{state="promoted"} 1.0' in text
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=40) == 0
