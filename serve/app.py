@@ -26,7 +26,7 @@ from PIL import Image
 from imgclf import config, data, imagestats, jobs, registry, uploads
 from imgclf.prediction import LiveModel
 from imgclf.preprocessing import ImageDecodeError
-from imgclf.store import JobConflict, Store, StoreError
+from imgclf.store import JobConflict, PredictionLogWriter, Store, StoreError
 from serve import metrics, schemas
 
 IMAGE_BODY = {
@@ -165,6 +165,7 @@ class _State:
         self.settings = settings
         self.cfg = cfg
         self.store = Store(settings.database_url)
+        self.log = PredictionLogWriter(self.store)
         self.model = LiveModel(settings.models_dir, cfg["RELOAD_POLL_S"])
         self.hashes = uploads.HashIndex(settings.data_dir)
         self.started_at = cfg["STARTED_AT"]
@@ -322,6 +323,7 @@ def _blueprints(state: _State) -> list[Blueprint]:
     @service.response(200)
     def stats():
         """The production figures as JSON (for the dashboard)."""
+        state.log.flush()
         figures = store.statistics()
         finished = [job for job in store.jobs(20) if job["finished_at"]]
         last = finished[0] if finished else None
@@ -378,7 +380,7 @@ def _blueprints(state: _State) -> list[Blueprint]:
             row.pop("edge_density", None)
             row.pop("mode", None)
             rows.append(row)
-        store.log_predictions(rows)
+        state.log.add(rows)
 
     def _classify(predictor, payloads: list[tuple[str, bytes]]) -> list[dict]:
         items = []
@@ -531,6 +533,7 @@ def _blueprints(state: _State) -> list[Blueprint]:
     @datasets.response(200)
     def brightness():
         """Brightness of training images against recent production inputs (histograms)."""
+        state.log.flush()
         train = state.training_statistics().get("brightness", [])
         production = [
             row["brightness"] for row in store.recent_inputs() if row["brightness"] is not None
@@ -550,10 +553,15 @@ def _blueprints(state: _State) -> list[Blueprint]:
     @datasets.response(201)
     def feedback(body):
         """The true label of an earlier prediction (from its `prediction_id`)."""
-        try:
-            return store.add_feedback(body["prediction_id"], body["label"]), 201
-        except StoreError as error:
-            abort(404, message=str(error))
+        state.log.flush()
+        deadline = time.time() + 1.0  # another worker may not have written its log yet
+        while True:
+            try:
+                return store.add_feedback(body["prediction_id"], body["label"]), 201
+            except StoreError as error:
+                if time.time() > deadline:
+                    abort(404, message=str(error))
+                time.sleep(0.1)
 
     # ------------------------------------------------------------------------------ retrain
     @training.route("/retrain", methods=["POST"])
