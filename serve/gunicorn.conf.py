@@ -4,9 +4,11 @@ Settings from the environment: ``PORT`` (8000), ``HOST`` (127.0.0.1), ``WORKERS`
 cores, at most 4), ``THREADS`` (per worker, 4), ``TIMEOUT`` (60 s).
 
 JAX: the master never imports it. The app is not preloaded, so each worker imports JAX and
-loads the model after the fork. XLA's CPU thread pool is sized here, before any worker starts:
-``cores // workers`` threads per worker (one, with Eigen's own pool switched off, when there are
-as many workers as cores), so that the workers together use the cores once, not N times over.
+loads the model after the fork. Threads are sized here, before any worker starts: with as many
+workers as cores (the default), XLA's Eigen thread pool is switched off
+(``--xla_cpu_multi_thread_eigen=false``) and BLAS/OpenMP get one thread each, so the workers
+together use the cores once, not N times over. Fewer workers than cores get
+``cores // workers`` BLAS/OpenMP threads each and XLA's default pool.
 """
 
 import os
@@ -28,12 +30,9 @@ errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
 
 _threads_per_worker = max(1, _cores // max(workers, 1))
-if "XLA_FLAGS" not in os.environ:
-    os.environ["XLA_FLAGS"] = (
-        "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-        if _threads_per_worker == 1
-        else f"intra_op_parallelism_threads={_threads_per_worker}"
-    )
+if "XLA_FLAGS" not in os.environ and _threads_per_worker == 1:
+    # one core per worker: XLA's Eigen thread pool would only fight the other workers
+    os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false"
 for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, str(_threads_per_worker))
 os.environ.setdefault("KERAS_BACKEND", "jax")
@@ -54,7 +53,7 @@ def on_starting(server):
         os.remove(os.path.join(folder, name))
     server.log.info(
         "XLA_FLAGS=%r, %d worker(s) x %d thread(s)",
-        os.environ["XLA_FLAGS"],
+        os.environ.get("XLA_FLAGS", ""),
         workers,
         threads,
     )

@@ -7,7 +7,11 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import shutil  # noqa: E402
+import socket  # noqa: E402
 import struct  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
 import zlib  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -98,3 +102,57 @@ def project(trained_root, tmp_path) -> Settings:
         color_mode="grayscale",
         seed=1,
     )
+
+
+TOKEN = "integration-token"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def server(project, tmp_path):
+    """Real gunicorn (2 workers) serving ``project``; yields ``(url, process)``."""
+    import requests
+
+    port = free_port()
+    env = {
+        **os.environ,
+        **project.as_environment(),
+        "PORT": str(port),
+        "WORKERS": "2",
+        "THREADS": "4",
+        "IMGCLF_ADMIN_TOKEN": TOKEN,
+        "IMGCLF_RELOAD_POLL_S": "0.5",
+        "ACCESS_LOG": "",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+    }
+    env.pop("XLA_FLAGS", None)
+    log = open(tmp_path / "gunicorn.log", "w+")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "serve/gunicorn.conf.py"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            if requests.get(f"{url}/health", timeout=5).json()["status"] == "ok":
+                break
+        except requests.RequestException:
+            pass
+        if process.poll() is not None or time.time() > deadline:
+            log.seek(0)
+            pytest.fail(f"gunicorn did not start:\n{log.read()[-3000:]}")
+        time.sleep(0.3)
+    yield url, process
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    log.close()

@@ -3,73 +3,20 @@
 from __future__ import annotations
 
 import io
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import zipfile
 
 import pytest
 import requests
+from conftest import TOKEN
 from PIL import Image
 
 from imgclf import registry
-from imgclf.config import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
-TOKEN = "integration-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def server(project, tmp_path):
-    port = free_port()
-    env = {
-        **os.environ,
-        **project.as_environment(),
-        "PORT": str(port),
-        "WORKERS": "2",
-        "THREADS": "4",
-        "IMGCLF_ADMIN_TOKEN": TOKEN,
-        "IMGCLF_RELOAD_POLL_S": "0.5",
-        "ACCESS_LOG": "",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
-    }
-    env.pop("XLA_FLAGS", None)
-    log = open(tmp_path / "gunicorn.log", "w+")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "serve/gunicorn.conf.py"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            if requests.get(f"{url}/health", timeout=5).json()["status"] == "ok":
-                break
-        except requests.RequestException:
-            pass
-        if process.poll() is not None or time.time() > deadline:
-            log.seek(0)
-            pytest.fail(f"gunicorn did not start:\n{log.read()[-3000:]}")
-        time.sleep(0.3)
-    yield url, process
-    if process.poll() is None:
-        process.kill()
-        process.wait()
-    log.close()
 
 
 def worker_versions(url: str, tries: int = 60) -> dict[int, str]:

@@ -107,3 +107,27 @@ def sample_grid(split: LoadedSplit, per_class: int = 8, max_classes: int = 20, s
 def per_class_values(values: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> dict:
     """Group one statistic by class name, for ``evaluation.plot_histograms``."""
     return {name: values[labels == index] for index, name in enumerate(class_names)}
+
+
+def describe_drift(train: Sequence[float], production: Sequence[float], name: str) -> str:
+    """One sentence comparing a statistic of production inputs with the training images."""
+    if len(production) == 0:
+        return f"No production inputs yet: the {name} of predicted images will show up here."
+    if len(train) == 0:
+        return f"No training images to compare the {name} of production inputs with."
+    train_mean, production_mean = float(np.mean(train)), float(np.mean(production))
+    spread = float(np.std(train)) or 1e-9
+    shift = (production_mean - train_mean) / spread
+    verdict = (
+        "close to the training data, so the model sees what it was trained on"
+        if abs(shift) < 0.5
+        else "noticeably different from the training data; check predictions on such inputs"
+        if abs(shift) < 1.5
+        else "far from the training data (drift): expect worse accuracy, and consider "
+        "uploading labelled examples of such inputs and retraining"
+    )
+    return (
+        f"Production inputs ({len(production)}) have a mean {name} of {production_mean:.3f} "
+        f"against {train_mean:.3f} for training images ({shift:+.1f} standard deviations): "
+        f"{verdict}."
+    )

@@ -189,3 +189,43 @@ def plot_histograms(values: dict[str, np.ndarray], xlabel: str, bins: int = 30):
     axis.set_ylabel("density")
     axis.legend(fontsize=8, ncols=2)
     return figure
+
+
+def describe_confusion(matrix: Sequence[Sequence[int]], class_names: Sequence[str]) -> str:
+    """One sentence on a confusion matrix: accuracy and the most frequent confusion."""
+    matrix = np.asarray(matrix)
+    total = int(matrix.sum())
+    if total == 0:
+        return "The confusion matrix is empty."
+    correct = int(np.trace(matrix))
+    errors = matrix.copy()
+    np.fill_diagonal(errors, 0)
+    if errors.sum() == 0:
+        return f"All {total} test images are classified correctly."
+    true, predicted = np.unravel_index(int(errors.argmax()), errors.shape)
+    return (
+        f"{correct} of {total} test images ({correct / total:.1%}) are on the diagonal; the most "
+        f"frequent mistake is '{class_names[true]}' taken for '{class_names[predicted]}' "
+        f"({int(errors[true, predicted])} times), the pair to look at first."
+    )
+
+
+def describe_history(history: dict[str, list[float]]) -> str:
+    """One sentence on training curves: best epoch, final gap between training and validation."""
+    validation = history.get("val_loss") or []
+    if not validation:
+        return "No training history was recorded for this model."
+    best = int(np.argmin(validation))
+    gap = (history.get("val_accuracy") or [0])[-1] - (history.get("accuracy") or [0])[-1]
+    fit = (
+        "validation accuracy is above training accuracy, as expected with augmentation and "
+        "dropout during training only"
+        if gap > 0.005
+        else "training and validation accuracy are close: no sign of overfitting"
+        if gap > -0.03
+        else "training accuracy is well above validation accuracy: the model overfits"
+    )
+    return (
+        f"Validation loss was lowest at epoch {best + 1} of {len(validation)} "
+        f"({validation[best]:.4f}), whose weights were kept; {fit}."
+    )

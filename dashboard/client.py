@@ -1,0 +1,112 @@
+"""A small client of the REST API: the dashboard's only way to the model, the data and the jobs.
+
+Every call has a timeout; failures become ``ApiError`` with a sentence a person can act on.
+"""
+
+from __future__ import annotations
+
+import os
+
+import requests
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class ApiError(RuntimeError):
+    """The API is down, slow, or refused the request; the message says which and why."""
+
+    def __init__(self, message: str, status: int | None = None, body: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.body = body or {}
+
+
+class ApiClient:
+    def __init__(self, base_url: str | None = None, token: str | None = None, timeout=10.0):
+        self.base_url = (base_url or os.environ.get("IMGCLF_API_URL") or DEFAULT_URL).rstrip("/")
+        self.token = token if token is not None else os.environ.get("IMGCLF_ADMIN_TOKEN", "")
+        self.timeout = timeout
+        self.session = requests.Session()
+
+    def _call(self, method: str, path: str, admin: bool = False, timeout=None, **kwargs):
+        headers = kwargs.pop("headers", {})
+        if admin:
+            if not self.token:
+                raise ApiError("this needs the admin token: enter it in the Retrain tab")
+            headers["Authorization"] = f"Bearer {self.token}"
+        try:
+            response = self.session.request(
+                method,
+                self.base_url + path,
+                headers=headers,
+                timeout=timeout or self.timeout,
+                **kwargs,
+            )
+        except requests.Timeout:
+            raise ApiError(f"the API at {self.base_url} is not answering (timed out)") from None
+        except requests.ConnectionError:
+            raise ApiError(f"the API at {self.base_url} is down (connection refused)") from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        if response.status_code >= 400 and not (response.status_code == 422 and "counts" in body):
+            message = body.get("message") or response.reason
+            raise ApiError(f"{message} (HTTP {response.status_code})", response.status_code, body)
+        return body
+
+    def health(self) -> dict:
+        return self._call("GET", "/health", timeout=3)
+
+    def predict(self, payload: bytes, filename: str = "image") -> dict:
+        return self._call("POST", "/predict", files={"image": (filename, payload)})
+
+    def feedback(self, prediction_id: str, label: str) -> dict:
+        return self._call(
+            "POST", "/feedback", json={"prediction_id": prediction_id, "label": label}
+        )
+
+    def upload_files(self, files: list[tuple[str, bytes]], label: str) -> dict:
+        return self._call(
+            "POST",
+            "/upload-data",
+            admin=True,
+            data={"label": label},
+            files=[("files", (name, content)) for name, content in files],
+            timeout=120,
+        )
+
+    def upload_zip(self, name: str, content: bytes) -> dict:
+        return self._call(
+            "POST", "/upload-data", admin=True, files={"zip": (name, content)}, timeout=300
+        )
+
+    def data_summary(self) -> dict:
+        return self._call("GET", "/data/summary")
+
+    def samples(self, per_class: int = 6) -> dict:
+        return self._call("GET", "/data/samples", params={"per_class": per_class})
+
+    def brightness(self) -> dict:
+        return self._call("GET", "/data/brightness", timeout=30)
+
+    def retrain(self, parameters: dict) -> dict:
+        return self._call("POST", "/retrain", admin=True, json=parameters)
+
+    def job(self, job_id: str) -> dict:
+        return self._call("GET", f"/retrain/{job_id}")
+
+    def jobs(self) -> list[dict]:
+        return self._call("GET", "/jobs")
+
+    def model(self) -> dict:
+        return self._call("GET", "/model")
+
+    def models(self) -> dict:
+        return self._call("GET", "/models")
+
+    def rollback(self) -> dict:
+        return self._call("POST", "/model/rollback", admin=True)
+
+    def stats(self) -> dict:
+        return self._call("GET", "/stats")

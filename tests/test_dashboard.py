@@ -1,0 +1,141 @@
+"""The real dashboard in headless Chromium (Debian's), against a real API under gunicorn.
+
+Screenshots of every tab go to ``test-artifacts/dashboard/``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+from conftest import TOKEN, free_port
+
+from imgclf.config import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "dashboard"
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def dashboard(server, tmp_path):
+    url, _ = server
+    port = free_port()
+    env = {
+        **os.environ,
+        "IMGCLF_API_URL": url,
+        "IMGCLF_ADMIN_TOKEN": TOKEN,
+        "IMGCLF_DASHBOARD_REFRESH_MS": "2000",
+    }
+    log = open(tmp_path / "panel.log", "w+")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "panel",
+            "serve",
+            "dashboard/app.py",
+            "--port",
+            str(port),
+            "--address",
+            "127.0.0.1",
+            "--allow-websocket-origin",
+            f"127.0.0.1:{port}",
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    address = f"http://127.0.0.1:{port}/app"
+    deadline = time.time() + 60
+    while True:
+        try:
+            if requests.get(address, timeout=5).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        if process.poll() is not None or time.time() > deadline:
+            log.seek(0)
+            pytest.fail(f"panel did not start:\n{log.read()[-3000:]}")
+        time.sleep(0.5)
+    yield address
+    process.terminate()
+    process.wait(timeout=20)
+    log.close()
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None and not os.environ.get("IMGCLF_REQUIRE_BROWSER"),
+    reason="needs Debian's chromium (apt-get install chromium)",
+)
+def test_dashboard_predicts_uploads_retrains_and_shows_every_tab(dashboard, server, project):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    digit = next((project.test_dir / "3").glob("*.png"))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1300, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(dashboard)
+        page.get_by_text("API: ok").wait_for(timeout=60_000)
+
+        def tab(name: str):
+            page.locator(".bk-tab", has_text=name).first.click()
+
+        # Predict: upload an image, see the prediction, give feedback in one click
+        page.locator("input[type=file]").first.set_input_files(str(digit))
+        page.get_by_text("Predicted:").wait_for(timeout=30_000)
+        page.locator("button", has_text="3").first.click()
+        page.get_by_text("Feedback stored").wait_for(timeout=10_000)
+        page.screenshot(path=ARTIFACTS / "predict.png", full_page=True)
+
+        # Data: bulk upload one new image with a label, see the per-file outcome
+        tab("Data")
+        page.locator("input[type=file]").nth(1).set_input_files(str(digit))
+        page.locator("input[type=text]").first.fill("3")
+        page.locator("button", has_text="Upload images").click()
+        page.get_by_text("1 duplicate").wait_for(timeout=30_000)  # it is a test-set image
+        page.screenshot(path=ARTIFACTS / "data.png", full_page=True)
+
+        # Retrain: start a job, watch it finish with the gate's decision
+        tab("Retrain")
+        page.locator("button", has_text="Retrain now").click()
+        page.get_by_text("Job ").first.wait_for(timeout=30_000)
+        page.get_by_text("new version").wait_for(timeout=300_000)
+        page.screenshot(path=ARTIFACTS / "retrain.png", full_page=True)
+        decision = page.get_by_text("PROMOTED").or_(page.get_by_text("REJECTED"))
+        assert decision.first.is_visible()
+
+        tab("Monitor")
+        page.get_by_text("latency p95").wait_for(timeout=30_000)
+        time.sleep(1)
+        page.screenshot(path=ARTIFACTS / "monitor.png", full_page=True)
+
+        tab("Insights")
+        page.get_by_text("Confusion matrix of").wait_for(timeout=30_000)
+        page.get_by_text("Training curves of").wait_for(timeout=30_000)
+        page.screenshot(path=ARTIFACTS / "insights.png", full_page=True)
+        browser.close()
+    assert not errors, errors
+    jobs = requests.get(f"{server[0]}/jobs", timeout=10).json()
+    assert jobs[0]["state"] in ("promoted", "rejected")
+    feedback = requests.get(f"{server[0]}/stats", timeout=10).json()["feedback"]
+    assert feedback["count"] == 1
