@@ -91,12 +91,12 @@ test: setup ## run every test: unit, integration and the notebooks under nbval
 	$(PY) -m pytest
 
 lint: setup ## check formatting and lint with ruff
-	$(VENV)/bin/ruff check src tests serve dashboard
-	$(VENV)/bin/ruff format --check src tests serve dashboard
+	$(VENV)/bin/ruff check src tests serve dashboard locustfile.py
+	$(VENV)/bin/ruff format --check src tests serve dashboard locustfile.py
 
 format: setup ## format the code with ruff
-	$(VENV)/bin/ruff check --fix src tests serve dashboard
-	$(VENV)/bin/ruff format src tests serve dashboard
+	$(VENV)/bin/ruff check --fix src tests serve dashboard locustfile.py
+	$(VENV)/bin/ruff format src tests serve dashboard locustfile.py
 
 clean: ## remove generated data, models and reports (keeps .venv)
 	rm -rf data/train data/test data/uploads models/v* models/current.json reports/*/ reports/index.html

@@ -233,9 +233,8 @@ class Dashboard:
             self.upload_result.object = "Choose one or more image files first."
             return
         self.client.token = self.token_input.value or self.client.token
-        self.show_upload(
-            self.call(self.client.upload_files, list(zip(names, values, strict=True)), self.label_input.value)
-        )
+        files = list(zip(names, values, strict=True))
+        self.show_upload(self.call(self.client.upload_files, files, self.label_input.value))
 
     def on_upload_zip(self, _=None):
         if not self.zip_input.value:
