@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import io
+import json
 import os
 import time
 import uuid
@@ -495,7 +496,7 @@ def _blueprints(state: _State) -> list[Blueprint]:
         if not report.duplicates:
             message = "; ".join(f"{r['file']}: {r['reason']}" for r in report.rejected)
             return Response(
-                _json(
+                json.dumps(
                     {
                         "code": 422,
                         "status": "Unprocessable Entity",
@@ -578,7 +579,7 @@ def _blueprints(state: _State) -> list[Blueprint]:
             job = jobs.start_retrain(store, settings, dict(parameters or {}))
         except JobConflict as conflict:
             return Response(
-                _json(
+                json.dumps(
                     {
                         "code": 409,
                         "status": "Conflict",
@@ -661,12 +662,6 @@ def _blueprints(state: _State) -> list[Blueprint]:
             abort(404, message=str(error))
 
     return [service, predict, datasets, training, models]
-
-
-def _json(payload: dict) -> str:
-    import json
-
-    return json.dumps(payload)
 
 
 def _thumbnail(path: Path, size: int = 64) -> str:

@@ -10,11 +10,9 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,16 +21,11 @@ import requests
 from imgclf import config
 from imgclf.config import PROJECT_ROOT
 from imgclf.files import write_json_atomic
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from serve.processes import free_port, wait_until_ready
 
 
 def run_once(workers: int, users: int, duration: str, folder: Path) -> dict:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PORT": str(port), "WORKERS": str(workers), "ACCESS_LOG": ""}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     server = subprocess.Popen(
@@ -44,16 +37,12 @@ def run_once(workers: int, users: int, duration: str, folder: Path) -> dict:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if requests.get(f"{url}/health", timeout=5).json()["status"] == "ok":
-                    break
-            except requests.RequestException:
-                pass
-            if server.poll() is not None or time.time() > deadline:
-                raise SystemExit(f"gunicorn with {workers} workers did not start")
-            time.sleep(0.5)
+
+        def healthy():
+            return requests.get(f"{url}/health", timeout=5).json()["status"] == "ok"
+
+        if not wait_until_ready(server, healthy, timeout_s=120):
+            raise SystemExit(f"gunicorn with {workers} workers did not start")
         prefix = folder / f"w{workers}"
         subprocess.run(
             [

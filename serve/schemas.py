@@ -45,21 +45,20 @@ class Promote(StrictSchema):
     version = fields.String(required=True, validate=validate.Regexp(r"^v\d{4,}$"))
 
 
-class Prediction(Schema):
+class ClassScores(Schema):
     prediction_id = fields.String()
     label = fields.String()
     confidence = fields.Float()
     probabilities = fields.Dict(keys=fields.String(), values=fields.Float())
+
+
+class Prediction(ClassScores):
     model_version = fields.String()
     latency_ms = fields.Float()
 
 
-class BatchItem(Schema):
+class BatchItem(ClassScores):
     file = fields.String()
-    prediction_id = fields.String()
-    label = fields.String()
-    confidence = fields.Float()
-    probabilities = fields.Dict(keys=fields.String(), values=fields.Float())
     error = fields.String()
 
 

@@ -7,11 +7,9 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import shutil  # noqa: E402
-import socket  # noqa: E402
 import struct  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 import zlib  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -21,6 +19,7 @@ from PIL import Image  # noqa: E402
 
 from imgclf import data  # noqa: E402
 from imgclf.config import PROJECT_ROOT, Settings  # noqa: E402
+from serve.processes import free_port, wait_until_ready  # noqa: E402
 
 
 def write_image(path: Path, size=(12, 10), mode="L", value=128, fmt=None) -> Path:
@@ -107,12 +106,6 @@ def project(trained_root, tmp_path) -> Settings:
 TOKEN = "integration-token"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def server(project, tmp_path):
     """Real gunicorn (2 workers) serving ``project``; yields ``(url, process)``."""
@@ -140,17 +133,13 @@ def server(project, tmp_path):
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            if requests.get(f"{url}/health", timeout=5).json()["status"] == "ok":
-                break
-        except requests.RequestException:
-            pass
-        if process.poll() is not None or time.time() > deadline:
-            log.seek(0)
-            pytest.fail(f"gunicorn did not start:\n{log.read()[-3000:]}")
-        time.sleep(0.3)
+
+    def healthy():
+        return requests.get(f"{url}/health", timeout=5).json()["status"] == "ok"
+
+    if not wait_until_ready(process, healthy, timeout_s=90):
+        log.seek(0)
+        pytest.fail(f"gunicorn did not start:\n{log.read()[-3000:]}")
     yield url, process
     if process.poll() is None:
         process.kill()

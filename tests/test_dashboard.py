@@ -13,9 +13,10 @@ import time
 
 import pytest
 import requests
-from conftest import TOKEN, free_port
+from conftest import TOKEN
 
 from imgclf.config import PROJECT_ROOT
+from serve.processes import free_port, wait_until_ready
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -63,17 +64,11 @@ def dashboard(server, tmp_path):
         stderr=subprocess.STDOUT,
     )
     address = f"http://127.0.0.1:{port}/app"
-    deadline = time.time() + 60
-    while True:
-        try:
-            if requests.get(address, timeout=5).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        if process.poll() is not None or time.time() > deadline:
-            log.seek(0)
-            pytest.fail(f"panel did not start:\n{log.read()[-3000:]}")
-        time.sleep(0.5)
+    if not wait_until_ready(
+        process, lambda: requests.get(address, timeout=5).status_code == 200, timeout_s=60
+    ):
+        log.seek(0)
+        pytest.fail(f"panel did not start:\n{log.read()[-3000:]}")
     yield address
     process.terminate()
     process.wait(timeout=20)
