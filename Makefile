@@ -62,23 +62,23 @@ model: data ## prepare data and train (EDA, train, evaluate) unless a current mo
 	@echo "reports: $(CURDIR)/reports/index.html"
 
 run: model ## everything: set up, data, train if no model yet, then serve the API + dashboard
-	$(PY) -m serve.launch
+	$(PY) -m devkit.launch
 
 serve: model ## start the API alone under gunicorn (PORT, WORKERS)
-	$(PY) -m serve.launch --no-dashboard
+	$(PY) -m devkit.launch --no-dashboard
 
 dashboard: setup ## start the dashboard alone (expects the API at IMGCLF_API_URL)
-	$(PY) -m panel serve dashboard/app.py --port $(DASHBOARD_PORT)
+	$(PY) -m dashboard
 
 token: setup ## print the admin token (created in .env on first use)
-	@$(PY) -c 'from serve.launch import ensure_token; print(ensure_token())'
+	@$(PY) -c 'from devkit.launch import ensure_token; print(ensure_token())'
 
 bench: model ## benchmark /predict: jitted + draft-mode decoding against a naive implementation
-	$(PY) -m serve.bench
+	$(PY) -m devkit.bench
 
 loadtest: model ## flood the API with locust for 1, 2 and 4 workers -> reports/loadtest-*.json
 	$(PIP) install --quiet -c requirements.lock -e '.[load]'
-	$(PY) -m serve.loadtest
+	$(PY) -m devkit.loadtest
 
 reports: setup ## rewrite reports/index.html
 	$(PY) -m imgclf.pipeline index
@@ -91,12 +91,12 @@ test: setup ## run every test: unit, integration and the notebooks under nbval
 	$(PY) -m pytest
 
 lint: setup ## check formatting and lint with ruff
-	$(VENV)/bin/ruff check src tests serve dashboard locustfile.py
-	$(VENV)/bin/ruff format --check src tests serve dashboard locustfile.py
+	$(VENV)/bin/ruff check src tests locustfile.py
+	$(VENV)/bin/ruff format --check src tests locustfile.py
 
 format: setup ## format the code with ruff
-	$(VENV)/bin/ruff check --fix src tests serve dashboard locustfile.py
-	$(VENV)/bin/ruff format src tests serve dashboard locustfile.py
+	$(VENV)/bin/ruff check --fix src tests locustfile.py
+	$(VENV)/bin/ruff format src tests locustfile.py
 
 clean: ## remove generated data, models and reports (keeps .venv)
 	rm -rf data/train data/test data/uploads models/v* models/current.json reports/*/ reports/index.html

@@ -9,7 +9,6 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 import shutil  # noqa: E402
 import struct  # noqa: E402
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 import zlib  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -17,9 +16,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from devkit.processes import GUNICORN, free_port, wait_until_ready  # noqa: E402
 from imgclf import data  # noqa: E402
 from imgclf.config import PROJECT_ROOT, Settings  # noqa: E402
-from serve.processes import free_port, wait_until_ready  # noqa: E402
 
 
 def write_image(path: Path, size=(12, 10), mode="L", value=128, fmt=None) -> Path:
@@ -70,16 +69,8 @@ def trained_root(digits_dir, tmp_path_factory) -> Path:
     params = modelling.TrainParams(epochs=3, patience=3)
     history = training.fit(model, dataset, params, [], seed=1, verbose=0)
     metrics, _ = training.evaluate(model, dataset.test)
-    version = training.register(
-        root / "models",
-        model,
-        dataset,
-        "grayscale",
-        training.params_dict(params),
-        metrics,
-        history,
-        None,
-    )
+    record = training.TrainingRecord(training.params_dict(params), history, "grayscale")
+    version = training.register(root / "models", model, dataset, metrics, record)
     registry.promote(root / "models", version)
     return root
 
@@ -126,7 +117,7 @@ def server(project, tmp_path):
     env.pop("XLA_FLAGS", None)
     log = open(tmp_path / "gunicorn.log", "w+")
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "serve/gunicorn.conf.py"],
+        GUNICORN,
         cwd=PROJECT_ROOT,
         env=env,
         stdout=log,

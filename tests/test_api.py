@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 import time
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from conftest import png_with_header
 from PIL import Image
 
-from imgclf import registry
+from imgclf import config, registry
 from serve.app import create_app
 
 TOKEN = "test-token-123"
@@ -20,12 +21,17 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture
 def app(project):
-    return create_app({"SETTINGS": project, "ADMIN_TOKEN": TOKEN, "RELOAD_POLL_S": 0.1})
+    return create_app(project, service(admin_token=TOKEN, reload_poll_s=0.1))
 
 
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+def service(**changes) -> config.ServiceSettings:
+    """The service's settings from the environment, with ``changes``."""
+    return replace(config.get_service_settings(), **changes)
 
 
 def digit(project, label="3", index=0) -> bytes:
@@ -195,7 +201,7 @@ def test_admin_endpoints_need_the_token(client, project):
         assert client.post(path).status_code == 401
         wrong = client.post(path, headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401 and wrong.get_json()["message"] == "wrong admin token"
-    disabled = create_app({"SETTINGS": project, "ADMIN_TOKEN": ""}).test_client()
+    disabled = create_app(project, service(admin_token="")).test_client()
     assert disabled.post("/model/rollback", headers=AUTH).status_code == 503
 
 
@@ -282,7 +288,13 @@ def hostile_uploads(project):
         ("nested zip", zipped({"cls/inner.zip": make_zip({"a/b.png": b"1"})}), 400, "nested"),
         ("not a zip", {"data": {"zip": (io.BytesIO(b"nope"), "z.zip")}}, 400, "not a readable"),
         ("zip without folders", zipped({"x.png": fresh_png(7)}), 400, "<class>/<image>"),
-        ("no files", {"data": {"label": "x"}}, 400, "files"),
+        (
+            "no files",
+            {"data": {"label": "x"}, "content_type": "multipart/form-data"},
+            400,
+            "files",
+        ),
+        ("a plain form", {"data": {"label": "x"}}, 415, "multipart/form-data"),
     ]
 
 
@@ -299,9 +311,7 @@ def test_hostile_uploads_get_4xx_and_write_nothing(client, project):
 
 
 def test_request_size_limit_is_a_json_413(project):
-    client = create_app(
-        {"SETTINGS": project, "ADMIN_TOKEN": TOKEN, "MAX_CONTENT_LENGTH": 1000}
-    ).test_client()
+    client = create_app(project, service(admin_token=TOKEN, max_request_bytes=1000)).test_client()
     response = client.post("/predict", data=b"\0" * 5000, content_type="image/png")
     assert response.status_code == 413 and "too large" in response.get_json()["message"]
 
@@ -342,7 +352,7 @@ def test_no_model_yet_is_503_not_500(project):
     empty = project.models_dir.parent / "empty-models"
     from dataclasses import replace
 
-    client = create_app({"SETTINGS": replace(project, models_dir=empty)}).test_client()
+    client = create_app(replace(project, models_dir=empty), service()).test_client()
     assert client.get("/health").get_json()["status"] == "no-model"
     response = client.post("/predict", data=fresh_png(1), content_type="image/png")
     assert response.status_code == 503 and "make train" in response.get_json()["message"]
@@ -408,3 +418,10 @@ def test_reports_are_served_read_only(client, project):
     assert client.get("/reports/").get_data(as_text=True) == "<h1>runs</h1>"
     assert client.get("/reports/../data/imgclf.db").status_code == 404
     assert client.post("/reports/index.html").status_code == 405
+
+
+def test_wrong_method_is_a_json_405_with_allow_header(client):
+    response = client.delete("/predict")
+    assert response.status_code == 405
+    assert response.headers["Allow"].split(", ") and "POST" in response.headers["Allow"]
+    assert "use" in response.get_json()["message"]

@@ -15,8 +15,8 @@ import pytest
 import requests
 from conftest import TOKEN
 
+from devkit.processes import free_port, wait_until_ready
 from imgclf.config import PROJECT_ROOT
-from serve.processes import free_port, wait_until_ready
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

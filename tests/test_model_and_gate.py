@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from imgclf import evaluation, retrain, training
+from imgclf import evaluation, gate, training
 from imgclf import model as modelling
 from imgclf.prediction import Predictor
 
@@ -47,7 +47,7 @@ def test_build_model_rejects_single_class_and_unknown_backbone():
     ],
 )
 def test_gate_promotes_only_when_not_worse(candidate, current, tolerance, promote):
-    decision = retrain.gate(
+    decision = gate.gate(
         {"f1_macro": candidate},
         None if current is None else {"f1_macro": current},
         tolerance=tolerance,
@@ -58,9 +58,9 @@ def test_gate_promotes_only_when_not_worse(candidate, current, tolerance, promot
 
 def test_gate_rejects_unknown_metric_and_negative_tolerance():
     with pytest.raises(ValueError, match="metric"):
-        retrain.gate({}, {}, metric="auc")
+        gate.gate({}, {}, metric="auc")
     with pytest.raises(ValueError, match="tolerance"):
-        retrain.gate({"f1_macro": 1}, None, tolerance=-1)
+        gate.gate({"f1_macro": 1}, None, tolerance=-1)
 
 
 def test_metrics_match_hand_counts():
@@ -84,7 +84,8 @@ def test_training_is_reproducible_and_registered_model_serves(digits_dir, tmp_pa
         results.append(metrics)
     assert results[0]["accuracy"] == results[1]["accuracy"]
     assert results[0]["loss"] == results[1]["loss"]
-    version = training.register(tmp_path, model, dataset, "grayscale", {}, results[1], {}, None)
+    record = training.TrainingRecord({}, {}, "grayscale")
+    version = training.register(tmp_path, model, dataset, results[1], record)
     predictor = Predictor.load(tmp_path, version)
     image = (digits_dir / "test" / "3").glob("*.png").__next__().read_bytes()
     [prediction] = predictor.predict_bytes([image])

@@ -1,4 +1,9 @@
-"""Settings: every path and tunable comes from here, read from the environment at call time.
+"""Settings: every path, limit and tunable comes from here, read from the environment at call time.
+
+Three groups: ``Settings`` (the pipeline: folders, database, input format), ``ServiceSettings``
+(the REST API: token, request and upload limits, reload poll) and ``ServerSettings`` (gunicorn
+and the dashboard: host, ports, workers). A bad value raises ``ConfigError`` naming the
+variable.
 
 Nothing is created or loaded at import. ``get_settings()`` is cheap; call it where needed so
 that tests (and the API) can point the whole pipeline elsewhere with environment variables.
@@ -7,6 +12,7 @@ that tests (and the API) can point the whole pipeline elsewhere with environment
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,4 +110,149 @@ def get_settings() -> Settings:
         image_size=image_size,
         color_mode=color_mode,
         seed=_int("SEED", 42),
+    )
+
+
+#: Images above this many pixels are refused everywhere (training, serving, uploads): a
+#: decompression-bomb guard stricter than Pillow's.
+MAX_IMAGE_PIXELS = 50_000_000
+
+
+def _float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not a number") from None
+
+
+def _bounded(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value}: expected {low:g} to {high:g}")
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """How much one upload of labelled images may hold."""
+
+    max_files: int = 2000
+    max_file_bytes: int = 20 * 1024 * 1024
+    max_total_bytes: int = 200 * 1024 * 1024  # uncompressed, for zips
+    max_ratio: float = 100.0  # uncompressed / compressed size of one zip entry
+    max_pixels: int = MAX_IMAGE_PIXELS
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """The REST API's settings (read once per worker by ``serve.app.create_app``)."""
+
+    admin_token: str
+    max_request_bytes: int
+    max_batch: int
+    reload_poll_s: float
+    started_at: float
+    upload_limits: UploadLimits
+
+
+def get_service_settings() -> ServiceSettings:
+    """Return the API's settings from ``IMGCLF_*`` environment variables.
+
+    ``IMGCLF_ADMIN_TOKEN`` (empty: admin endpoints answer 503), ``IMGCLF_MAX_REQUEST_MB``
+    (100), ``IMGCLF_MAX_BATCH`` (64 images), ``IMGCLF_RELOAD_POLL_S`` (0.5),
+    ``IMGCLF_UPLOAD_MAX_FILES`` (2000), ``IMGCLF_UPLOAD_MAX_FILE_MB`` (20),
+    ``IMGCLF_UPLOAD_MAX_TOTAL_MB`` (200, uncompressed), ``IMGCLF_STARTED_AT`` (set by gunicorn).
+
+    Raises:
+        ConfigError: a value of the wrong kind or out of range, naming the variable.
+    """
+    default = UploadLimits()
+    mb = 1024 * 1024
+    values = {
+        "IMGCLF_MAX_REQUEST_MB": _int("IMGCLF_MAX_REQUEST_MB", 100),
+        "IMGCLF_MAX_BATCH": _int("IMGCLF_MAX_BATCH", 64),
+        "IMGCLF_RELOAD_POLL_S": _float("IMGCLF_RELOAD_POLL_S", 0.5),
+        "IMGCLF_UPLOAD_MAX_FILES": _int("IMGCLF_UPLOAD_MAX_FILES", default.max_files),
+        "IMGCLF_UPLOAD_MAX_FILE_MB": _int(
+            "IMGCLF_UPLOAD_MAX_FILE_MB", default.max_file_bytes // mb
+        ),
+        "IMGCLF_UPLOAD_MAX_TOTAL_MB": _int(
+            "IMGCLF_UPLOAD_MAX_TOTAL_MB", default.max_total_bytes // mb
+        ),
+    }
+    ranges = {
+        "IMGCLF_MAX_REQUEST_MB": (1, 10_000),
+        "IMGCLF_MAX_BATCH": (1, 1024),
+        "IMGCLF_RELOAD_POLL_S": (0.05, 3600),
+        "IMGCLF_UPLOAD_MAX_FILES": (1, 100_000),
+        "IMGCLF_UPLOAD_MAX_FILE_MB": (1, 1000),
+        "IMGCLF_UPLOAD_MAX_TOTAL_MB": (1, 100_000),
+    }
+    for name, (low, high) in ranges.items():
+        _bounded(name, values[name], low, high)
+    return ServiceSettings(
+        admin_token=os.environ.get("IMGCLF_ADMIN_TOKEN", ""),
+        max_request_bytes=values["IMGCLF_MAX_REQUEST_MB"] * mb,
+        max_batch=values["IMGCLF_MAX_BATCH"],
+        reload_poll_s=values["IMGCLF_RELOAD_POLL_S"],
+        started_at=_float("IMGCLF_STARTED_AT", time.time()),
+        upload_limits=UploadLimits(
+            max_files=values["IMGCLF_UPLOAD_MAX_FILES"],
+            max_file_bytes=values["IMGCLF_UPLOAD_MAX_FILE_MB"] * mb,
+            max_total_bytes=values["IMGCLF_UPLOAD_MAX_TOTAL_MB"] * mb,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How gunicorn runs the API, and where the dashboard finds it."""
+
+    host: str
+    port: int
+    workers: int
+    threads: int
+    timeout_s: int
+    dashboard_port: int
+    api_url: str
+    dashboard_refresh_ms: int
+
+
+def get_server_settings() -> ServerSettings:
+    """Return ``HOST`` (127.0.0.1), ``PORT`` (8000), ``WORKERS`` (cores, at most 4),
+    ``THREADS`` (4 per worker), ``TIMEOUT`` (60 s), ``DASHBOARD_PORT`` (5006),
+    ``IMGCLF_API_URL`` (the API's own address) and ``IMGCLF_DASHBOARD_REFRESH_MS`` (5000).
+
+    Raises:
+        ConfigError: a value of the wrong kind or out of range, naming the variable.
+    """
+    host = os.environ.get("HOST", "127.0.0.1")
+    values = {
+        "PORT": _int("PORT", 8000),
+        "WORKERS": _int("WORKERS", min(os.cpu_count() or 1, 4)),
+        "THREADS": _int("THREADS", 4),
+        "TIMEOUT": _int("TIMEOUT", 60),
+        "DASHBOARD_PORT": _int("DASHBOARD_PORT", 5006),
+        "IMGCLF_DASHBOARD_REFRESH_MS": _int("IMGCLF_DASHBOARD_REFRESH_MS", 5000),
+    }
+    ranges = {
+        "PORT": (1, 65535),
+        "WORKERS": (1, 256),
+        "THREADS": (1, 256),
+        "TIMEOUT": (1, 3600),
+        "DASHBOARD_PORT": (1, 65535),
+        "IMGCLF_DASHBOARD_REFRESH_MS": (200, 3_600_000),
+    }
+    for name, (low, high) in ranges.items():
+        _bounded(name, values[name], low, high)
+    return ServerSettings(
+        host=host,
+        port=values["PORT"],
+        workers=values["WORKERS"],
+        threads=values["THREADS"],
+        timeout_s=values["TIMEOUT"],
+        dashboard_port=values["DASHBOARD_PORT"],
+        api_url=os.environ.get("IMGCLF_API_URL") or f"http://{host}:{values['PORT']}",
+        dashboard_refresh_ms=values["IMGCLF_DASHBOARD_REFRESH_MS"],
     )

@@ -91,35 +91,106 @@ def _figure(width: float = 6, height: float = 4):
 
 
 def plot_history(history: dict[str, list[float]]):
-    """Plot training and validation loss and accuracy per epoch; returns the figure."""
-    import matplotlib.pyplot as plt
+    """Plot training and validation loss and accuracy per epoch (seaborn); returns the figure.
 
+    The epoch whose weights were kept (lowest validation loss) is marked.
+    """
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook")
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.5), layout="constrained")
+    best = int(np.argmin(history["val_loss"])) + 1 if history.get("val_loss") else None
     for axis, key in zip(axes, ("loss", "accuracy"), strict=True):
-        axis.plot(history.get(key, []), label=f"training {key}")
-        axis.plot(history.get(f"val_{key}", []), label=f"validation {key}")
-        axis.set_xlabel("epoch")
+        rows = [
+            {"epoch": epoch, "value": value, "data": name}
+            for name, values in (
+                ("training", history.get(key)),
+                ("validation", history.get(f"val_{key}")),
+            )
+            for epoch, value in enumerate(values or [], start=1)
+        ]
+        if rows:
+            sns.lineplot(
+                pd.DataFrame(rows),
+                x="epoch",
+                y="value",
+                hue="data",
+                marker="o",
+                markersize=3,
+                ax=axis,
+            )
+        if best:
+            axis.axvline(best, color="grey", linestyle="--", linewidth=1, label="kept")
         axis.set_title(key)
-        axis.legend()
+        axis.set_ylabel("")
     return figure
 
 
+def training_table(history: dict[str, list[float]], rows: int = 8):
+    """A compact table of training: a few evenly spaced epochs, the best one and the last.
+
+    Returns:
+        A pandas DataFrame indexed by epoch, with the recorded metrics rounded to 4 digits and a
+        ``kept`` column marking the epoch whose weights were restored (lowest validation loss).
+    """
+    import pandas as pd
+
+    table = pd.DataFrame({k: v for k, v in history.items() if v}).round(4)
+    table.index = pd.RangeIndex(1, len(table) + 1, name="epoch")
+    if table.empty:
+        return table
+    best = int(table["val_loss"].idxmin()) if "val_loss" in table else len(table)
+    table["kept"] = ["✓" if epoch == best else "" for epoch in table.index]
+    chosen = set(np.linspace(1, len(table), num=min(rows, len(table)), dtype=int)) | {best}
+    return table.loc[sorted(chosen)]
+
+
+def comparison_table(models: dict[str, dict]):
+    """Headline and per-class figures of several models on one test set, side by side.
+
+    Args:
+        models: name -> ``classification_metrics`` result (a None value is left out).
+
+    Returns:
+        A pandas DataFrame: one row per figure (accuracy, macro F1, ..., then recall of each
+        class), one column per model.
+    """
+    import pandas as pd
+
+    columns = {}
+    for name, metrics in models.items():
+        if metrics is None:
+            continue
+        figures = {k: v for k, v in summary(metrics).items() if k != "n"}
+        for cls, scores in metrics.get("per_class", {}).items():
+            figures[f"recall of {cls}"] = scores["recall"]
+        columns[name] = figures
+    return pd.DataFrame(columns).round(4)
+
+
 def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str]):
-    """Plot a confusion matrix with counts in the cells; returns the figure."""
+    """Plot a confusion matrix as a seaborn heat map, counts in the cells; returns the figure."""
+    import seaborn as sns
+
     matrix = np.asarray(matrix)
     size = max(4.0, 0.5 * len(class_names) + 2)
     figure, axis = _figure(size, size * 0.85)
-    image = axis.imshow(matrix, cmap="Blues")
-    figure.colorbar(image, ax=axis, shrink=0.8)
-    ticks = np.arange(len(class_names))
-    axis.set_xticks(ticks, class_names, rotation=45, ha="right")
-    axis.set_yticks(ticks, class_names)
+    sns.heatmap(
+        matrix,
+        annot=True,
+        fmt="d",
+        cmap="Blues",
+        cbar_kws={"shrink": 0.8},
+        ax=axis,
+        xticklabels=list(class_names),
+        yticklabels=list(class_names),
+        annot_kws={"fontsize": 8},
+    )
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
-    threshold = matrix.max() / 2 if matrix.size else 0
-    for (row, column), value in np.ndenumerate(matrix):
-        colour = "white" if value > threshold else "black"
-        axis.text(column, row, int(value), ha="center", va="center", color=colour, fontsize=8)
+    axis.tick_params(axis="x", labelrotation=45)
     return figure
 
 

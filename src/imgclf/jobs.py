@@ -20,12 +20,12 @@ import time
 from collections import deque
 from pathlib import Path
 
-from imgclf import pipeline
+from imgclf import pipeline, runs
 from imgclf.config import Settings, get_settings
-from imgclf.store import Store
+from imgclf.promotion import Outcome
+from imgclf.store import FINAL_STATES, JobState, Store
 
 KIND = "retrain"
-LOG_FILE = "job.log"
 HEARTBEAT_S = 5.0
 #: Tries at starting the notebook's kernel (jupyter_client can lose a port race).
 KERNEL_START_TRIES = 3
@@ -37,13 +37,13 @@ def start_retrain(store: Store, settings: Settings, parameters: dict) -> dict:
     Raises:
         store.JobConflict: a retrain job is already queued or running.
     """
-    run_dir = pipeline.new_run_dir(settings.reports_dir, KIND)
+    run_dir = runs.new_run_dir(settings.reports_dir, KIND)
     try:
         job = store.create_job(KIND, parameters, str(run_dir))
     except Exception:
         run_dir.rmdir()
         raise
-    with open(run_dir / LOG_FILE, "ab") as log:
+    with open(run_dir / runs.LOG_FILE, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "imgclf.jobs", "run", job["id"]],
             stdin=subprocess.DEVNULL,
@@ -61,10 +61,10 @@ def start_retrain(store: Store, settings: Settings, parameters: dict) -> dict:
 def describe(job: dict, log_lines: int = 30) -> dict:
     """A job with its live progress (from the notebook's summary) and the log's last lines."""
     run_dir = Path(job["run_dir"]) if job.get("run_dir") else None
-    summary = pipeline.read_summary(run_dir) if run_dir and run_dir.is_dir() else {}
+    summary = runs.read_summary(run_dir) if run_dir and run_dir.is_dir() else {}
     log_tail: list[str] = []
-    if run_dir and (run_dir / LOG_FILE).is_file():
-        with open(run_dir / LOG_FILE, errors="replace") as log:
+    if run_dir and (run_dir / runs.LOG_FILE).is_file():
+        with open(run_dir / runs.LOG_FILE, errors="replace") as log:
             log_tail = [line.rstrip("\n") for line in deque(log, maxlen=log_lines)]
     epoch, epochs = summary.get("epoch"), summary.get("epochs")
     progress = {
@@ -73,8 +73,8 @@ def describe(job: dict, log_lines: int = 30) -> dict:
         "epochs": epochs,
         "fraction": _fraction(job["state"], summary.get("stage"), epoch, epochs),
     }
-    report = run_dir.name + "/report.html" if run_dir else None
-    has_report = bool(run_dir and (run_dir / "report.html").is_file())
+    report = f"{run_dir.name}/{runs.REPORT_FILE}" if run_dir else None
+    has_report = bool(run_dir and (run_dir / runs.REPORT_FILE).is_file())
     return {
         **job,
         "progress": progress,
@@ -88,7 +88,7 @@ STAGES = {"loading data": 0.05, "fine-tuning": 0.1, "evaluating": 0.9, "done": 0
 
 
 def _fraction(state: str, stage: str | None, epoch: int | None, epochs: int | None) -> float:
-    if state in ("promoted", "rejected", "failed"):
+    if state in FINAL_STATES:
         return 1.0
     if stage == "fine-tuning" and epoch and epochs:
         return round(0.1 + 0.8 * epoch / epochs, 3)
@@ -100,17 +100,17 @@ def _heartbeat(store: Store, job_id: str, stop: threading.Event) -> None:
         store.update_job(job_id, heartbeat_at=time.time())
 
 
-def run_job(job_id: str, settings: Settings | None = None) -> str:
+def run_job(job_id: str, settings: Settings | None = None) -> JobState:
     """Run a queued job to its end in this process; returns its final state."""
     settings = settings or get_settings()
     store = Store(settings.database_url)
     job = store.job(job_id)
-    if job is None or job["state"] != "queued":
+    if job is None or job["state"] != JobState.QUEUED:
         raise SystemExit(f"job {job_id}: not found or not queued")
-    store.update_job(job_id, state="running", started_at=time.time(), pid=os.getpid())
+    store.update_job(job_id, state=JobState.RUNNING, started_at=time.time(), pid=os.getpid())
     stop = threading.Event()
     threading.Thread(target=_heartbeat, args=(store, job_id, stop), daemon=True).start()
-    state, result, error = "failed", {}, None
+    state, result, error = JobState.FAILED, {}, None
     try:
         for attempt in range(1, KERNEL_START_TRIES + 1):
             try:
@@ -126,10 +126,13 @@ def run_job(job_id: str, settings: Settings | None = None) -> str:
                 logging.warning("kernel start failed (%s); retrying", failure)
                 time.sleep(attempt)
         result = run.summary
-        state = "promoted" if result.get("promoted") else "rejected"
+        try:
+            state = Outcome.from_dict(result.get("outcome")).state
+        except ValueError:
+            raise RuntimeError("the retrain notebook ended without recording an outcome") from None
     except Exception as failure:
         error = str(failure)
-        result = pipeline.read_summary(Path(job["run_dir"]))
+        result = runs.read_summary(Path(job["run_dir"]))
         logging.exception("retrain job %s failed", job_id)
     finally:
         stop.set()
@@ -146,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.command == "run":
-        return 0 if run_job(args.job_id) != "failed" else 1
+        return 0 if run_job(args.job_id) != JobState.FAILED else 1
     for job in Store(get_settings().database_url).jobs():
         print(f"{job['id']}  {job['state']:9s}  {job['parameters']}")
     return 0

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf import registry
-from imgclf.preprocessing import load_image
+from imgclf import imagestats, registry
+from imgclf.preprocessing import ImageDecodeError, decode, load_image
 
 
 @dataclass
@@ -22,6 +22,19 @@ class Prediction:
     label: str
     confidence: float
     probabilities: dict[str, float]
+
+
+@dataclass
+class Classified:
+    """What ``Predictor.classify`` found for one payload: a prediction, or why there is none.
+
+    ``facts`` describes the input for the prediction log: ``width``, ``height``, ``format``
+    (from the header), ``brightness`` and ``contrast`` (of the model's input); empty on error.
+    """
+
+    prediction: Prediction | None = None
+    error: str | None = None
+    facts: dict = field(default_factory=dict)
 
 
 #: One jitted forward pass per model architecture (its Keras config), shared by every version
@@ -50,8 +63,12 @@ def _compiled_forward(model):
 class Predictor:
     """A loaded model version with a jitted, inference-mode forward pass.
 
-    Build one with ``Predictor.load``; ``predict_bytes`` and ``predict_images`` are safe to call
-    from one thread at a time per predictor (each gunicorn worker holds its own).
+    Build one with ``Predictor.load``. Thread safety: after construction a predictor is never
+    changed (weights are immutable JAX arrays, metadata is only read), the jitted function is
+    safe to call from several threads, and decoding uses no shared state; so ``classify`` and
+    ``predict_images`` may be called from any number of threads at once, as gunicorn's gthread
+    workers do (``tests/test_prediction.py`` checks it). A hot reload builds a new predictor
+    rather than changing this one.
     """
 
     version: str
@@ -119,14 +136,41 @@ class Predictor:
         channels = 1 if self.color_mode == "grayscale" else 3
         self.predict_images(np.zeros((1, *self.image_size, channels), np.float32))
 
+    def classify(self, payloads: list[bytes]) -> list[Classified]:
+        """Decode and classify encoded images in one forward pass; one result per payload.
+
+        A payload that is not a readable image gets a ``Classified`` with ``error`` (the
+        reason) and no prediction; the others are classified all the same.
+        """
+        results, decoded = [], []
+        for payload in payloads:
+            try:
+                image = decode(payload, self.image_size, self.color_mode)
+            except ImageDecodeError as error:
+                results.append(Classified(error=str(error).removeprefix("image: ")))
+                continue
+            pixels = imagestats.pixel_statistics(image.array)
+            facts = {"width": image.width, "height": image.height, "format": image.format}
+            facts.update(brightness=pixels["brightness"], contrast=pixels["contrast"])
+            results.append(Classified(facts=facts))
+            decoded.append((results[-1], image.array))
+        if decoded:
+            rows = self.predict_images(np.stack([array for _, array in decoded]))
+            for (result, _), row in zip(decoded, rows, strict=True):
+                result.prediction = self.describe(row)
+        return results
+
     def predict_bytes(self, payloads: list[bytes]) -> list[Prediction]:
         """Decode and classify encoded images.
 
         Raises:
             preprocessing.ImageDecodeError: one of the payloads is not a readable image.
         """
-        images = np.stack([self.preprocess(payload) for payload in payloads])
-        return [self.describe(row) for row in self.predict_images(images)]
+        results = self.classify(payloads)
+        for result in results:
+            if result.error:
+                raise ImageDecodeError(result.error)
+        return [result.prediction for result in results]
 
     def describe(self, probabilities: np.ndarray) -> Prediction:
         """Turn one row of probabilities into a ``Prediction``."""

@@ -9,18 +9,16 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from imgclf.config import COLOR_MODES
+from imgclf.config import COLOR_MODES, MAX_IMAGE_PIXELS
 
 #: Formats Pillow may open. Anything else (EPS, PDF, ...) is refused before any decoding.
 ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "MPO")
-
-#: Images above this many pixels are refused (a decompression bomb guard stricter than Pillow's).
-DEFAULT_MAX_PIXELS = 50_000_000
 
 
 class ImageDecodeError(ValueError):
@@ -53,13 +51,23 @@ def _to_mode(image: Image.Image, color_mode: str) -> Image.Image:
     return image.convert("L" if color_mode == "grayscale" else "RGB")
 
 
-def load_image(
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded model input and what the file's header said about the original."""
+
+    array: np.ndarray
+    width: int
+    height: int
+    format: str
+
+
+def decode(
     source: bytes | str | Path,
     image_size: int | Sequence[int],
     color_mode: str = "grayscale",
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> np.ndarray:
-    """Decode one image and turn it into the model's input.
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> DecodedImage:
+    """Decode one image into the model's input, keeping the original's size and format.
 
     Steps: refuse formats outside ``ALLOWED_FORMATS`` and images over ``max_pixels``; let JPEG
     decode at a reduced scale when the target is much smaller (Pillow's draft mode); apply the
@@ -72,7 +80,8 @@ def load_image(
         max_pixels: largest width * height accepted.
 
     Returns:
-        A float32 array of shape ``(height, width, channels)`` with values in [0, 1].
+        The input (float32, ``(height, width, channels)``, values in [0, 1]) with the original
+        width, height and format.
 
     Raises:
         ImageDecodeError: empty, truncated, corrupt, disallowed or oversized image.
@@ -83,6 +92,7 @@ def load_image(
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
     name = str(source) if isinstance(source, str | Path) else "image"
     original = _open(source, name)
+    size, image_format = original.size, original.format or ""
     try:
         if original.width * original.height > max_pixels:
             raise ImageDecodeError(
@@ -100,7 +110,23 @@ def load_image(
         raise ImageDecodeError(f"{name}: corrupt or truncated image ({error})") from None
     finally:
         original.close()
-    return array[..., None] if array.ndim == 2 else array
+    array = array[..., None] if array.ndim == 2 else array
+    return DecodedImage(array, size[0], size[1], image_format)
+
+
+def load_image(
+    source: bytes | str | Path,
+    image_size: int | Sequence[int],
+    color_mode: str = "grayscale",
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> np.ndarray:
+    """Decode one image into the model's input (see ``decode``); returns only the array.
+
+    Raises:
+        ImageDecodeError: empty, truncated, corrupt, disallowed or oversized image.
+        ValueError: an unknown ``color_mode``.
+    """
+    return decode(source, image_size, color_mode, max_pixels).array
 
 
 def load_images(

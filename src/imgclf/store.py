@@ -17,13 +17,33 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 
-#: Job states. ``queued`` and ``running`` are live; the others are final.
-LIVE_STATES = ("queued", "running")
-FINAL_STATES = ("promoted", "rejected", "failed")
+
+class JobState(StrEnum):
+    """The states of a job: the one list, used by the store, the jobs, the API and the dashboard.
+
+    ``queued`` and ``running`` are live; ``promoted`` and ``rejected`` (by the gate) and
+    ``failed`` are final.
+    """
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    PROMOTED = "promoted"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+    @property
+    def live(self) -> bool:
+        return self in LIVE_STATES
+
+
+LIVE_STATES = (JobState.QUEUED, JobState.RUNNING)
+FINAL_STATES = (JobState.PROMOTED, JobState.REJECTED, JobState.FAILED)
+_LIVE_SQL = "(" + ", ".join(f"'{state.value}'" for state in LIVE_STATES) + ")"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -274,7 +294,7 @@ class Store:
         with self._transaction() as connection:
             self._fail_dead_jobs(connection, now)
             live = connection.execute(
-                f"SELECT * FROM jobs WHERE kind = ? AND state IN {LIVE_STATES!r} LIMIT 1",
+                f"SELECT * FROM jobs WHERE kind = ? AND state IN {_LIVE_SQL} LIMIT 1",
                 (kind,),
             ).fetchone()
             if live is not None:
@@ -282,8 +302,8 @@ class Store:
             job_id = uuid.uuid4().hex[:12]
             connection.execute(
                 "INSERT INTO jobs (id, kind, state, parameters, created_at, heartbeat_at, "
-                "run_dir) VALUES (?, ?, 'queued', ?, ?, ?, ?)",
-                (job_id, kind, json.dumps(parameters), now, now, run_dir),
+                "run_dir) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (job_id, kind, JobState.QUEUED, json.dumps(parameters), now, now, run_dir),
             )
         return self.job(job_id)
 
@@ -295,12 +315,12 @@ class Store:
         with self._transaction() as connection:
             connection.execute(f"UPDATE jobs SET {names} WHERE id = ?", (*fields.values(), job_id))
 
-    def finish_job(self, job_id: str, state: str, result: dict | None, error: str | None):
+    def finish_job(self, job_id: str, state: JobState, result: dict | None, error: str | None):
         """Record a job's final state, unless it was already marked final (e.g. as dead)."""
         with self._transaction() as connection:
             connection.execute(
                 "UPDATE jobs SET state = ?, result = ?, error = ?, finished_at = ? "
-                f"WHERE id = ? AND state IN {LIVE_STATES!r}",
+                f"WHERE id = ? AND state IN {_LIVE_SQL}",
                 (state, json.dumps(result or {}), error, time.time(), job_id),
             )
 
@@ -325,13 +345,13 @@ class Store:
 
     def _fail_dead_jobs(self, connection: sqlite3.Connection, now: float) -> None:
         for row in connection.execute(
-            f"SELECT id, pid, heartbeat_at FROM jobs WHERE state IN {LIVE_STATES!r}"
+            f"SELECT id, pid, heartbeat_at FROM jobs WHERE state IN {_LIVE_SQL}"
         ).fetchall():
             stale = now - (row["heartbeat_at"] or 0) > HEARTBEAT_TIMEOUT_S
             if stale or (row["pid"] and not _alive(row["pid"])):
                 connection.execute(
-                    "UPDATE jobs SET state = 'failed', finished_at = ?, error = ? WHERE id = ?",
-                    (now, "the job process died before finishing", row["id"]),
+                    "UPDATE jobs SET state = ?, finished_at = ?, error = ? WHERE id = ?",
+                    (JobState.FAILED, now, "the job process died before finishing", row["id"]),
                 )
 
 

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from imgclf import data, evaluation, pipeline, registry
+from imgclf import data, evaluation, registry, runs
 from imgclf import model as modelling
 
 
@@ -87,7 +87,7 @@ def hold_out(
 
 
 class ProgressReporter(keras.callbacks.Callback):
-    """Writes the epoch reached into a pipeline run's summary after every epoch."""
+    """Writes the epoch reached into a run's summary (``imgclf.runs``) after every epoch."""
 
     def __init__(self, run_dir: str | Path, epochs: int):
         super().__init__()
@@ -95,7 +95,7 @@ class ProgressReporter(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         figures = {k: round(float(v), 5) for k, v in (logs or {}).items() if k.startswith("val_")}
-        pipeline.write_summary(self.run_dir, epoch=epoch + 1, epochs=self.epochs, **figures)
+        runs.write_summary(self.run_dir, epoch=epoch + 1, epochs=self.epochs, **figures)
 
 
 def fit(
@@ -144,32 +144,39 @@ def evaluate(model, split: data.LoadedSplit) -> tuple[dict, np.ndarray]:
     return metrics, probabilities
 
 
+@dataclass
+class TrainingRecord:
+    """How a model was trained, as its registry version records it."""
+
+    parameters: dict
+    history: dict[str, list[float]]
+    color_mode: str
+    report: str | None = None
+    parent_version: str | None = None
+
+
 def register(
     models_dir: Path,
     model,
     dataset: Dataset,
-    color_mode: str,
-    parameters: dict,
     test_metrics: dict,
-    history: dict,
-    report: str | None,
-    parent_version: str | None = None,
+    record: TrainingRecord,
     extra: dict | None = None,
 ) -> str:
     """Save a trained model into the registry with its metadata; returns the version name."""
     info = {
-        "parent_version": parent_version,
-        "parameters": parameters,
+        "parent_version": record.parent_version,
+        "parameters": record.parameters,
         "data_fingerprint": dataset.fingerprint,
         "class_names": dataset.class_names,
         "image_size": list(dataset.input_shape[:2]),
-        "color_mode": color_mode,
+        "color_mode": record.color_mode,
         "test_metrics": test_metrics,
-        "history": history,
+        "history": record.history,
         "train_size": int(len(dataset.train.labels)),
         "uploads_used": dataset.uploads,
         "skipped_files": [{"path": p, "reason": r} for p, r in dataset.skipped],
-        "report": report,
+        "report": record.report,
         **(extra or {}),
     }
     with tempfile.TemporaryDirectory() as folder:

@@ -33,10 +33,12 @@ from filelock import FileLock
 from PIL import Image
 
 from imgclf import data
+from imgclf.config import UploadLimits
 from imgclf.preprocessing import ImageDecodeError, load_image
 
-#: Class names: letters, digits, space, ``_ - .``, starting with a letter or digit.
-LABEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]*$")
+#: Class names: letters, digits, space, ``_ - .``, starting with a letter or digit, never two
+#: dots in a row (so never ``..``). The API's OpenAPI document states the same pattern.
+LABEL_PATTERN = re.compile(r"^[A-Za-z0-9](\.?[A-Za-z0-9 _-])*\.?$")
 MAX_LABEL_LENGTH = 64
 ARCHIVE_ENDINGS = (".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".jar")
 FORMAT_ENDINGS = {"PNG": "png", "JPEG": "jpg", "MPO": "jpg", "BMP": "bmp", "GIF": "gif"}
@@ -45,17 +47,6 @@ FORMAT_ENDINGS["WEBP"] = "webp"
 
 class UploadError(ValueError):
     """The upload as a whole is refused; nothing was stored. The message says why."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    """How much one upload may hold."""
-
-    max_files: int = 2000
-    max_file_bytes: int = 20 * 1024 * 1024
-    max_total_bytes: int = 200 * 1024 * 1024  # uncompressed, for zips
-    max_ratio: float = 100.0  # uncompressed / compressed size of one zip entry
-    max_pixels: int = 50_000_000
 
 
 @dataclass
@@ -100,7 +91,7 @@ def validate_label(label: str | None) -> str:
         raise UploadError("a label is required: the class of the uploaded images")
     if len(label) > MAX_LABEL_LENGTH:
         raise UploadError(f"label is {len(label)} characters long; at most {MAX_LABEL_LENGTH}")
-    if ".." in label or not LABEL_PATTERN.match(label):
+    if not LABEL_PATTERN.match(label):
         raise UploadError(
             f"label {label!r} is not allowed: use letters, digits, spaces, '_', '-' and '.', "
             "starting with a letter or digit (no '/', '\\' or '..')"
@@ -108,7 +99,7 @@ def validate_label(label: str | None) -> str:
     return label
 
 
-def read_zip(payload: bytes, limits: Limits) -> list[tuple[str, str, bytes]]:
+def read_zip(payload: bytes, limits: UploadLimits) -> list[tuple[str, str, bytes]]:
     """Return ``(label, name, bytes)`` for each image of a zip laid out as ``<class>/<file>``.
 
     Raises:
@@ -204,7 +195,7 @@ class HashIndex:
         return found
 
 
-def _check_image(content: bytes, name: str, limits: Limits) -> str:
+def _check_image(content: bytes, name: str, limits: UploadLimits) -> str:
     """Decode fully (as training would) and return the file ending for its real format."""
     if len(content) > limits.max_file_bytes:
         raise ImageDecodeError(f"{len(content)} bytes; at most {limits.max_file_bytes} per file")
@@ -217,7 +208,7 @@ def store_upload(
     files: list[tuple[str, str, bytes]],
     uploads_dir: Path,
     index: HashIndex,
-    limits: Limits = Limits(),
+    limits: UploadLimits | None = None,
 ) -> UploadReport:
     """Validate and store ``(label, file name, bytes)`` triples as one new batch.
 
@@ -227,6 +218,7 @@ def store_upload(
     Raises:
         UploadError: no files, too many files, or a label that is not allowed.
     """
+    limits = limits or UploadLimits()
     if not files:
         raise UploadError("no files in the upload")
     if len(files) > limits.max_files:

@@ -87,7 +87,7 @@ def measure(client, payload: bytes, content_type: str, seconds: float, least: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serve.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m devkit.bench", description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0, help="per implementation/input")
     args = parser.parse_args(argv)
     settings = config.get_settings()
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("no current model: run `make train` first")
     from serve.app import create_app
 
-    ours = create_app({"SETTINGS": settings}).test_client()
+    ours = create_app(settings).test_client()
     naive = naive_app(settings.models_dir).test_client()
     small = next(iter(sorted(settings.test_dir.glob("*/*.png"))), None)
     inputs = {"12 MP phone JPEG": (phone_jpeg(), "image/jpeg")}

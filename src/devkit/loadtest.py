@@ -18,10 +18,10 @@ from pathlib import Path
 
 import requests
 
+from devkit.processes import GUNICORN, free_port, wait_until_ready
 from imgclf import config
 from imgclf.config import PROJECT_ROOT
 from imgclf.files import write_json_atomic
-from serve.processes import free_port, wait_until_ready
 
 
 def run_once(workers: int, users: int, duration: str, folder: Path) -> dict:
@@ -29,7 +29,7 @@ def run_once(workers: int, users: int, duration: str, folder: Path) -> dict:
     env = {**os.environ, "PORT": str(port), "WORKERS": str(workers), "ACCESS_LOG": ""}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "serve/gunicorn.conf.py"],
+        GUNICORN,
         cwd=PROJECT_ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -89,7 +89,7 @@ def run_once(workers: int, users: int, duration: str, folder: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serve.loadtest", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m devkit.loadtest", description=__doc__)
     parser.add_argument("--workers", default=os.environ.get("LOAD_WORKERS", "1,2,4"))
     parser.add_argument("--users", type=int, default=int(os.environ.get("USERS", "16")))
     parser.add_argument("--duration", default=os.environ.get("DURATION", "30s"))

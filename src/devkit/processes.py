@@ -1,13 +1,17 @@
-"""Helpers for starting the service's processes: a free port, waiting until one answers."""
+"""Helpers for starting the service's processes: the gunicorn command, a free port, waiting."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 
 import requests
+
+#: The API under gunicorn, configured by ``serve/gunicorn_conf.py`` (settings: environment).
+GUNICORN = [sys.executable, "-m", "gunicorn", "-c", "python:serve.gunicorn_conf"]
 
 
 def free_port() -> int:

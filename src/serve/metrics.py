@@ -1,6 +1,6 @@
 """Prometheus metrics, aggregated across gunicorn workers (prometheus_client multiprocess mode).
 
-Under gunicorn, ``serve/gunicorn.conf.py`` sets ``PROMETHEUS_MULTIPROC_DIR`` before any worker
+Under gunicorn, ``serve/gunicorn_conf.py`` sets ``PROMETHEUS_MULTIPROC_DIR`` before any worker
 imports prometheus_client, so every worker writes its samples to files there and ``/metrics``
 sums them. Without it (the Flask test client, ``flask run``) the same metrics live in this
 process only. Figures that belong to the service rather than a worker (uptime, the current

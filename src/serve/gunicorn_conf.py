@@ -1,7 +1,8 @@
-"""gunicorn configuration: ``gunicorn -c serve/gunicorn.conf.py`` (what ``make serve`` runs).
+"""gunicorn configuration: ``gunicorn -c python:serve.gunicorn_conf`` (what ``make serve`` runs).
 
-Settings from the environment: ``PORT`` (8000), ``HOST`` (127.0.0.1), ``WORKERS`` (the number of
-cores, at most 4), ``THREADS`` (per worker, 4), ``TIMEOUT`` (60 s).
+Settings come from ``imgclf.config.get_server_settings``: ``PORT`` (8000), ``HOST``
+(127.0.0.1), ``WORKERS`` (the number of cores, at most 4), ``THREADS`` (per worker, 4),
+``TIMEOUT`` (60 s); ``ACCESS_LOG`` and ``LOG_LEVEL`` are gunicorn's own.
 
 JAX: the master never imports it. The app is not preloaded, so each worker imports JAX and
 loads the model after the fork. Threads are sized here, before any worker starts: with as many
@@ -16,12 +17,15 @@ import shutil
 import tempfile
 import time
 
+from imgclf.config import get_server_settings
+
 _cores = os.cpu_count() or 1
-bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
-workers = int(os.environ.get("WORKERS", min(_cores, 4)))
-threads = int(os.environ.get("THREADS", 4))
+_server = get_server_settings()
+bind = f"{_server.host}:{_server.port}"
+workers = _server.workers
+threads = _server.threads
 worker_class = "gthread"
-timeout = int(os.environ.get("TIMEOUT", 60))
+timeout = _server.timeout_s
 graceful_timeout = 30
 preload_app = False  # JAX must be initialised in each worker, after the fork
 wsgi_app = "serve.wsgi:app"

@@ -1,0 +1,40 @@
+"""Admin endpoints: ``Authorization: Bearer <IMGCLF_ADMIN_TOKEN>``, compared in constant time."""
+
+from __future__ import annotations
+
+import hmac
+from functools import wraps
+
+from flask import request
+from flask_smorest import abort
+
+from serve import state
+
+#: The OpenAPI security requirement of an admin endpoint.
+ADMIN = [{"bearerAuth": []}]
+
+
+def require_token(view):
+    """Refuse the request unless it carries the admin token (503 when none is configured)."""
+
+    @wraps(view)
+    def checked(*args, **kwargs):
+        expected = state.current().service.admin_token
+        if not expected:
+            abort(
+                503,
+                message="admin endpoints are disabled: set IMGCLF_ADMIN_TOKEN "
+                "(`make run` writes one into .env)",
+            )
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            abort(
+                401,
+                message="this endpoint needs 'Authorization: Bearer <admin token>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if not hmac.compare_digest(given.strip().encode(), expected.encode()):
+            abort(401, message="wrong admin token", headers={"WWW-Authenticate": "Bearer"})
+        return view(*args, **kwargs)
+
+    return checked

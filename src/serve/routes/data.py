@@ -1,0 +1,149 @@
+"""Labelled data: bulk uploads, what the data holds, and feedback on predictions."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+from flask import request
+from flask_smorest import Blueprint, abort
+from PIL import Image
+
+from imgclf import data, uploads
+from imgclf.store import StoreError
+from serve import errors, metrics, schemas, state
+from serve.auth import ADMIN, require_token
+
+blueprint = Blueprint("data", __name__, description="Labelled data and feedback")
+
+
+def _uploaded_files(limits) -> list[tuple[str, str, bytes]]:
+    """``(label, name, bytes)`` from a zip body, a ``zip`` field, or ``files`` + ``label``."""
+    if request.mimetype == "application/zip":
+        return uploads.read_zip(request.get_data(), limits)
+    if request.mimetype != "multipart/form-data":
+        abort(
+            415,
+            message="send multipart/form-data ('files' + 'label', or 'zip') or an "
+            f"application/zip body; got {request.mimetype or 'no Content-Type'!r}",
+        )
+    if request.files.get("zip") is not None:
+        if request.files.getlist("files"):
+            abort(400, message="send either 'zip' or 'files' + 'label', not both")
+        return uploads.read_zip(request.files["zip"].read(), limits)
+    sent = request.files.getlist("files") or request.files.getlist("file")
+    if not sent:
+        abort(
+            400,
+            message="send images in the multipart field 'files' with a "
+            "'label', or a zip of <class>/<image> in the field 'zip'",
+        )
+    label = uploads.validate_label(request.form.get("label"))
+    return [(label, f.filename or "file", f.read()) for f in sent]
+
+
+@blueprint.route("/upload-data", methods=["POST"])
+@require_token
+@blueprint.doc(requestBody=schemas.UPLOAD_BODY, security=ADMIN)
+@blueprint.response(201, schemas.UploadResult)
+@blueprint.alt_response(200, schema=schemas.UploadResult, description="nothing new")
+@blueprint.alt_response(400, description="a hostile or malformed upload")
+@blueprint.alt_response(401, description="no or a wrong admin token")
+@blueprint.alt_response(415, description="neither multipart/form-data nor application/zip")
+@blueprint.alt_response(422, description="no file was a readable image")
+def upload_data():
+    """Bulk labelled images: many `files` with one `label`, or one `zip` of class folders."""
+    worker = state.current()
+    limits = worker.service.upload_limits
+    try:
+        files = _uploaded_files(limits)
+        report = uploads.store_upload(files, worker.settings.uploads_dir, worker.hashes, limits)
+    except uploads.UploadError as error:
+        abort(400, message=str(error))
+    result = report.as_dict()
+    for outcome, count in result["counts"].items():
+        metrics.UPLOADED.labels(outcome).inc(count)
+    if report.batch:
+        return result, 201
+    if not report.duplicates:
+        reasons = "; ".join(f"{r['file']}: {r['reason']}" for r in report.rejected)
+        return errors.json_error(422, f"no image was accepted: {reasons}", **result)
+    return result, 200
+
+
+@blueprint.route("/data/summary")
+@blueprint.response(200, schemas.DataSummary)
+def data_summary():
+    """Images per class: the training set and the uploads waiting for a retrain."""
+    return uploads.class_counts(state.current().settings.data_dir)
+
+
+@blueprint.route("/data/samples")
+@blueprint.arguments(schemas.SamplesQuery, location="query")
+@blueprint.response(200, schemas.Samples)
+def data_samples(query):
+    """A few training images per class, as PNG data URIs (`?per_class=4`)."""
+    train_dir = state.current().settings.train_dir
+    if not train_dir.is_dir():
+        return {"samples": {}}
+    split = data.discover(train_dir)
+    samples: dict[str, list[str]] = {}
+    for path, label in zip(split.paths, split.labels, strict=True):
+        name = split.class_names[label]
+        if len(samples.setdefault(name, [])) < query["per_class"]:
+            samples[name].append(_thumbnail(path))
+    return {"samples": samples}
+
+
+@blueprint.route("/data/brightness")
+@blueprint.response(200, schemas.Brightness)
+def brightness():
+    """Brightness of training images against recent production inputs (histograms)."""
+    worker = state.current()
+    worker.log.flush()
+    train = worker.training_statistics().get("brightness", [])
+    production = [
+        row["brightness"] for row in worker.store.recent_inputs() if row["brightness"] is not None
+    ]
+    bins = np.linspace(0, 1, 21)
+    return {
+        "bins": bins.tolist(),
+        "train": np.histogram(train, bins)[0].tolist(),
+        "production": np.histogram(production, bins)[0].tolist(),
+        "train_mean": float(np.mean(train)) if train else None,
+        "production_mean": float(np.mean(production)) if production else None,
+        "production_count": len(production),
+    }
+
+
+@blueprint.route("/feedback", methods=["POST"])
+@blueprint.arguments(schemas.Feedback)
+@blueprint.response(201, schemas.FeedbackStored)
+@blueprint.alt_response(404, description="no prediction with that id")
+def feedback(body):
+    """The true label of an earlier prediction (from its `prediction_id`)."""
+    worker = state.current()
+    worker.log.flush()
+    deadline = time.time() + 1.0  # another worker may not have written its log yet
+    while True:
+        try:
+            return worker.store.add_feedback(body["prediction_id"], body["label"]), 201
+        except StoreError as error:
+            if time.time() > deadline:
+                abort(404, message=str(error))
+            time.sleep(0.1)
+
+
+def _thumbnail(path: Path, size: int = 64) -> str:
+    with Image.open(path) as image:
+        image = image.convert("RGB") if image.mode not in ("L", "RGB") else image.copy()
+    image.thumbnail((size, size))
+    if max(image.size) < size:  # tiny images (digits are 8 x 8): scale up, keep the pixels
+        factor = size // max(image.size)
+        image = image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()

@@ -1,0 +1,127 @@
+"""Classify images: one (``/predict``) or many (``/predict/batch``), every answer logged."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+
+from flask import g, request
+from flask_smorest import Blueprint, abort
+
+from imgclf.prediction import Classified, Predictor
+from serve import metrics, schemas, state
+
+blueprint = Blueprint("predict", __name__, description="Classify images")
+
+
+def _read_image_payload() -> tuple[str, bytes]:
+    if request.mimetype == "multipart/form-data":
+        upload = request.files.get("image")
+        if upload is None:
+            abort(400, message="send the image in the multipart field 'image'")
+        return upload.filename or "image", upload.read()
+    if request.mimetype.startswith("image/") or request.mimetype == "application/octet-stream":
+        return "body", request.get_data()
+    abort(
+        415,
+        message="send multipart/form-data with a field 'image', or the raw image "
+        f"with Content-Type image/*; got {request.mimetype or 'no Content-Type'!r}",
+    )
+
+
+def _classify(predictor: Predictor, payloads: list[bytes]) -> tuple[list[dict], float]:
+    """Classify, log every result (off the request path) and count it; returns the rows."""
+    results = predictor.classify(payloads)
+    latency_ms = (time.perf_counter() - g.started) * 1000
+    rows = [
+        _row(predictor, result, payload, latency_ms)
+        for result, payload in zip(results, payloads, strict=True)
+    ]
+    state.current().log.add(rows)  # the store keeps its own columns, not the probabilities
+    for result in results:
+        if result.prediction:
+            metrics.PREDICTIONS.labels(result.prediction.label, predictor.version).inc()
+    return rows, latency_ms
+
+
+def _row(predictor: Predictor, result: Classified, payload: bytes, latency_ms: float) -> dict:
+    row = {
+        "id": uuid.uuid4().hex,
+        "created_at": time.time(),
+        "model_version": predictor.version,
+        "latency_ms": latency_ms,
+        "image_sha256": hashlib.sha256(payload).hexdigest(),
+        "bytes": len(payload),
+        **result.facts,
+    }
+    if result.prediction is None:
+        return {**row, "error": result.error}
+    prediction = result.prediction
+    return {
+        **row,
+        "label": prediction.label,
+        "confidence": prediction.confidence,
+        "probabilities": prediction.probabilities,
+    }
+
+
+@blueprint.route("/predict", methods=["POST"])
+@blueprint.doc(requestBody=schemas.IMAGE_BODY)
+@blueprint.response(200, schemas.Prediction)
+@blueprint.alt_response(400, description="no image in the request")
+@blueprint.alt_response(415, description="neither multipart/form-data nor image/*")
+@blueprint.alt_response(422, description="not a readable image")
+def predict_one():
+    """Classify one image (multipart field `image`, or a raw `image/*` body)."""
+    predictor = state.current().predictor()
+    _, payload = _read_image_payload()
+    (row,), latency_ms = _classify(predictor, [payload])
+    metrics.PREDICT_LATENCY.labels("predict").observe(latency_ms / 1000)
+    if "error" in row:
+        abort(422, message=row["error"])
+    return {
+        "prediction_id": row["id"],
+        "label": row["label"],
+        "confidence": row["confidence"],
+        "probabilities": row["probabilities"],
+        "model_version": predictor.version,
+        "latency_ms": round(latency_ms, 3),
+    }
+
+
+@blueprint.route("/predict/batch", methods=["POST"])
+@blueprint.doc(requestBody=schemas.BATCH_BODY)
+@blueprint.response(200, schemas.BatchPrediction)
+@blueprint.alt_response(400, description="no images in the request")
+@blueprint.alt_response(413, description="more images than the batch limit")
+@blueprint.alt_response(422, description="no image was readable")
+def predict_batch():
+    """Classify many images (multipart field `images`, repeated); errors are per image."""
+    worker = state.current()
+    predictor = worker.predictor()
+    files = request.files.getlist("images") + request.files.getlist("image")
+    if not files:
+        abort(400, message="send the images as multipart fields named 'images'")
+    if len(files) > worker.service.max_batch:
+        abort(413, message=f"{len(files)} images in one batch; at most {worker.service.max_batch}")
+    names = [f.filename or "image" for f in files]
+    rows, latency_ms = _classify(predictor, [f.read() for f in files])
+    metrics.PREDICT_LATENCY.labels("predict_batch").observe(latency_ms / 1000)
+    failed = sum("error" in row for row in rows)
+    if failed == len(rows):
+        message = "; ".join(
+            f"{name}: {row['error']}" for name, row in zip(names, rows, strict=True)
+        )
+        abort(422, message=message)
+    keys = ("label", "confidence", "probabilities", "error")
+    return {
+        "model_version": predictor.version,
+        "latency_ms": round(latency_ms, 3),
+        "count": len(rows),
+        "failed": failed,
+        "predictions": [
+            {"prediction_id": row["id"], "file": name, **{k: row[k] for k in keys if k in row}}
+            for name, row in zip(names, rows, strict=True)
+        ],
+    }

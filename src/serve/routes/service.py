@@ -1,0 +1,72 @@
+"""Health, Prometheus metrics, production statistics and the pipeline's HTML reports."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime
+
+from flask import Response, send_from_directory
+from flask_smorest import Blueprint
+
+from imgclf import jobs, registry
+from serve import metrics, schemas, state
+
+blueprint = Blueprint("service", __name__, description="Health, metrics and reports")
+
+
+@blueprint.route("/health")
+@blueprint.response(200, schemas.Health)
+def health():
+    """Status, uptime and the model version this worker serves."""
+    worker = state.current()
+    worker.model.start()
+    predictor = worker.model.predictor
+    return {
+        "status": "ok" if predictor else "no-model",
+        "uptime_s": round(time.time() - worker.started_at, 3),
+        "started_at": datetime.fromtimestamp(worker.started_at, UTC).isoformat(),
+        "model_version": predictor.version if predictor else None,
+        "model_loaded_at": predictor.loaded_at if predictor else None,
+        "model_error": worker.model.last_error,
+        "worker_pid": os.getpid(),
+    }
+
+
+@blueprint.route("/metrics")
+@blueprint.doc(
+    responses={"200": {"description": "Prometheus text format", "content": {"text/plain": {}}}}
+)
+def prometheus():
+    """Prometheus metrics of all workers: requests, latency, predictions, model, jobs."""
+    body, content_type = metrics.exposition(state.current().collector)
+    return Response(body, content_type=content_type)
+
+
+@blueprint.route("/stats")
+@blueprint.response(200, schemas.Stats)
+def stats():
+    """The production figures as JSON (for the dashboard)."""
+    worker = state.current()
+    worker.log.flush()
+    finished = [job for job in worker.store.jobs(20) if job["finished_at"]]
+    return {
+        **worker.store.statistics(),
+        "uptime_s": round(time.time() - worker.started_at, 3),
+        "model_version": registry.current_version(worker.settings.models_dir),
+        "last_retrain": jobs.describe(finished[0], log_lines=0) if finished else None,
+        "retrain_jobs": worker.store.job_outcomes(),
+    }
+
+
+@blueprint.route("/reports/")
+@blueprint.route("/reports/<path:name>")
+@blueprint.doc(
+    responses={
+        "200": {"description": "an HTML report or the index", "content": {"text/html": {}}},
+        "404": {"description": "no such report"},
+    }
+)
+def reports(name: str = "index.html"):
+    """The pipeline's HTML reports, read-only."""
+    return send_from_directory(state.current().settings.reports_dir, name)

@@ -1,0 +1,279 @@
+"""Request and response schemas (marshmallow); flask-smorest makes the OpenAPI document of them."""
+
+from __future__ import annotations
+
+from marshmallow import RAISE, Schema, fields, post_dump, validate
+
+from imgclf.gate import GATE_METRICS
+from imgclf.store import JobState
+from imgclf.uploads import LABEL_PATTERN, MAX_LABEL_LENGTH
+
+_BINARY = {"type": "string", "format": "binary"}
+IMAGE_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"image": _BINARY},
+                "required": ["image"],
+            }
+        },
+        "image/*": {"schema": _BINARY},
+        "application/octet-stream": {"schema": _BINARY},
+    },
+}
+BATCH_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"images": {"type": "array", "items": _BINARY, "minItems": 1}},
+                "required": ["images"],
+            }
+        }
+    },
+}
+UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "oneOf": [
+                    {
+                        "type": "object",
+                        "properties": {
+                            "files": {"type": "array", "items": _BINARY, "minItems": 1},
+                            "label": {
+                                "type": "string",
+                                "pattern": LABEL_PATTERN.pattern,
+                                "maxLength": MAX_LABEL_LENGTH,
+                                "description": "class of all the files",
+                            },
+                        },
+                        "required": ["files", "label"],
+                    },
+                    {
+                        "type": "object",
+                        "properties": {
+                            "zip": {**_BINARY, "description": "a zip of <class>/<image>"}
+                        },
+                        "required": ["zip"],
+                    },
+                ]
+            }
+        },
+        "application/zip": {"schema": _BINARY},
+    },
+}
+
+
+class StrictSchema(Schema):
+    """Request bodies: an unknown field is an error, not silently ignored."""
+
+    class Meta:
+        unknown = RAISE
+
+
+class OpenSchema(Schema):
+    """Responses: the declared fields are documented; any others are passed through as well."""
+
+    @post_dump(pass_original=True)
+    def keep_the_rest(self, dumped, original, **kwargs):
+        if isinstance(original, dict):
+            return {**original, **dumped}
+        return dumped
+
+
+class RetrainParameters(StrictSchema):
+    """Notebook parameters a client may set for a retrain job (an allow-list)."""
+
+    epochs = fields.Integer(validate=validate.Range(1, 200), metadata={"example": 2})
+    batch_size = fields.Integer(validate=validate.Range(8, 1024))
+    learning_rate = fields.Float(validate=validate.Range(1e-6, 1.0))
+    patience = fields.Integer(validate=validate.Range(1, 100))
+    validation_fraction = fields.Float(validate=validate.Range(0.05, 0.5))
+    rotation = fields.Float(validate=validate.Range(0.0, 0.5))
+    zoom = fields.Float(validate=validate.Range(0.0, 0.5))
+    shift = fields.Float(validate=validate.Range(0.0, 0.5))
+    flip = fields.Boolean()
+    include_uploads = fields.Boolean()
+    metric = fields.String(validate=validate.OneOf(GATE_METRICS))
+    tolerance = fields.Float(validate=validate.Range(0.0, 0.2))
+    seed = fields.Integer(validate=validate.Range(0, 2**31 - 1))
+
+
+class Feedback(StrictSchema):
+    prediction_id = fields.String(required=True, validate=validate.Length(1, 64))
+    label = fields.String(
+        required=True,
+        validate=[validate.Length(1, MAX_LABEL_LENGTH), validate.Regexp(LABEL_PATTERN)],
+        metadata={"description": "the true class of the image"},
+    )
+
+
+class Promote(StrictSchema):
+    version = fields.String(required=True, validate=validate.Regexp(r"^v\d{4,}$"))
+
+
+class SamplesQuery(StrictSchema):
+    per_class = fields.Integer(load_default=4, validate=validate.Range(1, 16))
+
+
+class ClassScores(Schema):
+    prediction_id = fields.String()
+    label = fields.String()
+    confidence = fields.Float()
+    probabilities = fields.Dict(keys=fields.String(), values=fields.Float())
+
+
+class Prediction(ClassScores):
+    model_version = fields.String()
+    latency_ms = fields.Float()
+
+
+class BatchItem(ClassScores):
+    file = fields.String()
+    error = fields.String()
+
+
+class BatchPrediction(Schema):
+    model_version = fields.String()
+    latency_ms = fields.Float()
+    count = fields.Integer()
+    failed = fields.Integer()
+    predictions = fields.List(fields.Nested(BatchItem))
+
+
+class Health(Schema):
+    status = fields.String(metadata={"description": "ok, or no-model before the first training"})
+    uptime_s = fields.Float()
+    started_at = fields.String()
+    model_version = fields.String(allow_none=True)
+    model_loaded_at = fields.String(allow_none=True)
+    model_error = fields.String(allow_none=True)
+    worker_pid = fields.Integer()
+
+
+class UploadFile(Schema):
+    file = fields.String()
+    label = fields.String()
+    sha256 = fields.String()
+    stored_as = fields.String()
+    duplicate_of = fields.String()
+    reason = fields.String()
+
+
+class UploadResult(Schema):
+    batch = fields.String(allow_none=True)
+    counts = fields.Dict(keys=fields.String(), values=fields.Integer())
+    by_class = fields.Dict(keys=fields.String(), values=fields.Integer())
+    accepted = fields.List(fields.Nested(UploadFile))
+    duplicates = fields.List(fields.Nested(UploadFile))
+    rejected = fields.List(fields.Nested(UploadFile))
+
+
+class Job(OpenSchema):
+    id = fields.String()
+    kind = fields.String()
+    state = fields.String(
+        validate=validate.OneOf([state.value for state in JobState]),
+        metadata={"description": "queued, running, promoted, rejected (by the gate) or failed"},
+    )
+    parameters = fields.Dict()
+    created_at = fields.Float()
+    started_at = fields.Float(allow_none=True)
+    finished_at = fields.Float(allow_none=True)
+    error = fields.String(allow_none=True)
+    progress = fields.Dict()
+    log_tail = fields.List(fields.String())
+    report = fields.String(allow_none=True)
+    result = fields.Dict(allow_none=True)
+    pid = fields.Integer(allow_none=True)
+    heartbeat_at = fields.Float(allow_none=True)
+    run_dir = fields.String(allow_none=True)
+    summary = fields.Dict()
+
+
+class Stats(OpenSchema):
+    predictions = fields.Integer()
+    failed_predictions = fields.Integer()
+    error_rate = fields.Float()
+    by_class = fields.Dict(keys=fields.String(), values=fields.Integer())
+    latency_ms = fields.Dict(keys=fields.String(), values=fields.Float(allow_none=True))
+    feedback = fields.Dict()
+    series = fields.Dict()
+    uptime_s = fields.Float()
+    model_version = fields.String(allow_none=True)
+    last_retrain = fields.Nested(Job, allow_none=True)
+    retrain_jobs = fields.Dict(keys=fields.String(), values=fields.Integer())
+
+
+class DataSummary(OpenSchema):
+    train = fields.Dict(keys=fields.String(), values=fields.Integer())
+    uploads = fields.Dict(keys=fields.String(), values=fields.Integer())
+    upload_batches = fields.List(fields.String())
+
+
+class Samples(OpenSchema):
+    samples = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
+
+
+class Brightness(OpenSchema):
+    bins = fields.List(fields.Float())
+    train = fields.List(fields.Integer())
+    production = fields.List(fields.Integer())
+    train_mean = fields.Float(allow_none=True)
+    production_mean = fields.Float(allow_none=True)
+    production_count = fields.Integer()
+
+
+class FeedbackStored(OpenSchema):
+    id = fields.Integer()
+    prediction_id = fields.String()
+    predicted_label = fields.String()
+    true_label = fields.String()
+    correct = fields.Boolean()
+    created_at = fields.Float()
+
+
+class Pointer(OpenSchema):
+    version = fields.String(allow_none=True)
+    history = fields.List(fields.String())
+    changed_at = fields.String(allow_none=True)
+
+
+class ModelInfo(OpenSchema):
+    version = fields.String()
+    created_at = fields.String(allow_none=True)
+    parent_version = fields.String(allow_none=True)
+    class_names = fields.List(fields.String())
+    image_size = fields.List(fields.Integer())
+    color_mode = fields.String()
+    data_fingerprint = fields.String(allow_none=True)
+    test_metrics = fields.Dict()
+    history = fields.Dict()
+    parameters = fields.Dict()
+    gate = fields.Dict(allow_none=True)
+    report = fields.String(allow_none=True)
+    served_by_this_worker = fields.String(allow_none=True)
+
+
+class VersionSummary(OpenSchema):
+    version = fields.String()
+    created_at = fields.String(allow_none=True)
+    parent_version = fields.String(allow_none=True)
+    class_names = fields.List(fields.String(), allow_none=True)
+    accuracy = fields.Float(allow_none=True)
+    f1_macro = fields.Float(allow_none=True)
+    train_size = fields.Integer(allow_none=True)
+    uploads_used = fields.Integer(allow_none=True)
+    gate = fields.Dict(allow_none=True)
+    report = fields.String(allow_none=True)
+
+
+class Versions(OpenSchema):
+    current = fields.String(allow_none=True)
+    history = fields.List(fields.String())
+    versions = fields.List(fields.Nested(VersionSummary))

@@ -1,0 +1,79 @@
+"""What one gunicorn worker holds: settings, the database, the live model, small caches.
+
+Built by ``create_app`` in the worker (after the fork) and kept in
+``app.extensions["imgclf"]``; handlers reach it through ``current()``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from flask import current_app
+from flask_smorest import abort
+
+from imgclf import config, data, imagestats, registry, uploads
+from imgclf.prediction import LiveModel, Predictor
+from imgclf.store import PredictionLogWriter, Store
+from serve import metrics
+
+EXTENSION = "imgclf"
+
+
+class WorkerState:
+    """Settings, the store and its background log writer, the live model, upload hashes."""
+
+    def __init__(self, settings: config.Settings, service: config.ServiceSettings):
+        self.settings = settings
+        self.service = service
+        self.store = Store(settings.database_url)
+        self.log = PredictionLogWriter(self.store)
+        self.model = LiveModel(settings.models_dir, service.reload_poll_s)
+        self.hashes = uploads.HashIndex(settings.data_dir)
+        self.started_at = service.started_at
+        self._train_stats: tuple[float, dict] | None = None
+        self.collector = metrics.ServiceCollector(
+            self.started_at,
+            lambda: registry.current_version(settings.models_dir),
+            self.store.job_outcomes,
+        )
+
+    def predictor(self) -> Predictor:
+        """The predictor to use now; answers 503 when no model can be served."""
+        self.model.start()
+        predictor = self.model.predictor
+        if predictor is None:
+            abort(
+                503,
+                message=self.model.last_error
+                or "no model has been trained yet: run `make train` (or `make run`)",
+            )
+        return predictor
+
+    def current_input_format(self) -> tuple[int, str]:
+        """Image size and colour mode of the current model (the settings' without one)."""
+        version = registry.current_version(self.settings.models_dir)
+        info = registry.metadata(self.settings.models_dir, version) if version else {}
+        size = info.get("image_size", [self.settings.image_size])[0]
+        return size, info.get("color_mode", self.settings.color_mode)
+
+    def training_statistics(self, limit: int = 2000) -> dict:
+        """Brightness and contrast of (up to ``limit``) training images, cached a minute."""
+        if self._train_stats and time.time() - self._train_stats[0] < 60:
+            return self._train_stats[1]
+        stats: dict = {}
+        if self.settings.train_dir.is_dir():
+            from imgclf.preprocessing import load_images
+
+            split = data.discover(self.settings.train_dir)
+            chosen = sorted(np.random.default_rng(0).permutation(len(split.paths))[:limit])
+            size, mode = self.current_input_format()
+            images, _, _ = load_images([split.paths[i] for i in chosen], size, mode)
+            stats = {k: v.tolist() for k, v in imagestats.batch_statistics(images).items()}
+        self._train_stats = (time.time(), stats)
+        return stats
+
+
+def current() -> WorkerState:
+    """This worker's state (inside a request)."""
+    return current_app.extensions[EXTENSION]
