@@ -42,22 +42,12 @@ def dashboard(server, tmp_path):
         "IMGCLF_API_URL": url,
         "IMGCLF_ADMIN_TOKEN": TOKEN,
         "IMGCLF_DASHBOARD_REFRESH_MS": "2000",
+        "HOST": "127.0.0.1",
+        "DASHBOARD_PORT": str(port),
     }
     log = open(tmp_path / "panel.log", "w+")
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "panel",
-            "serve",
-            "dashboard/app.py",
-            "--port",
-            str(port),
-            "--address",
-            "127.0.0.1",
-            "--allow-websocket-origin",
-            f"127.0.0.1:{port}",
-        ],
+        [sys.executable, "-m", "dashboard"],
         cwd=PROJECT_ROOT,
         env=env,
         stdout=log,
@@ -119,14 +109,23 @@ def test_dashboard_predicts_uploads_retrains_and_shows_every_tab(dashboard, serv
         decision = page.get_by_text("PROMOTED").or_(page.get_by_text("REJECTED"))
         assert decision.first.is_visible()
 
+        for _ in range(5):  # some traffic for the time series
+            requests.post(f"{server[0]}/predict", files={"image": digit.read_bytes()}, timeout=10)
         tab("Monitor")
         page.get_by_text("latency p95").wait_for(timeout=30_000)
+        # interactive charts (Bokeh canvases with their toolbars) inside the Panel template
+        deadline = time.time() + 30
+        while page.locator(".bk-Toolbar").count() < 3 and time.time() < deadline:
+            time.sleep(0.5)
+        assert page.locator(".bk-Toolbar").count() >= 3
+        assert page.locator("#header").count() == 1
         time.sleep(1)
         page.screenshot(path=ARTIFACTS / "monitor.png", full_page=True)
 
         tab("Insights")
         page.get_by_text("Confusion matrix of").wait_for(timeout=30_000)
         page.get_by_text("Training curves of").wait_for(timeout=30_000)
+        page.get_by_text("Not enough production data yet").wait_for(timeout=30_000)
         page.screenshot(path=ARTIFACTS / "insights.png", full_page=True)
         browser.close()
     assert not errors, errors

@@ -22,6 +22,8 @@ class ApiError(RuntimeError):
 
 
 class ApiClient:
+    """The REST API's calls; each raises ``ApiError`` (with the HTTP status, if any)."""
+
     def __init__(self, base_url: str | None = None, token: str | None = None, timeout=10.0):
         self.base_url = (base_url or os.environ.get("IMGCLF_API_URL") or DEFAULT_URL).rstrip("/")
         self.token = token if token is not None else os.environ.get("IMGCLF_ADMIN_TOKEN", "")

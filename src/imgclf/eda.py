@@ -109,10 +109,24 @@ def per_class_values(values: np.ndarray, labels: np.ndarray, class_names: Sequen
     return {name: values[labels == index] for index, name in enumerate(class_names)}
 
 
-def describe_drift(train: Sequence[float], production: Sequence[float], name: str) -> str:
-    """One sentence comparing a statistic of production inputs with the training images."""
+#: Fewer production inputs than this give no drift verdict: one odd image is not a trend.
+MIN_DRIFT_SAMPLE = 30
+
+
+def describe_drift(
+    train: Sequence[float], production: Sequence[float], name: str, minimum: int = MIN_DRIFT_SAMPLE
+) -> str:
+    """One sentence comparing a statistic of production inputs with the training images.
+
+    Below ``minimum`` production inputs it says that there is not enough data for a verdict.
+    """
     if len(production) == 0:
         return f"No production inputs yet: the {name} of predicted images will show up here."
+    if len(production) < minimum:
+        return (
+            f"Not enough production data yet: {len(production)} input(s) so far; a verdict on "
+            f"their {name} needs at least {minimum}."
+        )
     if len(train) == 0:
         return f"No training images to compare the {name} of production inputs with."
     train_mean, production_mean = float(np.mean(train)), float(np.mean(production))

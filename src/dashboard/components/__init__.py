@@ -1,0 +1,9 @@
+"""One component per dashboard tab, each a ``pn.viewable.Viewer`` with its own state."""
+
+from dashboard.components.data import DataView
+from dashboard.components.insights import InsightsView
+from dashboard.components.monitor import MonitorView
+from dashboard.components.predict import PredictView
+from dashboard.components.retrain import RetrainView
+
+__all__ = ["DataView", "InsightsView", "MonitorView", "PredictView", "RetrainView"]

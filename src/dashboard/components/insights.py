@@ -1,0 +1,106 @@
+"""Insights: what the model learns from and what it sees, each figure with a sentence."""
+
+from __future__ import annotations
+
+import numpy as np
+import panel as pn
+
+from dashboard import charts
+from dashboard.components.base import Component
+from imgclf import eda, evaluation
+
+
+def sample_gallery(samples: dict[str, list[str]]) -> pn.pane.HTML:
+    """A few training images per class, enlarged with sharp pixels."""
+    blocks = "".join(
+        f"<div><b>{name}</b><br>"
+        + "".join(
+            f'<img src="{uri}" width="48" height="48" style="image-rendering:pixelated;'
+            'margin:2px">'
+            for uri in uris
+        )
+        + "</div>"
+        for name, uris in samples.items()
+    )
+    return pn.pane.HTML(f'<div style="display:flex;flex-wrap:wrap;gap:12px">{blocks}</div>')
+
+
+class InsightsView(Component):
+    title = "Insights"
+
+    def __init__(self, client, notices, **params):
+        super().__init__(client, notices, **params)
+        self.body = pn.Column()
+
+    def __panel__(self):
+        return pn.Column(
+            pn.pane.Markdown("### What the model learns from, and what it sees"), self.body
+        )
+
+    def _balance(self) -> list:
+        summary = self.call(self.client.data_summary)
+        if not summary:
+            return []
+        return [
+            pn.pane.Markdown("#### Class distribution"),
+            pn.pane.Bokeh(charts.bars({"training": summary["train"]}, "training images")),
+            pn.pane.Markdown(eda.describe_balance(summary["train"])),
+        ]
+
+    def _brightness(self) -> list:
+        brightness = self.call(self.client.brightness)
+        if not brightness:
+            return []
+        bins = np.asarray(brightness["bins"])
+        centres = (bins[:-1] + bins[1:]) / 2
+        series = {"training": brightness["train"], "production": brightness["production"]}
+        sentence = eda.describe_drift(
+            np.repeat(centres, brightness["train"]),
+            np.repeat(centres, brightness["production"]),
+            "brightness",
+        )
+        return [
+            pn.pane.Markdown("#### Brightness: training images against production inputs"),
+            pn.pane.Bokeh(charts.overlaid_histograms(bins, series, "mean brightness")),
+            pn.pane.Markdown(sentence),
+        ]
+
+    def _samples(self) -> list:
+        samples = self.call(self.client.samples, 6)
+        if not samples or not samples["samples"]:
+            return []
+        return [
+            pn.pane.Markdown("#### Sample training images per class"),
+            sample_gallery(samples["samples"]),
+            pn.pane.Markdown("Check that labels are right and classes are visually distinct."),
+        ]
+
+    def _model(self) -> list:
+        model = self.call(self.client.model)
+        if not model:
+            return []
+        panes, metrics = [], model.get("test_metrics", {})
+        names, history = model["class_names"], model.get("history")
+        if "confusion_matrix" in metrics:
+            matrix = metrics["confusion_matrix"]
+            panes += [
+                pn.pane.Markdown(f"#### Confusion matrix of {model['version']} (test set)"),
+                pn.pane.Bokeh(charts.confusion_matrix(matrix, names), width=520),
+                pn.pane.Markdown(evaluation.describe_confusion(matrix, names)),
+            ]
+        if history:
+            panes += [
+                pn.pane.Markdown(f"#### Training curves of {model['version']}"),
+                pn.Row(
+                    *(
+                        pn.pane.Bokeh(charts.training_curves(history, key))
+                        for key in ("loss", "accuracy")
+                    )
+                ),
+                pn.pane.Markdown(evaluation.describe_history(history)),
+            ]
+        return panes
+
+    def refresh(self) -> None:
+        panes = self._balance() + self._brightness() + self._samples() + self._model()
+        self.body.objects = panes or [pn.pane.Markdown("The API gave nothing to show yet.")]
