@@ -91,3 +91,38 @@ def test_training_is_reproducible_and_registered_model_serves(digits_dir, tmp_pa
     [prediction] = predictor.predict_bytes([image])
     assert prediction.label in dataset.class_names
     assert abs(sum(prediction.probabilities.values()) - 1) < 1e-4
+
+
+def test_register_and_decide_gates_registers_and_promotes(project):
+    from imgclf import promotion, registry
+    from imgclf.store import JobState
+
+    models_dir = project.models_dir
+    dataset = training.load_dataset(project.data_dir, 16, "grayscale")
+    model = modelling.load_model(registry.model_path(models_dir, "v0001"))
+    metrics, _ = training.evaluate(model, dataset.test)
+    record = training.TrainingRecord({}, {}, "grayscale", parent_version="v0001")
+
+    same, current_metrics = promotion.register_and_decide(
+        models_dir, model, dataset, metrics, record
+    )
+    assert (
+        same.promoted and same.state is JobState.PROMOTED and "not worse" in same.decision.reason
+    )
+    assert current_metrics["f1_macro"] == metrics["f1_macro"]
+    assert registry.current_version(models_dir) == same.version == "v0002"
+
+    worse = {**metrics, "f1_macro": metrics["f1_macro"] - 0.1}
+    rejected, _ = promotion.register_and_decide(models_dir, model, dataset, worse, record)
+    assert rejected.state is JobState.REJECTED and registry.current_version(models_dir) == "v0002"
+    assert registry.metadata(models_dir, rejected.version)["gate"]["promote"] is False
+
+    forced, _ = promotion.register_and_decide(
+        models_dir, model, dataset, worse, record, policy="always"
+    )
+    assert forced.promoted and "promote='always'" in forced.decision.reason
+    assert promotion.Outcome.from_dict(forced.as_dict()) == forced
+    with pytest.raises(ValueError, match="promote="):
+        promotion.register_and_decide(models_dir, model, dataset, metrics, record, policy="maybe")
+    with pytest.raises(ValueError, match="outcome"):
+        promotion.Outcome.from_dict({"version": "v1"})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from marshmallow import RAISE, Schema, fields, post_dump, validate
+from marshmallow import INCLUDE, RAISE, Schema, fields, post_dump, validate
 
 from imgclf.gate import GATE_METRICS
 from imgclf.store import JobState
@@ -78,6 +78,9 @@ class StrictSchema(Schema):
 
 class OpenSchema(Schema):
     """Responses: the declared fields are documented; any others are passed through as well."""
+
+    class Meta:
+        unknown = INCLUDE  # so the OpenAPI document allows additional properties
 
     @post_dump(pass_original=True)
     def keep_the_rest(self, dumped, original, **kwargs):
@@ -256,6 +259,9 @@ class ModelInfo(OpenSchema):
     history = fields.Dict()
     parameters = fields.Dict()
     gate = fields.Dict(allow_none=True)
+    train_size = fields.Integer(allow_none=True)
+    uploads_used = fields.Integer(allow_none=True)
+    skipped_files = fields.List(fields.Dict())
     report = fields.String(allow_none=True)
     served_by_this_worker = fields.String(allow_none=True)
 

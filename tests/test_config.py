@@ -1,0 +1,32 @@
+"""Settings: every one read in config.py, a bad value named in the error."""
+
+from __future__ import annotations
+
+import pytest
+
+from imgclf import config
+
+
+def test_service_settings_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("IMGCLF_MAX_BATCH", "8")
+    monkeypatch.setenv("IMGCLF_UPLOAD_MAX_FILE_MB", "2")
+    service = config.get_service_settings()
+    assert service.max_batch == 8 and service.upload_limits.max_file_bytes == 2 * 1024 * 1024
+    assert service.upload_limits.max_pixels == config.MAX_IMAGE_PIXELS
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("IMGCLF_MAX_BATCH", "0"),
+        ("IMGCLF_MAX_REQUEST_MB", "lots"),
+        ("IMGCLF_RELOAD_POLL_S", "-1"),
+        ("WORKERS", "0"),
+        ("PORT", "70000"),
+    ],
+)
+def test_a_bad_setting_is_refused_with_its_name(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(config.ConfigError, match=name):
+        config.get_service_settings()
+        config.get_server_settings()
