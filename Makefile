@@ -18,8 +18,12 @@ WORKERS ?= 2
 DASHBOARD_PORT ?= 5006
 export PORT WORKERS DASHBOARD_PORT
 
-.PHONY: help setup lock data eda train evaluate retrain pipeline run model serve dashboard token \
-        bench loadtest reports lab test lint format clean
+.PHONY: help setup lock data eda train evaluate retrain pipeline run model db serve worker \
+        dashboard token bench loadtest reports lab test lint format clean
+
+# make run / make serve start one job worker beside the API; WORKER=0 leaves it out
+WORKER ?= 1
+export WORKER
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -61,11 +65,17 @@ model: data ## prepare data and train (EDA, train, evaluate) unless a current mo
 	@$(PY) -m imgclf.registry list
 	@echo "reports: $(CURDIR)/reports/index.html"
 
-run: model ## everything: set up, data, train if no model yet, then serve the API + dashboard
+db: setup ## create or migrate the database (DATABASE_URL) to the newest schema
+	$(PY) -m imgclf.cli db upgrade
+
+run: model db ## everything: set up, data, train if no model yet, then API + worker + dashboard
 	$(PY) -m devkit.launch
 
-serve: model ## start the API alone under gunicorn (PORT, WORKERS)
+serve: model db ## the API under gunicorn (PORT, WORKERS) and a job worker (WORKER=0: none)
 	$(PY) -m devkit.launch --no-dashboard
+
+worker: db ## a job worker alone: claims queued retrain jobs from DATABASE_URL and runs them
+	$(PY) -m imgclf.cli worker
 
 dashboard: setup ## start the dashboard alone (expects the API at IMGCLF_API_URL)
 	$(PY) -m dashboard
@@ -73,10 +83,10 @@ dashboard: setup ## start the dashboard alone (expects the API at IMGCLF_API_URL
 token: setup ## print the admin token (created in .env on first use)
 	@$(PY) -c 'from devkit.launch import ensure_token; print(ensure_token())'
 
-bench: model ## benchmark /predict: jitted + draft-mode decoding against a naive implementation
+bench: model db ## benchmark /predict: jitted + draft-mode decoding against a naive implementation
 	$(PY) -m devkit.bench
 
-loadtest: model ## flood the API with locust for 1, 2 and 4 workers -> reports/loadtest-*.json
+loadtest: model db ## flood the API with locust for 1, 2 and 4 workers -> reports/loadtest-*.json
 	$(PIP) install --quiet -c requirements.lock -e '.[load]'
 	$(PY) -m devkit.loadtest
 

@@ -9,6 +9,7 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 import shutil  # noqa: E402
 import struct  # noqa: E402
 import subprocess  # noqa: E402
+import sys  # noqa: E402
 import zlib  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -75,31 +76,97 @@ def trained_root(digits_dir, tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throw-away PostgreSQL server from Debian's package, on a free port; yields its port.
+
+    Skipped when PostgreSQL is not installed, unless ``IMGCLF_REQUIRE_POSTGRES`` is set (CI).
+    """
+    binaries = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    if not binaries:
+        if os.environ.get("IMGCLF_REQUIRE_POSTGRES"):
+            pytest.fail("PostgreSQL is required (apt-get install postgresql)")
+        pytest.skip("needs Debian's postgresql (apt-get install postgresql)")
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="imgclf-postgres-"))  # not under pytest's 0700 root
+    port = free_port()
+    as_postgres = os.geteuid() == 0  # initdb refuses root: run it as the postgres user
+    if as_postgres:
+        shutil.chown(folder, "postgres")
+
+    def run(command: str) -> None:
+        argv = ["su", "postgres", "-c", command] if as_postgres else ["sh", "-c", command]
+        subprocess.run(argv, check=True, capture_output=True, timeout=120)
+
+    bin_dir = binaries[-1].parent
+    run(f"{bin_dir}/initdb -D {folder}/data -A trust -U postgres")
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+    run(f"{bin_dir}/pg_ctl -D {folder}/data -o '{options}' -l {folder}/log -w start")
+    yield port
+    run(f"{bin_dir}/pg_ctl -D {folder}/data -m fast stop")
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture
-def project(trained_root, tmp_path) -> Settings:
+def database_url(request, tmp_path) -> str:
+    """A fresh, empty database: SQLite by default, PostgreSQL with ``indirect`` parameter."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        return f"sqlite:///{tmp_path / 'imgclf.db'}"
+    import psycopg
+
+    port = request.getfixturevalue("postgres_server")
+    name = f"test_{os.getpid()}_{free_port()}"
+    with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres", autocommit=True) as db:
+        db.execute(f"CREATE DATABASE {name}")
+    return f"postgresql+psycopg://postgres@127.0.0.1:{port}/{name}"
+
+
+@pytest.fixture
+def project(trained_root, tmp_path, database_url) -> Settings:
     """A private copy of ``trained_root`` (data, models) with its own reports and database."""
+    from imgclf import migrations
+
     root = tmp_path / "project"
     shutil.copytree(trained_root, root)
     (root / "reports").mkdir()
+    migrations.upgrade(database_url)
     return Settings(
         project_root=root,
         data_dir=root / "data",
         models_dir=root / "models",
         reports_dir=root / "reports",
         notebooks_dir=PROJECT_ROOT / "notebooks",
-        database_url=f"sqlite:///{root / 'data' / 'imgclf.db'}",
+        database_url=database_url,
         image_size=16,
         color_mode="grayscale",
         seed=1,
     )
 
 
+@pytest.fixture
+def worker(project, tmp_path):
+    """A job worker (``imgclf worker``) for ``project``, in its own process."""
+    log = open(tmp_path / "worker.log", "w+")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "imgclf.cli", "worker"],
+        env={**os.environ, **project.as_environment()},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    yield process
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    log.close()
+
+
 TOKEN = "integration-token"
 
 
 @pytest.fixture
-def server(project, tmp_path):
-    """Real gunicorn (2 workers) serving ``project``; yields ``(url, process)``."""
+def server(project, worker, tmp_path):
+    """Real gunicorn (2 workers) and a job worker for ``project``; yields ``(url, process)``."""
     import requests
 
     port = free_port()

@@ -1,4 +1,4 @@
-"""Start the API (gunicorn) and the dashboard (Panel) together: what ``make run`` ends with.
+"""Start the API (gunicorn), a job worker and the dashboard (Panel): what ``make run`` ends with.
 
 ``python -m devkit.launch [--no-dashboard]``. Host and ports come from
 ``imgclf.config.get_server_settings`` (``HOST``, ``PORT`` 8000, ``DASHBOARD_PORT`` 5006).
@@ -41,8 +41,10 @@ def ensure_token(env_file: Path = ENV_FILE) -> str:
     return token
 
 
-def _commands(with_dashboard: bool) -> dict[str, list[str]]:
+def _commands(with_dashboard: bool, with_worker: bool) -> dict[str, list[str]]:
     commands = {"api": GUNICORN}
+    if with_worker:
+        commands["worker"] = [sys.executable, "-m", "imgclf.cli", "worker"]
     if with_dashboard:
         commands["dashboard"] = [sys.executable, "-m", "dashboard"]
     return commands
@@ -73,7 +75,13 @@ def _wait(processes: dict[str, subprocess.Popen]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devkit.launch", description=__doc__)
-    parser.add_argument("--no-dashboard", action="store_true", help="start the API only")
+    parser.add_argument("--no-dashboard", action="store_true", help="leave the dashboard out")
+    parser.add_argument(
+        "--no-worker",
+        action="store_true",
+        default=os.environ.get("WORKER", "1") == "0",
+        help="leave the job worker out (as a replica in a cluster); also WORKER=0",
+    )
     args = parser.parse_args(argv)
     server = get_server_settings()
     token = ensure_token()
@@ -81,13 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     env.setdefault("IMGCLF_API_URL", server.api_url)
     processes = {
         name: subprocess.Popen(command, cwd=PROJECT_ROOT, env=env)
-        for name, command in _commands(not args.no_dashboard).items()
+        for name, command in _commands(not args.no_dashboard, not args.no_worker).items()
     }
     api = server.api_url
     print(f"\n  API:        {api}   (docs: {api}/docs, health: {api}/health)")
     if "dashboard" in processes:
         print(f"  dashboard:  http://{server.host}:{server.dashboard_port}/app")
     print(f"  reports:    {api}/reports/")
+    if "worker" not in processes:
+        print("  no job worker here: retrain jobs wait for `imgclf worker` elsewhere")
     print(f"  admin token: {TOKEN_VARIABLE} in {ENV_FILE}")
     print("  Ctrl-C stops everything.\n", flush=True)
     return _wait(processes)

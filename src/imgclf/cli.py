@@ -1,4 +1,5 @@
-"""Command line: ``imgclf data`` prepares a data set; registry and pipeline have their own CLIs."""
+"""Command line: ``imgclf data`` prepares a data set, ``imgclf db upgrade`` migrates the
+database, ``imgclf worker`` runs retrain jobs. Registry and pipeline have their own CLIs."""
 
 from __future__ import annotations
 
@@ -7,6 +8,39 @@ import sys
 
 from imgclf import data
 from imgclf.config import ConfigError, get_settings
+
+
+def _data(args) -> int:
+    settings = get_settings()
+    if args.source == "digits":
+        written = data.prepare_digits(settings.data_dir, seed=settings.seed)
+        state = "written" if written else "already there"
+    else:
+        data.prepare_keras_dataset(args.source, settings.data_dir, args.limit)
+        state = "written"
+    train = data.discover(settings.train_dir)
+    print(
+        f"data {state}: {settings.data_dir} ({len(train.paths)} training images, "
+        f"{len(train.class_names)} classes)"
+    )
+    return 0
+
+
+def _db(args) -> int:
+    from imgclf import migrations
+    from imgclf.store import describe_url
+
+    url = get_settings().database_url
+    before, after = migrations.upgrade(url)
+    change = f"{before or 'empty'} -> {after}" if before != after else f"already at {after}"
+    print(f"database {describe_url(url)}: {change}")
+    return 0
+
+
+def _worker(args) -> int:
+    from imgclf import worker
+
+    return worker.main(once=args.once)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,24 +55,19 @@ def main(argv: list[str] | None = None) -> int:
         help="digits is bundled (offline); the others download (online)",
     )
     prepare.add_argument("--limit", type=int, help="at most this many images per split")
+    prepare.set_defaults(run=_data)
+    database = commands.add_parser("db", help="the database schema")
+    database.add_argument("action", choices=["upgrade"], help="migrate to the newest schema")
+    database.set_defaults(run=_db)
+    worker = commands.add_parser("worker", help="claim and run queued retrain jobs")
+    worker.add_argument("--once", action="store_true", help="exit after one job")
+    worker.set_defaults(run=_worker)
     args = parser.parse_args(argv)
     try:
-        settings = get_settings()
-        if args.source == "digits":
-            written = data.prepare_digits(settings.data_dir, seed=settings.seed)
-            state = "written" if written else "already there"
-        else:
-            data.prepare_keras_dataset(args.source, settings.data_dir, args.limit)
-            state = "written"
+        return args.run(args)
     except (data.DataError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    train = data.discover(settings.train_dir)
-    print(
-        f"data {state}: {settings.data_dir} ({len(train.paths)} training images, "
-        f"{len(train.class_names)} classes)"
-    )
-    return 0
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def retrain(parameters):
     if registry.current_version(settings.models_dir) is None:
         abort(409, message="there is no current model to retrain: run `make train` first")
     try:
-        job = jobs.start_retrain(state.current().store, settings, dict(parameters or {}))
+        job = jobs.queue_retrain(state.current().store, settings, dict(parameters or {}))
     except JobConflict as conflict:
         return errors.json_error(409, str(conflict), job=jobs.describe(conflict.job, log_lines=0))
     return jobs.describe(job, log_lines=0), 202, {"Location": f"/retrain/{job['id']}"}
