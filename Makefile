@@ -19,11 +19,14 @@ DASHBOARD_PORT ?= 5006
 export PORT WORKERS DASHBOARD_PORT
 
 .PHONY: help setup lock data eda train evaluate retrain pipeline run model db serve worker \
-        dashboard token bench loadtest reports lab test lint format clean
+        cluster dashboard token bench loadtest reports lab test lint format clean
 
 # make run / make serve start one job worker beside the API; WORKER=0 leaves it out
 WORKER ?= 1
 export WORKER
+# make cluster REPLICAS=4 ; make loadtest LOAD_REPLICAS=1,2,4 USERS=16 DURATION=30s
+REPLICAS ?= 2
+export REPLICAS USERS DURATION LOAD_REPLICAS
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -83,10 +86,16 @@ dashboard: setup ## start the dashboard alone (expects the API at IMGCLF_API_URL
 token: setup ## print the admin token (created in .env on first use)
 	@$(PY) -c 'from devkit.launch import ensure_token; print(ensure_token())'
 
-bench: model db ## benchmark /predict: jitted + draft-mode decoding against a naive implementation
+bench: model db ## /predict over HTTP (hey): this API against a plain Flask server, both gunicorn
+	@command -v hey >/dev/null || { echo "make bench needs hey: apt-get install hey"; exit 1; }
 	$(PY) -m devkit.bench
 
-loadtest: model db ## flood the API with locust for 1, 2 and 4 workers -> reports/loadtest-*.json
+cluster: model ## PostgreSQL + REPLICAS API replicas + a worker + nginx on this machine (Ctrl-C)
+	@command -v nginx >/dev/null || { echo "make cluster needs nginx: apt-get install nginx"; exit 1; }
+	$(PY) -m devkit.cluster
+
+loadtest: model ## locust through nginx against 1, 2 and 4 replicas -> reports/loadtest-*/
+	@command -v nginx >/dev/null || { echo "make loadtest needs nginx: apt-get install nginx"; exit 1; }
 	$(PIP) install --quiet -c requirements.lock -e '.[load]'
 	$(PY) -m devkit.loadtest
 

@@ -78,34 +78,20 @@ def trained_root(digits_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def postgres_server():
-    """A throw-away PostgreSQL server from Debian's package, on a free port; yields its port.
+    """A throw-away PostgreSQL server from Debian's package, on a free port; yields it.
 
     Skipped when PostgreSQL is not installed, unless ``IMGCLF_REQUIRE_POSTGRES`` is set (CI).
     """
-    binaries = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
-    if not binaries:
+    from devkit.postgres import PostgresMissing, TemporaryPostgres
+
+    try:
+        server = TemporaryPostgres()
+    except PostgresMissing as missing:
         if os.environ.get("IMGCLF_REQUIRE_POSTGRES"):
-            pytest.fail("PostgreSQL is required (apt-get install postgresql)")
-        pytest.skip("needs Debian's postgresql (apt-get install postgresql)")
-    import tempfile
-
-    folder = Path(tempfile.mkdtemp(prefix="imgclf-postgres-"))  # not under pytest's 0700 root
-    port = free_port()
-    as_postgres = os.geteuid() == 0  # initdb refuses root: run it as the postgres user
-    if as_postgres:
-        shutil.chown(folder, "postgres")
-
-    def run(command: str) -> None:
-        argv = ["su", "postgres", "-c", command] if as_postgres else ["sh", "-c", command]
-        subprocess.run(argv, check=True, capture_output=True, timeout=120)
-
-    bin_dir = binaries[-1].parent
-    run(f"{bin_dir}/initdb -D {folder}/data -A trust -U postgres")
-    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-    run(f"{bin_dir}/pg_ctl -D {folder}/data -o '{options}' -l {folder}/log -w start")
-    yield port
-    run(f"{bin_dir}/pg_ctl -D {folder}/data -m fast stop")
-    shutil.rmtree(folder, ignore_errors=True)
+            pytest.fail(str(missing))
+        pytest.skip(str(missing))
+    with server:
+        yield server
 
 
 @pytest.fixture
@@ -113,13 +99,8 @@ def database_url(request, tmp_path) -> str:
     """A fresh, empty database: SQLite by default, PostgreSQL with ``indirect`` parameter."""
     if getattr(request, "param", "sqlite") == "sqlite":
         return f"sqlite:///{tmp_path / 'imgclf.db'}"
-    import psycopg
-
-    port = request.getfixturevalue("postgres_server")
-    name = f"test_{os.getpid()}_{free_port()}"
-    with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres", autocommit=True) as db:
-        db.execute(f"CREATE DATABASE {name}")
-    return f"postgresql+psycopg://postgres@127.0.0.1:{port}/{name}"
+    server = request.getfixturevalue("postgres_server")
+    return server.create_database(f"test_{os.getpid()}_{free_port()}")
 
 
 @pytest.fixture

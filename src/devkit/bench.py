@@ -1,15 +1,16 @@
-"""``make bench``: /predict throughput of this service against an ordinary implementation.
+"""``make bench``: /predict over HTTP, this service against a plain server, both under gunicorn.
 
-Both run in this process, one request at a time, through Flask's test client, with the current
-model and the same inputs:
+Both servers run under the same gunicorn configuration (``WORKERS``, ``THREADS``) with the
+current model; ``hey`` (Debian's HTTP load generator) sends ``REQUESTS`` requests from
+``CONCURRENCY`` connections to each, for each input:
 
-- ``imgclf``: the real app (``serve.app``): Pillow's JPEG draft mode decodes a large photo at
-  a reduced scale, and the forward pass is one jit-compiled function.
-- ``naive``: what tutorials do: decode at full resolution, convert, resize, then
-  ``model.predict`` per request.
+- ``imgclf``: this API (``serve.wsgi``): JPEG draft-mode decoding, one jitted forward pass,
+  every prediction logged (SQLite, batched off the request path) and counted (Prometheus).
+- ``plain``: ``devkit.naive``: full decode, resize, ``model.predict`` per request, no logging.
 
-Inputs: a 12-megapixel (4000 x 3000) phone-style JPEG and a small PNG from the test split.
-Writes ``reports/bench-<time>.json`` and prints a table.
+Inputs: a 12-megapixel (4000 x 3000) phone-style JPEG and a small PNG from the test split. The
+floor: decoding the phone JPEG alone, in process, as this service does it (and fully). Writes
+``reports/bench-<time>.json`` and prints a table.
 """
 
 from __future__ import annotations
@@ -18,17 +19,23 @@ import argparse
 import io
 import os
 import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
-os.environ.setdefault("KERAS_BACKEND", "jax")
+import numpy as np
+import requests
+from PIL import Image
 
-import numpy as np  # noqa: E402
-from flask import Flask, jsonify, request  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from imgclf import config, registry  # noqa: E402
-from imgclf.files import write_json_atomic  # noqa: E402
+from devkit.processes import GUNICORN, free_port, wait_until_ready
+from imgclf import config, migrations, registry
+from imgclf.files import write_json_atomic
+from imgclf.preprocessing import load_image
 
 
 def phone_jpeg(width: int = 4000, height: int = 3000, seed: int = 0) -> bytes:
@@ -43,92 +50,139 @@ def phone_jpeg(width: int = 4000, height: int = 3000, seed: int = 0) -> bytes:
     return buffer.getvalue()
 
 
-def naive_app(models_dir) -> Flask:
-    """The ordinary way: full decode, resize, ``model.predict`` per request."""
-    from imgclf.model import load_model
+def start_server(app: str | None, env: dict, log: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    command = GUNICORN + ([app] if app else [])
+    process = subprocess.Popen(
+        command, env={**env, "PORT": str(port), "ACCESS_LOG": ""},
+        stdout=open(log, "w"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    probe = f"{url}/health" if app is None else f"{url}/predict"
 
-    version = registry.current_version(models_dir)
-    info = registry.metadata(models_dir, version)
-    model = load_model(registry.model_path(models_dir, version))
-    size = tuple(info["image_size"])
-    mode = "L" if info["color_mode"] == "grayscale" else "RGB"
-    app = Flask("naive")
+    def ready():
+        response = requests.get(probe, timeout=5)
+        return response.status_code in (200, 405)
 
-    @app.post("/predict")
-    def predict():
-        image = Image.open(io.BytesIO(request.get_data())).convert(mode).resize(size[::-1])
-        array = np.asarray(image, dtype=np.float32) / 255.0
-        array = array.reshape(1, *size, -1)
-        probabilities = model.predict(array, verbose=0)[0]
-        best = int(np.argmax(probabilities))
-        return jsonify(label=info["class_names"][best], confidence=float(probabilities[best]))
-
-    return app
+    if not wait_until_ready(process, ready, 180):
+        raise SystemExit(f"the server did not start; see {log}")
+    return process, url
 
 
-def measure(client, payload: bytes, content_type: str, seconds: float, least: int) -> dict:
-    for _ in range(3):  # warm-up: compilation, caches
-        assert client.post("/predict", data=payload, content_type=content_type).status_code == 200
-    latencies = []
-    started = time.perf_counter()
-    while time.perf_counter() - started < seconds or len(latencies) < least:
-        begin = time.perf_counter()
-        response = client.post("/predict", data=payload, content_type=content_type)
-        latencies.append(time.perf_counter() - begin)
-        assert response.status_code == 200, response.get_data(as_text=True)
-    elapsed = time.perf_counter() - started
-    latencies_ms = np.asarray(latencies) * 1000
+def hey(url: str, payload: Path, content_type: str, count: int, concurrency: int) -> dict:
+    """Run hey; returns requests/s, latency percentiles (ms) and the status codes seen."""
+    for _ in range(3 * concurrency):  # warm every worker: compilation, caches
+        requests.post(url, data=payload.read_bytes(), headers={"Content-Type": content_type})
+    output = subprocess.run(
+        ["hey", "-n", str(count), "-c", str(concurrency), "-m", "POST", "-T", content_type,
+         "-D", str(payload), url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+
+    def seconds(label: str) -> float:
+        return round(float(re.search(rf"{label}% in ([\d.]+) secs", output).group(1)) * 1000, 2)
+
     return {
-        "requests": len(latencies),
-        "throughput_rps": round(len(latencies) / elapsed, 2),
-        "latency_p50_ms": round(float(np.percentile(latencies_ms, 50)), 2),
-        "latency_p95_ms": round(float(np.percentile(latencies_ms, 95)), 2),
+        "throughput_rps": round(float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)), 1),
+        "latency_p50_ms": seconds("50"),
+        "latency_p95_ms": seconds("95"),
+        "latency_p99_ms": seconds("99"),
+        "status": dict(re.findall(r"\[(\d{3})\]\s+(\d+) responses", output)),
+    }
+
+
+def decode_floor(payload: bytes, size: tuple[int, int], mode: str, repeats: int = 20) -> dict:
+    """Median in-process time of decoding the payload as this service does, and fully."""
+
+    def median_ms(function) -> float:
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            function()
+            times.append(time.perf_counter() - started)
+        return round(float(np.median(times)) * 1000, 2)
+
+    return {
+        "draft_decode_ms": median_ms(lambda: load_image(payload, size, mode)),
+        "full_decode_ms": median_ms(lambda: Image.open(io.BytesIO(payload)).convert("RGB")),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devkit.bench", description=__doc__)
-    parser.add_argument("--seconds", type=float, default=10.0, help="per implementation/input")
+    parser.add_argument("--requests", type=int, default=int(os.environ.get("REQUESTS", "400")))
+    parser.add_argument("--concurrency", type=int, default=int(os.environ.get("CONCURRENCY", "8")))
     args = parser.parse_args(argv)
     settings = config.get_settings()
-    if registry.current_version(settings.models_dir) is None:
+    version = registry.current_version(settings.models_dir)
+    if version is None:
         raise SystemExit("no current model: run `make train` first")
-    from serve.app import create_app
+    info = registry.metadata(settings.models_dir, version)
+    folder = Path(tempfile.mkdtemp(prefix="imgclf-bench-"))
+    try:
+        return _bench(args, settings, info, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
-    ours = create_app(settings).test_client()
-    naive = naive_app(settings.models_dir).test_client()
-    small = next(iter(sorted(settings.test_dir.glob("*/*.png"))), None)
-    inputs = {"12 MP phone JPEG": (phone_jpeg(), "image/jpeg")}
-    if small is not None:
-        inputs["small PNG"] = (small.read_bytes(), "image/png")
-    results = {}
-    for name, (payload, content_type) in inputs.items():
-        row = {"bytes": len(payload)}
-        for implementation, client in (("imgclf", ours), ("naive", naive)):
-            row[implementation] = measure(client, payload, content_type, args.seconds, 5)
-        row["speedup"] = round(row["imgclf"]["throughput_rps"] / row["naive"]["throughput_rps"], 1)
-        results[name] = row
+
+def _bench(args, settings, info: dict, folder: Path) -> int:
+    inputs = {"12 MP phone JPEG": (folder / "phone.jpg", "image/jpeg")}
+    inputs["12 MP phone JPEG"][0].write_bytes(phone_jpeg())
+    small = next(iter(sorted(settings.test_dir.glob("*/*.png"))))
+    inputs["small PNG"] = (folder / "small.png", "image/png")
+    shutil.copy(small, inputs["small PNG"][0])
+    database = f"sqlite:///{folder / 'bench.db'}"
+    migrations.upgrade(database)
+    env = {**os.environ, **settings.as_environment(), "DATABASE_URL": database}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    results: dict = {name: {} for name in inputs}
+    for implementation, app in (("imgclf", None), ("plain", "devkit.naive:app")):
+        process, url = start_server(app, env, folder / f"{implementation}.log")
+        try:
+            for name, (path, content_type) in inputs.items():
+                results[name][implementation] = hey(
+                    f"{url}/predict", path, content_type, args.requests, args.concurrency
+                )
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
+    for row in results.values():
+        row["speedup"] = round(row["imgclf"]["throughput_rps"] / row["plain"]["throughput_rps"], 2)
+    size, mode = tuple(info["image_size"]), info["color_mode"]
+    floor = decode_floor(inputs["12 MP phone JPEG"][0].read_bytes(), size, mode)
     record = {
         "created_at": datetime.now(UTC).isoformat(),
-        "model_version": registry.current_version(settings.models_dir),
+        "model_version": info["version"],
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "method": "in-process Flask test client, one request at a time",
+        "method": f"hey -n {args.requests} -c {args.concurrency}, gunicorn "
+        f"WORKERS={env.get('WORKERS', 'default')}, each server alone on the machine",
         "results": results,
+        "phone_jpeg_decode_floor": floor,
     }
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     path = write_json_atomic(settings.reports_dir / f"bench-{stamp}.json", record)
-    print(f"\n{'input':18s} {'impl':7s} {'req/s':>8s} {'p50 ms':>8s} {'p95 ms':>8s}")
-    for name, row in results.items():
-        for implementation in ("imgclf", "naive"):
-            r = row[implementation]
-            print(
-                f"{name:18s} {implementation:7s} {r['throughput_rps']:8.1f} "
-                f"{r['latency_p50_ms']:8.1f} {r['latency_p95_ms']:8.1f}"
-            )
-        print(f"{'':18s} speed-up x{row['speedup']}")
-    print(f"\nwritten to {path}")
+    _print(results, floor, path)
     return 0
 
 
+def _print(results: dict, floor: dict, path: Path) -> None:
+    print(
+        f"\n{'input':18s} {'server':7s} {'req/s':>8s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s}"
+    )
+    for name, row in results.items():
+        for implementation in ("imgclf", "plain"):
+            r = row[implementation]
+            print(
+                f"{name:18s} {implementation:7s} {r['throughput_rps']:8.1f} "
+                f"{r['latency_p50_ms']:8.1f} {r['latency_p95_ms']:8.1f} {r['latency_p99_ms']:8.1f}"
+            )
+        print(f"{'':18s} speed-up x{row['speedup']}")
+    print(
+        f"phone JPEG decode alone: {floor['draft_decode_ms']} ms (draft), "
+        f"{floor['full_decode_ms']} ms (full)"
+    )
+    print(f"\nwritten to {path}")
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

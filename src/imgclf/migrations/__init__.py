@@ -81,6 +81,9 @@ def upgrade(database_url: str) -> tuple[str | None, str]:
     engine = create_engine(database_url)
     try:
         with _connect(engine, database_url) as connection:
+            if connection.dialect.name == "postgresql":  # two containers upgrading at once wait
+                connection.execute(sa.text("SELECT pg_advisory_lock(20261123)"))
+                connection.commit()
             before = current(connection)
             if before is None and sa.inspect(connection).has_table("jobs"):
                 command.stamp(_config(connection), FIRST_REVISION)  # made before migrations

@@ -1,0 +1,34 @@
+# imgclf: one image for the API replicas, the job worker and the dashboard.
+#   docker build -t imgclf .            (or: podman build ...)
+#   docker compose up --scale api=4     (see compose.yaml)
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+FROM ${PYTHON_IMAGE}
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 KERAS_BACKEND=jax \
+    DATA_DIR=/srv/imgclf/data MODELS_DIR=/srv/imgclf/models REPORTS_DIR=/srv/imgclf/reports \
+    HOST=0.0.0.0 PORT=8000
+
+RUN useradd --create-home --uid 10001 imgclf
+WORKDIR /app
+
+# dependencies first, in their own layer: pinned, and rebuilt only when the lock changes
+COPY requirements.lock ./
+RUN python -m pip install -r requirements.lock
+
+COPY pyproject.toml README.md ./
+COPY src ./src
+COPY notebooks ./notebooks
+RUN python -m pip install --no-deps . \
+    && mkdir -p /srv/imgclf/data /srv/imgclf/models /srv/imgclf/reports \
+    && chown -R imgclf:imgclf /srv/imgclf
+
+COPY deploy/entrypoint.sh /usr/local/bin/imgclf-entrypoint
+USER imgclf
+ENV NOTEBOOKS_DIR=/app/notebooks
+VOLUME ["/srv/imgclf/data", "/srv/imgclf/models", "/srv/imgclf/reports"]
+EXPOSE 8000 5006
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+    CMD python -c "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ.get(\"PORT\", \"8000\")}/health', timeout=4)" || exit 1
+ENTRYPOINT ["imgclf-entrypoint"]
+CMD ["api"]

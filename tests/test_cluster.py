@@ -1,0 +1,102 @@
+"""The deployed topology on one machine: PostgreSQL, two API replicas, a worker, nginx.
+
+Uploads and retrains through the load balancer, sees every replica serve the promoted
+version, kills a replica under load with no failed request, and SIGKILLs the worker mid-job.
+"""
+
+from __future__ import annotations
+
+import io
+import signal
+import threading
+import time
+
+import pytest
+import requests
+from conftest import TOKEN
+from PIL import Image
+
+from devkit.cluster import Cluster
+from imgclf import registry
+
+pytestmark = pytest.mark.slow
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def cluster(project, postgres_server):  # postgres_server: skip (or fail in CI) without it
+    with Cluster(project, replicas=2, admin_token=TOKEN) as running:
+        yield running
+
+
+def wait_for(condition, timeout_s: float, what: str):
+    deadline = time.time() + timeout_s
+    while not (value := condition()):
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+    return value
+
+
+def finished(url: str, job_id: str):
+    job = requests.get(f"{url}/retrain/{job_id}", timeout=10).json()
+    return job if job["state"] not in ("queued", "running") else None
+
+
+def serves(url: str) -> str:
+    return requests.get(f"{url}/health", timeout=5).json()["model_version"]
+
+
+def progress(url: str, job_id: str) -> dict:
+    return requests.get(f"{url}/retrain/{job_id}", timeout=10).json()["progress"]
+
+
+def flood(url: str, image: bytes, stop: threading.Event, outcomes: list) -> None:
+    session = requests.Session()
+    while not stop.is_set():
+        try:
+            response = session.post(f"{url}/predict", files={"image": image}, timeout=30)
+            outcomes.append(response.status_code)
+        except requests.RequestException as error:
+            outcomes.append(repr(error))
+
+
+def test_cluster_uploads_retrains_survives_a_dead_replica_and_a_dead_worker(cluster, project):
+    url = cluster.url
+    buffer = io.BytesIO()
+    Image.new("L", (8, 8), 200).save(buffer, format="PNG")
+    uploaded = requests.post(
+        f"{url}/upload-data", headers=AUTH, data={"label": "3"},
+        files={"files": ("new.png", buffer.getvalue())}, timeout=30,
+    )  # fmt: skip
+    assert uploaded.status_code == 201, uploaded.text
+
+    job = requests.post(f"{url}/retrain", headers=AUTH, json={"epochs": 1, "tolerance": 0.2})
+    assert job.status_code == 202, job.text
+    done = wait_for(lambda: finished(url, job.json()["id"]), 300, "the retrain")
+    assert done["state"] == "promoted" and done["host"], done
+    new = done["result"]["version"]
+    for replica in cluster.api_urls:  # each replica polls the shared registry pointer
+        wait_for(lambda r=replica: serves(r) == new, 30, f"{replica} to serve {new}")
+
+    image = next((project.test_dir / "3").glob("*.png")).read_bytes()
+    stop, outcomes = threading.Event(), []
+    clients = [threading.Thread(target=flood, args=(url, image, stop, outcomes)) for _ in range(4)]
+    for client in clients:
+        client.start()
+    time.sleep(2)
+    cluster.kill_replica(0)
+    time.sleep(4)
+    stop.set()
+    for client in clients:
+        client.join()
+    failures = [o for o in outcomes if o != 200]
+    print(f"{len(outcomes)} predictions through nginx, one replica killed: {failures[:5]}")
+    assert len(outcomes) > 50 and not failures
+
+    long_job = requests.post(f"{url}/retrain", headers=AUTH, json={"epochs": 60, "patience": 60})
+    job_id = long_job.json()["id"]
+    wait_for(lambda: progress(url, job_id).get("epoch"), 180, "the second job's first epoch")
+    cluster.worker.send_signal(signal.SIGKILL)
+    killed = wait_for(lambda: finished(url, job_id), 60, "the killed worker's job to fail")
+    assert killed["state"] == "failed" and "worker" in killed["error"]
+    assert registry.current_version(project.models_dir) == new
