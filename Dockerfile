@@ -5,7 +5,7 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 KERAS_BACKEND=jax \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 KERAS_BACKEND=jax PATH=/opt/venv/bin:$PATH \
     DATA_DIR=/srv/imgclf/data MODELS_DIR=/srv/imgclf/models REPORTS_DIR=/srv/imgclf/reports \
     HOST=0.0.0.0 PORT=8000
 
@@ -13,13 +13,14 @@ RUN useradd --create-home --uid 10001 imgclf
 WORKDIR /app
 
 # dependencies first, in their own layer: pinned, and rebuilt only when the lock changes
+# (a virtual environment: works on python:*-slim and on Debian's own python3 alike)
 COPY requirements.lock ./
-RUN python -m pip install -r requirements.lock
+RUN python3 -m venv /opt/venv && pip install -r requirements.lock
 
 COPY pyproject.toml README.md ./
 COPY src ./src
 COPY notebooks ./notebooks
-RUN python -m pip install --no-deps . \
+RUN pip install --no-deps . \
     && mkdir -p /srv/imgclf/data /srv/imgclf/models /srv/imgclf/reports \
     && chown -R imgclf:imgclf /srv/imgclf
 

@@ -1,8 +1,10 @@
 """``make bench``: /predict over HTTP, this service against a plain server, both under gunicorn.
 
 Both servers run under the same gunicorn configuration (``WORKERS``, ``THREADS``) with the
-current model; ``hey`` (Debian's HTTP load generator) sends ``REQUESTS`` requests from
-``CONCURRENCY`` connections to each, for each input:
+current model, started side by side; ``hey`` (Debian's HTTP load generator) sends ``REQUESTS``
+requests from ``CONCURRENCY`` connections (a tenth as many phone JPEGs) to one server, then
+the other, for ``ROUNDS`` alternating rounds per input: the table gives each server's median
+round and the median of the per-round ratios (these machines are noisy):
 
 - ``imgclf``: this API (``serve.wsgi``): JPEG draft-mode decoding, one jitted forward pass,
   every prediction logged (SQLite, batched off the request path) and counted (Prometheus).
@@ -69,18 +71,21 @@ def start_server(app: str | None, env: dict, log: Path) -> tuple[subprocess.Pope
     return process, url
 
 
-def hey(url: str, payload: Path, content_type: str, count: int, concurrency: int) -> dict:
-    """Run hey; returns requests/s, latency percentiles (ms) and the status codes seen."""
+def hey(url: str, payload: Path | None, content_type: str, count: int, concurrency: int) -> dict:
+    """Run hey (POST ``payload``, or GET without one); returns requests/s, latency
+    percentiles (ms) and the status codes seen."""
+    request = ["-m", "POST", "-T", content_type, "-D", str(payload)] if payload else []
     for _ in range(3 * concurrency):  # warm every worker: compilation, caches
-        requests.post(url, data=payload.read_bytes(), headers={"Content-Type": content_type})
+        if payload:
+            requests.post(url, data=payload.read_bytes(), headers={"Content-Type": content_type})
     output = subprocess.run(
-        ["hey", "-n", str(count), "-c", str(concurrency), "-m", "POST", "-T", content_type,
-         "-D", str(payload), url],
+        ["hey", "-n", str(count), "-c", str(concurrency), *request, url],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
 
-    def seconds(label: str) -> float:
-        return round(float(re.search(rf"{label}% in ([\d.]+) secs", output).group(1)) * 1000, 2)
+    def seconds(label: str) -> float | None:
+        found = re.search(rf"{label}% in ([\d.]+) secs", output)
+        return round(float(found.group(1)) * 1000, 2) if found else None
 
     return {
         "throughput_rps": round(float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)), 1),
@@ -110,8 +115,9 @@ def decode_floor(payload: bytes, size: tuple[int, int], mode: str, repeats: int 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devkit.bench", description=__doc__)
-    parser.add_argument("--requests", type=int, default=int(os.environ.get("REQUESTS", "400")))
+    parser.add_argument("--requests", type=int, default=int(os.environ.get("REQUESTS", "2000")))
     parser.add_argument("--concurrency", type=int, default=int(os.environ.get("CONCURRENCY", "8")))
+    parser.add_argument("--rounds", type=int, default=int(os.environ.get("ROUNDS", "5")))
     args = parser.parse_args(argv)
     settings = config.get_settings()
     version = registry.current_version(settings.models_dir)
@@ -135,34 +141,60 @@ def _bench(args, settings, info: dict, folder: Path) -> int:
     migrations.upgrade(database)
     env = {**os.environ, **settings.as_environment(), "DATABASE_URL": database}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    results: dict = {name: {} for name in inputs}
-    for implementation, app in (("imgclf", None), ("plain", "devkit.naive:app")):
-        process, url = start_server(app, env, folder / f"{implementation}.log")
-        try:
-            for name, (path, content_type) in inputs.items():
-                results[name][implementation] = hey(
-                    f"{url}/predict", path, content_type, args.requests, args.concurrency
-                )
-        finally:
+    servers = {
+        name: start_server(app, env, folder / f"{name}.log")
+        for name, app in (("imgclf", None), ("plain", "devkit.naive:app"))
+    }
+    try:
+        results = {
+            name: _rounds(servers, path, content_type, name, args)
+            for name, (path, content_type) in inputs.items()
+        }
+        health = hey(f"{servers['imgclf'][1]}/health", None, "", 4 * args.requests, 8)
+    finally:
+        for process, _ in servers.values():
             process.terminate()
             process.wait(timeout=60)
-    for row in results.values():
-        row["speedup"] = round(row["imgclf"]["throughput_rps"] / row["plain"]["throughput_rps"], 2)
     size, mode = tuple(info["image_size"]), info["color_mode"]
     floor = decode_floor(inputs["12 MP phone JPEG"][0].read_bytes(), size, mode)
     record = {
         "created_at": datetime.now(UTC).isoformat(),
         "model_version": info["version"],
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "method": f"hey -n {args.requests} -c {args.concurrency}, gunicorn "
-        f"WORKERS={env.get('WORKERS', 'default')}, each server alone on the machine",
+        "method": f"hey -c {args.concurrency}, {args.rounds} alternating rounds per input "
+        f"(medians), both servers under gunicorn WORKERS={env.get('WORKERS', 'default')}",
         "results": results,
         "phone_jpeg_decode_floor": floor,
+        "health_floor": health,
     }
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     path = write_json_atomic(settings.reports_dir / f"bench-{stamp}.json", record)
     _print(results, floor, path)
+    print(f"GET /health (no model, no logging): {health['throughput_rps']} req/s")
     return 0
+
+
+def _rounds(servers: dict, path: Path, content_type: str, name: str, args) -> dict:
+    """Alternate the two servers for ``ROUNDS`` rounds on one input (the machine is noisy);
+    each server's median round, and the median of the per-round ratios."""
+    count = args.requests if name == "small PNG" else max(96, args.requests // 10)
+    count -= count % args.concurrency  # hey sends count // concurrency per connection
+    runs: dict[str, list[dict]] = {implementation: [] for implementation in servers}
+    for _ in range(args.rounds):
+        for implementation, (_, url) in servers.items():
+            runs[implementation].append(
+                hey(f"{url}/predict", path, content_type, count, args.concurrency)
+            )
+    row: dict = {}
+    for implementation, measured in runs.items():
+        middle = sorted(measured, key=lambda r: r["throughput_rps"])[len(measured) // 2]
+        row[implementation] = {**middle, "rounds_rps": [r["throughput_rps"] for r in measured]}
+    ratios = [
+        ours["throughput_rps"] / plain["throughput_rps"]
+        for ours, plain in zip(runs["imgclf"], runs["plain"], strict=True)
+    ]
+    row["speedup"] = round(float(np.median(ratios)), 2)
+    return row
 
 
 def _print(results: dict, floor: dict, path: Path) -> None:

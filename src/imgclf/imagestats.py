@@ -30,6 +30,16 @@ def header(source: bytes | str | Path) -> dict:
         }
 
 
+def brightness_contrast(image: np.ndarray) -> dict[str, float]:
+    """Return brightness (mean) and contrast (standard deviation) of one preprocessed image.
+
+    The two figures the prediction log keeps; cheap enough for every request (``pixel_statistics``
+    adds edge density, which needs a gradient).
+    """
+    gray = image[..., 0] if image.shape[-1] == 1 else np.asarray(image).mean(axis=-1)
+    return {"brightness": float(gray.mean()), "contrast": float(gray.std())}
+
+
 def pixel_statistics(image: np.ndarray) -> dict[str, float]:
     """Return brightness (mean), contrast (standard deviation) and edge density of one image.
 

@@ -129,7 +129,10 @@ class Predictor:
         if padded != count:
             filler = np.zeros((padded - count, *images.shape[1:]), images.dtype)
             images = np.concatenate([images, filler])
-        return np.asarray(self._forward(self._trainable, self._non_trainable, images))[:count]
+        outputs = self._forward(self._trainable, self._non_trainable, images)
+        # wait without the GIL: other request threads decode and answer meanwhile
+        outputs.block_until_ready()
+        return np.asarray(outputs)[:count]
 
     def warm_up(self) -> None:
         """Compile the forward pass for one image now, not on the first request."""
@@ -149,9 +152,8 @@ class Predictor:
             except ImageDecodeError as error:
                 results.append(Classified(error=str(error).removeprefix("image: ")))
                 continue
-            pixels = imagestats.pixel_statistics(image.array)
             facts = {"width": image.width, "height": image.height, "format": image.format}
-            facts.update(brightness=pixels["brightness"], contrast=pixels["contrast"])
+            facts.update(imagestats.brightness_contrast(image.array))
             results.append(Classified(facts=facts))
             decoded.append((results[-1], image.array))
         if decoded:

@@ -541,6 +541,7 @@ class PredictionLogWriter:
         self.interval_s = interval_s
         self._pending: list[dict] = []
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -553,8 +554,14 @@ class PredictionLogWriter:
                 atexit.register(self.flush)
 
     def flush(self) -> None:
-        with self._lock:
-            rows, self._pending = self._pending, []
+        """Write what has queued; when it returns, every row added before the call is stored.
+
+        Request threads only ever wait for the short swap under ``_lock``, never for the
+        database: the insert runs under ``_write_lock``, which only flushes share.
+        """
+        with self._write_lock:
+            with self._lock:
+                rows, self._pending = self._pending, []
             if rows:
                 self.store.log_predictions(rows)
 
