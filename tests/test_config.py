@@ -30,3 +30,21 @@ def test_a_bad_setting_is_refused_with_its_name(monkeypatch, name, value):
     with pytest.raises(config.ConfigError, match=name):
         config.get_service_settings()
         config.get_server_settings()
+
+
+def test_a_worker_without_the_shared_folders_is_refused_with_the_setting(tmp_path):
+    from dataclasses import replace
+
+    from imgclf import worker
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "reports").mkdir()
+    settings = replace(
+        config.get_settings(),
+        data_dir=tmp_path / "not-mounted",
+        models_dir=tmp_path / "models",
+        reports_dir=tmp_path / "reports",
+    )
+    with pytest.raises(config.ConfigError, match="DATA_DIR=.*not-mounted.*no such folder"):
+        worker.check_folders(settings)
+    worker.check_folders(replace(settings, data_dir=tmp_path))  # all there: no error

@@ -115,9 +115,11 @@ def decode_floor(payload: bytes, size: tuple[int, int], mode: str, repeats: int 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devkit.bench", description=__doc__)
-    parser.add_argument("--requests", type=int, default=int(os.environ.get("REQUESTS", "2000")))
-    parser.add_argument("--concurrency", type=int, default=int(os.environ.get("CONCURRENCY", "8")))
-    parser.add_argument("--rounds", type=int, default=int(os.environ.get("ROUNDS", "5")))
+    parser.add_argument("--requests", type=int, default=int(os.environ.get("REQUESTS") or "2000"))
+    parser.add_argument(
+        "--concurrency", type=int, default=int(os.environ.get("CONCURRENCY") or "8")
+    )
+    parser.add_argument("--rounds", type=int, default=int(os.environ.get("ROUNDS") or "5"))
     args = parser.parse_args(argv)
     settings = config.get_settings()
     version = registry.current_version(settings.models_dir)

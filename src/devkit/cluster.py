@@ -89,7 +89,7 @@ class Cluster:
     ):
         self.settings, self.replicas = settings, replicas
         self.workers_per_replica, self.with_worker = workers_per_replica, with_worker
-        self.admin_token = admin_token or os.environ.get("IMGCLF_ADMIN_TOKEN", "")
+        self.admin_token = admin_token or (os.environ.get("IMGCLF_ADMIN_TOKEN") or "")
         self.folder = folder or Path(tempfile.mkdtemp(prefix="imgclf-cluster-"))
         self.postgres = TemporaryPostgres()
         self.api: list[subprocess.Popen] = []
@@ -190,9 +190,9 @@ class Cluster:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devkit.cluster", description=__doc__)
-    parser.add_argument("--replicas", type=int, default=int(os.environ.get("REPLICAS", "2")))
+    parser.add_argument("--replicas", type=int, default=int(os.environ.get("REPLICAS") or "2"))
     parser.add_argument(
-        "--workers-per-replica", type=int, default=int(os.environ.get("WORKERS", "1"))
+        "--workers-per-replica", type=int, default=int(os.environ.get("WORKERS") or "1")
     )
     args = parser.parse_args(argv)
     from devkit.launch import ensure_token

@@ -120,6 +120,17 @@ def plot(results: dict[int, dict], path: Path) -> Path:
         )
     right.set_ylabel("latency, ms", color="tab:orange")
     right.legend(loc="upper right")
+    left.set_ylim(bottom=0)
+    right.set_ylim(bottom=0)
+    for n in counts:
+        if "retrain" in results[n]:
+            left.annotate(
+                "retrain during\nthis run",
+                (n, results[n]["rps"]),
+                fontsize=8,
+                textcoords="offset points",
+                xytext=(-60, -30),
+            )
     left.set_title(f"Locust through nginx, {os.cpu_count()} cores")
     figure.savefig(path, dpi=110)
     return path
@@ -127,12 +138,14 @@ def plot(results: dict[int, dict], path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devkit.loadtest", description=__doc__)
-    parser.add_argument("--replicas", default=os.environ.get("LOAD_REPLICAS", "1,2,4"))
+    parser.add_argument("--replicas", default=(os.environ.get("LOAD_REPLICAS") or "1,2,4"))
     parser.add_argument(
-        "--workers-per-replica", type=int, default=int(os.environ.get("WORKERS_PER_REPLICA", "1"))
+        "--workers-per-replica",
+        type=int,
+        default=int(os.environ.get("WORKERS_PER_REPLICA") or "1"),
     )
-    parser.add_argument("--users", type=int, default=int(os.environ.get("USERS", "16")))
-    parser.add_argument("--duration", default=os.environ.get("DURATION", "30s"))
+    parser.add_argument("--users", type=int, default=int(os.environ.get("USERS") or "16"))
+    parser.add_argument("--duration", default=(os.environ.get("DURATION") or "30s"))
     args = parser.parse_args(argv)
     settings = config.get_settings()
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
