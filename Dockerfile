@@ -14,6 +14,9 @@ WORKDIR /app
 
 # dependencies first, in their own layer: pinned, and rebuilt only when the lock changes
 # (a virtual environment: works on python:*-slim and on Debian's own python3 alike)
+# behind a private index or a TLS-inspecting proxy: --build-arg PIP_INDEX_URL=... PIP_CERT=...
+ARG PIP_INDEX_URL
+ARG PIP_CERT
 COPY requirements.lock ./
 RUN python3 -m venv /opt/venv && pip install -r requirements.lock
 
@@ -25,11 +28,11 @@ RUN pip install --no-deps . \
     && chown -R imgclf:imgclf /srv/imgclf
 
 COPY deploy/entrypoint.sh /usr/local/bin/imgclf-entrypoint
+COPY deploy/healthcheck.py /usr/local/bin/imgclf-healthcheck
 USER imgclf
 ENV NOTEBOOKS_DIR=/app/notebooks
 VOLUME ["/srv/imgclf/data", "/srv/imgclf/models", "/srv/imgclf/reports"]
 EXPOSE 8000 5006
-HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-    CMD python -c "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ.get(\"PORT\", \"8000\")}/health', timeout=4)" || exit 1
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 CMD ["imgclf-healthcheck"]
 ENTRYPOINT ["imgclf-entrypoint"]
 CMD ["api"]

@@ -61,7 +61,10 @@ def files_under(root: Path) -> set[str]:
 
 # ---------------------------------------------------------------------------------- predict
 def test_health_reports_model_and_uptime(client):
-    body = client.get("/health").get_json()
+    deadline = time.time() + 60
+    while (body := client.get("/health").get_json())["status"] == "loading":
+        assert time.time() < deadline and body["model_version"] is None
+        time.sleep(0.1)  # the worker loads its model in the background; /health never waits
     assert body["status"] == "ok"
     assert body["model_version"] == "v0001"
     assert body["uptime_s"] >= 0 and body["model_loaded_at"]

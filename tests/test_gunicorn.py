@@ -25,6 +25,9 @@ def worker_versions(url: str, tries: int = 60) -> dict[int, str]:
     for _ in range(tries):
         # a fresh connection each time, so that the kernel can hand it to either worker
         body = requests.get(f"{url}/health", timeout=10).json()
+        if body["status"] != "ok":  # this worker is still loading its model
+            time.sleep(0.2)
+            continue
         seen[body["worker_pid"]] = body["model_version"]
         if len(seen) >= 2:
             break

@@ -248,6 +248,12 @@ class LiveModel:
     def stop(self) -> None:
         self._stop.set()
 
+    @property
+    def loaded(self) -> Predictor | None:
+        """The loaded predictor, or None while the first load has not finished (no waiting)."""
+        return self._predictor
+
     def _poll(self) -> None:
+        self.refresh()  # load at once: the first request need not wait for it
         while not self._stop.wait(self.poll_s):
             self.refresh()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -58,8 +59,24 @@ _LIVE_SQL = "state IN (" + ", ".join(f"'{state.value}'" for state in LIVE_STATES
 HEARTBEAT_TIMEOUT_S = 30.0
 #: A queued job that no worker claimed for this long fails (is a worker running?).
 QUEUE_TIMEOUT_S = 600.0
-#: This machine's name, recorded with the pid of a job's worker: a pid means something only here.
-HOST = socket.gethostname()
+
+
+def _host_identity() -> str:
+    """This machine's name and PID namespace: where a worker's pid means something.
+
+    Two containers may share a host name (host networking) but never a PID namespace, and a
+    pid is only worth checking inside the namespace it came from.
+    """
+    name = socket.gethostname()
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")  # e.g. "pid:[4026531836]"
+    except OSError:
+        return name
+    return f"{name}/{namespace.replace(':', '').replace('[', '-').rstrip(']')}"
+
+
+#: Recorded with the pid of a job's worker; the pid is checked only where this matches.
+HOST = _host_identity()
 
 metadata = sa.MetaData()
 predictions = sa.Table(

@@ -56,7 +56,9 @@ def create_app(
     )
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
     errors.register_error_handlers(app, api)
-    app.extensions[state.EXTENSION] = state.WorkerState(settings, service)
+    worker = state.WorkerState(settings, service)
+    worker.model.start()  # loads the current model in the background, in this worker process
+    app.extensions[state.EXTENSION] = worker
     _register_docs_assets(app)
     _register_metrics_hooks(app)
     for blueprint in routes.BLUEPRINTS:

@@ -150,7 +150,12 @@ class BatchPrediction(Schema):
 
 
 class Health(Schema):
-    status = fields.String(metadata={"description": "ok, or no-model before the first training"})
+    status = fields.String(
+        metadata={
+            "description": "ok; loading while the worker loads the model; no-model "
+            "before the first training"
+        }
+    )
     uptime_s = fields.Float()
     started_at = fields.String()
     model_version = fields.String(allow_none=True)

@@ -18,12 +18,17 @@ blueprint = Blueprint("service", __name__, description="Health, metrics and repo
 @blueprint.route("/health")
 @blueprint.response(200, schemas.Health)
 def health():
-    """Status, uptime and the model version this worker serves."""
+    """Status (never waits for a model load), uptime and the model version this worker serves."""
     worker = state.current()
-    worker.model.start()
-    predictor = worker.model.predictor
+    predictor = worker.model.loaded
+    if predictor:
+        status = "ok"
+    elif registry.current_version(worker.settings.models_dir) is None:
+        status = "no-model"
+    else:
+        status = "loading"
     return {
-        "status": "ok" if predictor else "no-model",
+        "status": status,
         "uptime_s": round(time.time() - worker.started_at, 3),
         "started_at": datetime.fromtimestamp(worker.started_at, UTC).isoformat(),
         "model_version": predictor.version if predictor else None,
