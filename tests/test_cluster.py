@@ -7,6 +7,8 @@ version, kills a replica under load with no failed request, and SIGKILLs the wor
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import signal
 import threading
 import time
@@ -25,6 +27,10 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture
 def cluster(project, postgres_server):  # postgres_server: skip (or fail in CI) without it
+    if shutil.which("nginx") is None:
+        if os.environ.get("IMGCLF_REQUIRE_POSTGRES"):
+            pytest.fail("the cluster test needs nginx (apt-get install nginx)")
+        pytest.skip("needs Debian's nginx (apt-get install nginx)")
     with Cluster(project, replicas=2, admin_token=TOKEN) as running:
         yield running
 
