@@ -138,6 +138,8 @@ def training_table(history: dict[str, list[float]], rows: int = 8):
     import pandas as pd
 
     table = pd.DataFrame({k: v for k, v in history.items() if v}).round(4)
+    if "learning_rate" in table:  # halved on plateaus: too small for 4 decimals
+        table["learning_rate"] = [f"{rate:.1e}" for rate in history["learning_rate"]]
     table.index = pd.RangeIndex(1, len(table) + 1, name="epoch")
     if table.empty:
         return table
