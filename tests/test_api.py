@@ -60,11 +60,17 @@ def files_under(root: Path) -> set[str]:
 
 
 # ---------------------------------------------------------------------------------- predict
-def test_health_reports_model_and_uptime(client):
+def healthy(client) -> dict:
+    """/health once the worker has loaded its model (in the background; /health never waits)."""
     deadline = time.time() + 60
     while (body := client.get("/health").get_json())["status"] == "loading":
         assert time.time() < deadline and body["model_version"] is None
-        time.sleep(0.1)  # the worker loads its model in the background; /health never waits
+        time.sleep(0.1)
+    return body
+
+
+def test_health_reports_model_and_uptime(client):
+    body = healthy(client)
     assert body["status"] == "ok"
     assert body["model_version"] == "v0001"
     assert body["uptime_s"] >= 0 and body["model_loaded_at"]
@@ -314,7 +320,7 @@ def test_hostile_uploads_get_4xx_and_write_nothing(client, project):
     after = files_under(project.project_root)
     written = {p for p in after - before if not p.startswith("data/imgclf.db")}
     assert written <= {"data/uploads/.upload.lock"}, written
-    assert client.get("/health").get_json()["status"] == "ok"
+    assert healthy(client)["status"] == "ok"
 
 
 def test_request_size_limit_is_a_json_413(project):
