@@ -10,6 +10,7 @@ import shutil  # noqa: E402
 import struct  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 import zlib  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -143,6 +144,15 @@ def worker(project, tmp_path):
 
 
 TOKEN = "integration-token"
+
+
+def wait_for(condition, timeout_s: float, what: str):
+    """Call ``condition`` until it returns something true (returned); fail after the timeout."""
+    deadline = time.time() + timeout_s
+    while not (value := condition()):
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+    return value
 
 
 @pytest.fixture

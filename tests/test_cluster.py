@@ -15,7 +15,7 @@ import time
 
 import pytest
 import requests
-from conftest import TOKEN
+from conftest import TOKEN, wait_for
 from PIL import Image
 
 from devkit.cluster import Cluster
@@ -33,14 +33,6 @@ def cluster(project, postgres_server):  # postgres_server: skip (or fail in CI) 
         pytest.skip("needs Debian's nginx (apt-get install nginx)")
     with Cluster(project, replicas=2, admin_token=TOKEN) as running:
         yield running
-
-
-def wait_for(condition, timeout_s: float, what: str):
-    deadline = time.time() + timeout_s
-    while not (value := condition()):
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
-    return value
 
 
 def finished(url: str, job_id: str):

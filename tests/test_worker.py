@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 
 from imgclf import jobs, registry
 from imgclf.store import JobState, Store
@@ -35,14 +36,6 @@ def alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state not in ("Z", "X")
-
-
-def wait_for(condition, timeout_s: float, what: str):
-    deadline = time.time() + timeout_s
-    while not (value := condition()):
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
-    return value
 
 
 def start_worker(project, tmp_path, name: str) -> subprocess.Popen:
