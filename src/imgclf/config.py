@@ -128,9 +128,19 @@ def _float(name: str, default: float) -> float:
         raise ConfigError(f"{name}={value!r} is not a number") from None
 
 
-def _bounded(name: str, value: float, low: float, high: float) -> None:
-    if not low <= value <= high:
-        raise ConfigError(f"{name}={value}: expected {low:g} to {high:g}")
+def _read_all(spec: dict[str, tuple]) -> dict:
+    """Read ``{name: (reader, default, low, high)}`` from the environment, each within range.
+
+    Raises:
+        ConfigError: a value of the wrong kind or outside ``low`` to ``high``, naming it.
+    """
+    values = {}
+    for name, (reader, default, low, high) in spec.items():
+        value = reader(name, default)
+        if not low <= value <= high:
+            raise ConfigError(f"{name}={value}: expected {low:g} to {high:g}")
+        values[name] = value
+    return values
 
 
 @dataclass(frozen=True)
@@ -169,28 +179,16 @@ def get_service_settings() -> ServiceSettings:
     """
     default = UploadLimits()
     mb = 1024 * 1024
-    values = {
-        "IMGCLF_MAX_REQUEST_MB": _int("IMGCLF_MAX_REQUEST_MB", 100),
-        "IMGCLF_MAX_BATCH": _int("IMGCLF_MAX_BATCH", 64),
-        "IMGCLF_RELOAD_POLL_S": _float("IMGCLF_RELOAD_POLL_S", 0.5),
-        "IMGCLF_UPLOAD_MAX_FILES": _int("IMGCLF_UPLOAD_MAX_FILES", default.max_files),
-        "IMGCLF_UPLOAD_MAX_FILE_MB": _int(
-            "IMGCLF_UPLOAD_MAX_FILE_MB", default.max_file_bytes // mb
-        ),
-        "IMGCLF_UPLOAD_MAX_TOTAL_MB": _int(
-            "IMGCLF_UPLOAD_MAX_TOTAL_MB", default.max_total_bytes // mb
-        ),
-    }
-    ranges = {
-        "IMGCLF_MAX_REQUEST_MB": (1, 10_000),
-        "IMGCLF_MAX_BATCH": (1, 1024),
-        "IMGCLF_RELOAD_POLL_S": (0.05, 3600),
-        "IMGCLF_UPLOAD_MAX_FILES": (1, 100_000),
-        "IMGCLF_UPLOAD_MAX_FILE_MB": (1, 1000),
-        "IMGCLF_UPLOAD_MAX_TOTAL_MB": (1, 100_000),
-    }
-    for name, (low, high) in ranges.items():
-        _bounded(name, values[name], low, high)
+    values = _read_all(
+        {
+            "IMGCLF_MAX_REQUEST_MB": (_int, 100, 1, 10_000),
+            "IMGCLF_MAX_BATCH": (_int, 64, 1, 1024),
+            "IMGCLF_RELOAD_POLL_S": (_float, 0.5, 0.05, 3600),
+            "IMGCLF_UPLOAD_MAX_FILES": (_int, default.max_files, 1, 100_000),
+            "IMGCLF_UPLOAD_MAX_FILE_MB": (_int, default.max_file_bytes // mb, 1, 1000),
+            "IMGCLF_UPLOAD_MAX_TOTAL_MB": (_int, default.max_total_bytes // mb, 1, 100_000),
+        }
+    )
     return ServiceSettings(
         admin_token=os.environ.get("IMGCLF_ADMIN_TOKEN", ""),
         max_request_bytes=values["IMGCLF_MAX_REQUEST_MB"] * mb,
@@ -228,24 +226,16 @@ def get_server_settings() -> ServerSettings:
         ConfigError: a value of the wrong kind or out of range, naming the variable.
     """
     host = os.environ.get("HOST", "127.0.0.1")
-    values = {
-        "PORT": _int("PORT", 8000),
-        "WORKERS": _int("WORKERS", min(os.cpu_count() or 1, 4)),
-        "THREADS": _int("THREADS", 4),
-        "TIMEOUT": _int("TIMEOUT", 60),
-        "DASHBOARD_PORT": _int("DASHBOARD_PORT", 5006),
-        "IMGCLF_DASHBOARD_REFRESH_MS": _int("IMGCLF_DASHBOARD_REFRESH_MS", 5000),
-    }
-    ranges = {
-        "PORT": (1, 65535),
-        "WORKERS": (1, 256),
-        "THREADS": (1, 256),
-        "TIMEOUT": (1, 3600),
-        "DASHBOARD_PORT": (1, 65535),
-        "IMGCLF_DASHBOARD_REFRESH_MS": (200, 3_600_000),
-    }
-    for name, (low, high) in ranges.items():
-        _bounded(name, values[name], low, high)
+    values = _read_all(
+        {
+            "PORT": (_int, 8000, 1, 65535),
+            "WORKERS": (_int, min(os.cpu_count() or 1, 4), 1, 256),
+            "THREADS": (_int, 4, 1, 256),
+            "TIMEOUT": (_int, 60, 1, 3600),
+            "DASHBOARD_PORT": (_int, 5006, 1, 65535),
+            "IMGCLF_DASHBOARD_REFRESH_MS": (_int, 5000, 200, 3_600_000),
+        }
+    )
     return ServerSettings(
         host=host,
         port=values["PORT"],
