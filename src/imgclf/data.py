@@ -7,6 +7,7 @@ labelled images live in ``<data_dir>/uploads/<batch>/<class>/<image>``.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -152,19 +153,60 @@ def dataset_fingerprint(*splits: Split) -> str:
     return fingerprint([p.resolve() for split in splits for p in split.paths], root)
 
 
-def discover_uploads(uploads_dir: Path) -> Split | None:
+#: The manifest each upload batch holds: one row per stored image, with its split.
+MANIFEST = "manifest.json"
+SPLITS = ("train", "test")
+
+
+def batch_splits(batch_dir: Path) -> dict[str, str]:
+    """``<class>/<file>`` -> ``train`` or ``test`` for the images of one upload batch.
+
+    Images of batches stored before uploads were split have no entry (they are training data).
+    """
+    path = batch_dir / MANIFEST
+    try:
+        rows = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    found = {}
+    for row in rows if isinstance(rows, list) else []:
+        stored, split = row.get("stored_as"), row.get("split")
+        if isinstance(stored, str) and split in SPLITS:
+            found["/".join(stored.split("/")[-2:])] = split
+    return found
+
+
+def discover_uploads(
+    uploads_dir: Path, split: str | None = "train", classes: list[str] | None = None
+) -> Split | None:
     """List uploaded images (``<uploads_dir>/<batch>/<class>/<image>``) as one split.
+
+    Args:
+        split: ``train`` or ``test``: only the images given to that share when they were
+            uploaded (see ``uploads.store_upload``); None: all of them.
+        classes: keep only these classes (e.g. the training classes, for the test share).
 
     Returns:
         The uploads labelled by class folder name (class names sorted), or None if there are
         none.
     """
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split={split!r}: expected one of {SPLITS} or None")
     if not uploads_dir.is_dir():
         return None
     by_class: dict[str, list[Path]] = {}
     for batch in sorted(p for p in uploads_dir.iterdir() if p.is_dir() and not _is_ignored(p)):
+        splits = batch_splits(batch)
         for folder in class_folders(batch):
-            images = [p for p in sorted(folder.iterdir()) if p.is_file() and is_image_name(p.name)]
+            if classes is not None and folder.name not in classes:
+                continue
+            images = [
+                p
+                for p in sorted(folder.iterdir())
+                if p.is_file()
+                and is_image_name(p.name)
+                and split in (None, splits.get(f"{folder.name}/{p.name}", "train"))
+            ]
             by_class.setdefault(folder.name, []).extend(images)
     by_class = {name: files for name, files in by_class.items() if files}
     if not by_class:

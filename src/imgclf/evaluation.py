@@ -172,6 +172,45 @@ def comparison_table(models: dict[str, dict]):
     return pd.DataFrame(columns).round(4)
 
 
+def per_class_table(candidate: dict, current: dict | None, blocked: dict[str, str] | None = None):
+    """Per-class test images, recall of both models and what blocked promotion, one row a class.
+
+    Args:
+        candidate, current: ``classification_metrics`` results on the same test set (current
+            may be None).
+        blocked: class -> reason, from the gate's decision (``GateDecision.blocked``).
+
+    Returns:
+        A pandas DataFrame indexed by class: ``test images``, ``candidate recall``,
+        ``current recall``, ``change`` and ``blocked`` (the reason, or empty).
+    """
+    import pandas as pd
+
+    blocked = blocked or {}
+    known = (current or {}).get("per_class", {})
+    rows = {}
+    for name, scores in candidate.get("per_class", {}).items():
+        before = known.get(name, {}).get("recall") if current is not None else None
+        rows[name] = {
+            "test images": int(scores["support"]),
+            "candidate recall": round(float(scores["recall"]), 4),
+            "current recall": None if before is None else round(float(before), 4),
+            "change": None if before is None else round(float(scores["recall"]) - before, 4),
+            "blocked": blocked.get(name, ""),
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def style_per_class(table):
+    """The per-class table with the rows that blocked promotion highlighted (for notebooks)."""
+
+    def mark(row):
+        colour = "background-color: #f8d7da" if row["blocked"] else ""
+        return [colour] * len(row)
+
+    return table.style.apply(mark, axis=1).format(precision=4, na_rep="-")
+
+
 def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str]):
     """Plot a confusion matrix as a seaborn heat map, counts in the cells; returns the figure."""
     import seaborn as sns

@@ -1,8 +1,21 @@
-"""The promotion gate: a candidate replaces the current model only if it is not worse."""
+"""The promotion gate: a candidate replaces the current model only if every class it predicts
+was tested, it is not worse overall, and no class lost more than a set amount of recall.
+
+The three checks, in order:
+
+1. **Coverage.** Every class of the candidate has at least ``min_test_images`` images in the
+   test set. A class nobody tested is never served (a candidate that added an untested class
+   would otherwise score the same as the current model on it: zero for both).
+2. **Overall.** ``candidate[metric] >= current[metric] - tolerance``.
+3. **Per class.** For every class the current model knows, its recall falls by at most
+   ``max_recall_drop``.
+
+With no current model only coverage applies.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from imgclf.evaluation import GATE_METRIC
 
@@ -11,7 +24,11 @@ GATE_METRICS = ("accuracy", "f1_macro", "precision_macro", "recall_macro")
 
 @dataclass
 class GateDecision:
-    """The gate's verdict, with both scores, for the report, the registry and the API."""
+    """The gate's verdict, with both scores, for the report, the registry and the API.
+
+    ``blocked`` names each class that stopped promotion and why (lacking test images, or a
+    recall drop); ``needs`` says how many more test images each untested class needs.
+    """
 
     promote: bool
     metric: str
@@ -19,9 +36,53 @@ class GateDecision:
     current: float | None
     tolerance: float
     reason: str
+    min_test_images: int = 0
+    max_recall_drop: float = 1.0
+    blocked: dict[str, str] = field(default_factory=dict)
+    needs: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def coverage(candidate_metrics: dict, min_test_images: int) -> dict[str, int]:
+    """Classes with fewer than ``min_test_images`` test images: class -> images still needed."""
+    per_class = candidate_metrics.get("per_class", {})
+    return {
+        name: min_test_images - int(scores["support"])
+        for name, scores in per_class.items()
+        if int(scores["support"]) < min_test_images
+    }
+
+
+def recall_drops(
+    candidate_metrics: dict, current_metrics: dict, max_recall_drop: float
+) -> dict[str, float]:
+    """Classes the current model knows whose recall fell by more than ``max_recall_drop``.
+
+    Classes with no test image, and classes the current model never had (recall zero), cannot
+    lose recall and are not checked here (coverage checks them).
+    """
+    drops = {}
+    known = current_metrics.get("per_class", {})
+    for name, scores in candidate_metrics.get("per_class", {}).items():
+        if name not in known or not scores.get("support"):
+            continue
+        drop = float(known[name]["recall"]) - float(scores["recall"])
+        if drop > max_recall_drop + 1e-12:
+            drops[name] = drop
+    return drops
+
+
+def check_arguments(metric: str, tolerance: float, min_test: int, max_drop: float) -> None:
+    if metric not in GATE_METRICS:
+        raise ValueError(f"metric={metric!r}: expected one of {', '.join(GATE_METRICS)}")
+    if tolerance < 0:
+        raise ValueError(f"tolerance={tolerance}: must be zero or positive")
+    if min_test < 0:
+        raise ValueError(f"min_test_images={min_test}: must be zero or positive")
+    if not 0 <= max_drop <= 1:
+        raise ValueError(f"max_recall_drop={max_drop}: expected 0 to 1")
 
 
 def gate(
@@ -29,47 +90,59 @@ def gate(
     current_metrics: dict | None,
     metric: str = GATE_METRIC,
     tolerance: float = 0.0,
+    min_test_images: int = 0,
+    max_recall_drop: float = 1.0,
 ) -> GateDecision:
-    """Decide whether a candidate may be promoted over the current model.
+    """Decide whether a candidate may be promoted over the current model (see the module).
 
-    Both metric dicts must come from the same test set. The candidate passes when
-    ``candidate >= current - tolerance``; with no current model it always passes.
+    Both metric dicts must come from the same test set (``evaluation.classification_metrics``).
 
     Raises:
-        ValueError: unknown metric, negative tolerance, or a metric missing from a dict.
+        ValueError: unknown metric, a negative tolerance or minimum, a drop outside 0 to 1, or
+            a metric missing from a dict.
     """
-    if metric not in GATE_METRICS:
-        raise ValueError(f"metric={metric!r}: expected one of {', '.join(GATE_METRICS)}")
-    if tolerance < 0:
-        raise ValueError(f"tolerance={tolerance}: must be zero or positive")
+    check_arguments(metric, tolerance, min_test_images, max_recall_drop)
     candidate = float(candidate_metrics[metric])
-    if current_metrics is None:
-        return GateDecision(
-            True,
-            metric,
-            candidate,
-            None,
-            tolerance,
-            "no current model: the candidate becomes the first",
-        )
-    current = float(current_metrics[metric])
-    if candidate >= current - tolerance:
-        verdict = "better than" if candidate > current else "not worse than"
-        return GateDecision(
-            True,
-            metric,
-            candidate,
-            current,
-            tolerance,
-            f"candidate {metric} {candidate:.4f} is {verdict} current {current:.4f} "
-            f"(tolerance {tolerance:g})",
-        )
-    return GateDecision(
-        False,
-        metric,
-        candidate,
-        current,
-        tolerance,
-        f"candidate {metric} {candidate:.4f} is worse than current {current:.4f} by more than "
-        f"the tolerance {tolerance:g}; the current model stays",
+    current = float(current_metrics[metric]) if current_metrics is not None else None
+    decision = GateDecision(
+        True, metric, candidate, current, tolerance, "", min_test_images, max_recall_drop
     )
+    decision.needs = coverage(candidate_metrics, min_test_images)
+    for name, missing in decision.needs.items():
+        have = min_test_images - missing
+        decision.blocked[name] = (
+            f"{have} test image(s); at least {min_test_images} needed ({missing} more)"
+        )
+    reasons = []
+    if decision.needs:
+        listed = ", ".join(f"{name!r} needs {n} more" for name, n in decision.needs.items())
+        reasons.append(
+            f"not every class was tested: {listed} test image(s) (at least "
+            f"{min_test_images} per class; upload more images of these classes)"
+        )
+    if current is None:
+        decision.promote = not reasons
+        decision.reason = "; ".join(reasons) or "no current model: the candidate becomes the first"
+        return decision
+    if candidate < current - tolerance:
+        reasons.append(
+            f"candidate {metric} {candidate:.4f} is worse than current {current:.4f} by more "
+            f"than the tolerance {tolerance:g}"
+        )
+    drops = recall_drops(candidate_metrics, current_metrics, max_recall_drop)
+    for name, drop in drops.items():
+        decision.blocked[name] = f"recall fell by {drop:.4f} (at most {max_recall_drop:g})"
+    if drops:
+        listed = ", ".join(f"{name!r} by {drop:.4f}" for name, drop in drops.items())
+        reasons.append(f"recall fell by more than {max_recall_drop:g} for {listed}")
+    if reasons:
+        decision.promote = False
+        decision.reason = "; ".join(reasons) + "; the current model stays"
+        return decision
+    verdict = "better than" if candidate > current else "not worse than"
+    decision.reason = (
+        f"candidate {metric} {candidate:.4f} is {verdict} current {current:.4f} "
+        f"(tolerance {tolerance:g}); every class tested, no class lost more than "
+        f"{max_recall_drop:g} recall"
+    )
+    return decision

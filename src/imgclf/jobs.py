@@ -8,6 +8,13 @@ whichever host runs the job. The outcome (promoted or rejected, with the gate's 
 read from the notebook's summary as a typed ``promotion.Outcome``. A worker killed mid-job
 takes its kernel with it (a kernel exits when its parent dies); its job is failed by the store
 once the heartbeat is older than ``store.HEARTBEAT_TIMEOUT_S``.
+
+Cancelling (``store.cancel_job``) marks the job; the worker's watcher sees the mark within
+``CANCEL_POLL_S``, kills the notebook's kernel and records ``cancelled``. The notebook only
+registers a model in its last cells, and a registry version appears whole or not at all, so a
+cancelled job registers nothing (unless it had already finished: then its outcome stands).
+A kernel that dies on its own fails the job and says so (out of memory when the kernel's
+cgroup counted an OOM kill, or a cell raised ``MemoryError`` or XLA's ``RESOURCE_EXHAUSTED``).
 """
 
 from __future__ import annotations
@@ -25,6 +32,10 @@ from imgclf.store import FINAL_STATES, JobConflict, JobState, Store
 
 KIND = "retrain"
 HEARTBEAT_S = 5.0
+#: How often a running job's worker looks for a cancel request.
+CANCEL_POLL_S = 1.0
+#: Where cgroup v2 counts the OOM kills of this worker's group (its kernels included).
+MEMORY_EVENTS = Path("/sys/fs/cgroup/memory.events")
 LOG_LINES = 30
 #: Tries at starting the notebook's kernel (jupyter_client can lose a port race).
 KERNEL_START_TRIES = 3
@@ -34,15 +45,21 @@ STAGES.update({"evaluating": 0.9, "done": 0.97})
 log = logging.getLogger(__name__)
 
 
-def queue_retrain(store: Store, settings: Settings, parameters: dict) -> dict:
-    """Queue a retrain job for a worker; returns the job.
+def queue_retrain(
+    store: Store,
+    settings: Settings,
+    parameters: dict,
+    trigger: str = "manual",
+    reason: str | None = None,
+) -> dict:
+    """Queue a retrain job for a worker; returns the job (``reason``: why it was started).
 
     Raises:
         store.JobConflict: a retrain job is already queued or running.
     """
     run_dir = runs.new_run_dir(settings.reports_dir, KIND)
     try:
-        return store.create_job(KIND, parameters, str(run_dir))
+        return store.create_job(KIND, parameters, str(run_dir), trigger, reason)
     except JobConflict:
         run_dir.rmdir()
         raise
@@ -86,17 +103,80 @@ def _log_tail(run_dir: Path) -> str:
         return "".join(deque(lines, maxlen=LOG_LINES))
 
 
-def _heartbeat(store: Store, job_id: str, run_dir: Path, stop: threading.Event) -> None:
-    while not stop.wait(HEARTBEAT_S):
+def kernel_processes() -> list:
+    """This process's notebook kernels (``ipykernel`` children, at any depth)."""
+    import psutil
+
+    found = []
+    for child in psutil.Process().children(recursive=True):
         try:
-            store.update_job(
-                job_id,
-                heartbeat_at=time.time(),
-                progress=_progress(run_dir),
-                log_tail=_log_tail(run_dir),
-            )
-        except Exception:  # the database is away for a moment: the next beat tries again
-            log.exception("heartbeat of job %s failed", job_id)
+            if any("ipykernel" in part for part in child.cmdline()):
+                found.append(child)
+        except psutil.Error:  # it exited while we looked
+            continue
+    return found
+
+
+def stop_kernels() -> int:
+    """Kill this process's notebook kernels and wait for them to go; returns how many."""
+    import psutil
+
+    kernels = kernel_processes()
+    for kernel in kernels:
+        try:
+            kernel.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(kernels, timeout=5)
+    return len(kernels)
+
+
+def oom_kills() -> int | None:
+    """OOM kills counted in this process's cgroup (v2), or None where it cannot be read."""
+    try:
+        for line in MEMORY_EVENTS.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == "oom_kill":
+                return int(value)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+class Watcher(threading.Thread):
+    """Beside a running job: writes its heartbeat, progress and log tail every
+    ``HEARTBEAT_S``, and stops its kernel as soon as a cancel request is seen."""
+
+    def __init__(self, store: Store, job_id: str, run_dir: Path):
+        super().__init__(name=f"job-{job_id}", daemon=True)
+        self.store, self.job_id, self.run_dir = store, job_id, run_dir
+        self.stop = threading.Event()
+        self.cancelled = threading.Event()
+        self.cancelled_at: float | None = None
+
+    def run(self) -> None:
+        last_beat = time.monotonic()
+        while not self.stop.wait(CANCEL_POLL_S):
+            try:
+                if not self.cancelled.is_set() and self.store.cancel_requested(self.job_id):
+                    self.cancel()
+                if time.monotonic() - last_beat >= HEARTBEAT_S:
+                    last_beat = time.monotonic()
+                    self.store.update_job(
+                        self.job_id,
+                        heartbeat_at=time.time(),
+                        progress=_progress(self.run_dir),
+                        log_tail=_log_tail(self.run_dir),
+                    )
+            except Exception:  # the database is away for a moment: the next round tries again
+                log.exception("watching job %s failed", self.job_id)
+
+    def cancel(self) -> None:
+        self.cancelled_at = time.time()
+        self.cancelled.set()
+        log.warning("job %s: cancel requested; stopping its kernel", self.job_id)
+        stopped = stop_kernels()
+        log.warning("job %s: stopped %d kernel(s)", self.job_id, stopped)
 
 
 def _run_notebook(job: dict, settings: Settings) -> pipeline.RunResult:
@@ -130,21 +210,27 @@ def run_job(store: Store, job: dict, settings: Settings) -> JobState:
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _job_log(run_dir)
     logging.getLogger().addHandler(handler)
-    stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(store, job["id"], run_dir, stop), daemon=True)
-    beat.start()
+    watcher = Watcher(store, job["id"], run_dir)
+    watcher.start()
     state, result, error = JobState.FAILED, {}, None
+    started, oom_before = time.time(), oom_kills()
     try:
         log.info("job %s: running the retrain notebook (worker pid %d)", job["id"], os.getpid())
         result = _run_notebook(job, settings).summary
         state = _outcome_state(result)
     except Exception as failure:
-        error = _explain(failure)
         result = runs.read_summary(run_dir)
-        log.error("job %s failed: %s", job["id"], error)
+        if watcher.cancelled.is_set():
+            state = JobState.CANCELLED
+            stage = result.get("stage", "starting")
+            error = f"cancelled by request after {watcher.cancelled_at - started:.0f} s ({stage})"
+        else:
+            error = explain(failure, oom_before, oom_kills())
+            log.error("job %s failed: %s", job["id"], error)
     finally:
-        stop.set()
-        beat.join(timeout=HEARTBEAT_S + 1)
+        watcher.stop.set()
+        watcher.join(timeout=HEARTBEAT_S + 1)
+        stop_kernels()  # nothing of the job outlives it
         log.info("job %s: %s", job["id"], state.value)
         logging.getLogger().removeHandler(handler)
         handler.close()
@@ -168,9 +254,24 @@ def _outcome_state(summary: dict) -> JobState:
         raise RuntimeError("the retrain notebook ended without recording an outcome") from None
 
 
-def _explain(failure: Exception) -> str:
+OUT_OF_MEMORY = ("MemoryError", "RESOURCE_EXHAUSTED", "Out of memory", "out of memory")
+
+
+def explain(failure: Exception, oom_before: int | None = None, oom_after: int | None = None) -> str:
+    """Why a job failed, in words: out of memory, a kernel that died, or the cell's error."""
     from nbclient.exceptions import DeadKernelError
 
+    text = str(failure)
     if isinstance(failure, DeadKernelError):
-        return f"the notebook's kernel died while running (out of memory, or killed): {failure}"
-    return str(failure)
+        if oom_before is not None and oom_after is not None and oom_after > oom_before:
+            return (
+                "out of memory: the system killed the notebook's kernel (OOM kill) while it ran; "
+                "use smaller batches or images, or give the worker more memory"
+            )
+        return f"the notebook's kernel died while running (killed, or out of memory): {text}"
+    if any(marker in text for marker in OUT_OF_MEMORY):
+        return (
+            f"out of memory: the retrain could not allocate what it needed ({text}); use "
+            "smaller batches or images, or give the worker more memory"
+        )
+    return text

@@ -69,6 +69,7 @@ class Outcome:
             "metric": decision.metric,
             "candidate": decision.candidate,
             "current": decision.current,
+            "blocked": decision.blocked,
         }
 
 
@@ -97,28 +98,17 @@ def _decide(
     current: str | None,
     current_metrics: dict | None,
     policy: str,
-    metric: str,
-    tolerance: float,
+    checks: dict,
 ) -> gate.GateDecision:
-    decision = gate.gate(candidate_metrics, current_metrics, metric, tolerance)
+    decision = gate.gate(candidate_metrics, current_metrics, **checks)
     if policy != "if-not-worse":
-        return gate.GateDecision(
-            policy == "always",
-            metric,
-            decision.candidate,
-            decision.current,
-            tolerance,
-            f"promote={policy!r}: the gate was not asked ({decision.reason})",
-        )
+        decision.promote = policy == "always"
+        decision.reason = f"promote={policy!r}: the gate was not asked ({decision.reason})"
+        return decision
     if current and current_metrics is None:
-        return gate.GateDecision(
-            True,
-            metric,
-            decision.candidate,
-            None,
-            tolerance,
-            f"current model {current} has other classes: the new model replaces it",
-        )
+        decision = gate.gate(candidate_metrics, None, **checks)
+        if decision.promote:
+            decision.reason = f"current model {current} has other classes: the new model replaces it"
     return decision
 
 
@@ -131,23 +121,34 @@ def register_and_decide(
     policy: str = "if-not-worse",
     metric: str = GATE_METRIC,
     tolerance: float = 0.0,
+    min_test_images: int = 0,
+    max_recall_drop: float = 1.0,
 ) -> tuple[Outcome, dict | None]:
     """Register a trained candidate, gate it against the current model, promote if it passes.
 
     The candidate is always registered (a rejected one too, with the gate's decision in its
-    metadata, so that a person can still promote it by hand).
+    metadata, so that a person can still promote it by hand). The checks are the gate's
+    (``gate.gate``): every class tested by ``min_test_images``, the overall ``metric`` within
+    ``tolerance``, no class losing more than ``max_recall_drop`` recall.
 
     Returns:
         ``(outcome, current_metrics)``: the outcome, and the current model's metrics on the
         same test set (None when there was no comparable current model).
 
     Raises:
-        ValueError: an unknown policy or gate metric, or a negative tolerance.
+        ValueError: an unknown policy or gate metric, or a gate figure out of range.
     """
     if policy not in POLICIES:
         raise ValueError(f"promote={policy!r}: expected one of {', '.join(POLICIES)}")
+    checks = {
+        "metric": metric,
+        "tolerance": tolerance,
+        "min_test_images": min_test_images,
+        "max_recall_drop": max_recall_drop,
+    }
+    gate.check_arguments(metric, tolerance, min_test_images, max_recall_drop)
     current, current_metrics = score_current(models_dir, dataset)
-    decision = _decide(candidate_metrics, current, current_metrics, policy, metric, tolerance)
+    decision = _decide(candidate_metrics, current, current_metrics, policy, checks)
     version = training.register(
         models_dir, model, dataset, candidate_metrics, record, extra={"gate": decision.as_dict()}
     )

@@ -36,8 +36,8 @@ from imgclf.config import ConfigError
 class JobState(StrEnum):
     """The states of a job: the one list, used by the store, the jobs, the API and the dashboard.
 
-    ``queued`` and ``running`` are live; ``promoted`` and ``rejected`` (by the gate) and
-    ``failed`` are final.
+    ``queued`` and ``running`` are live; ``promoted`` and ``rejected`` (by the gate),
+    ``failed`` and ``cancelled`` (by request) are final.
     """
 
     QUEUED = "queued"
@@ -45,6 +45,7 @@ class JobState(StrEnum):
     PROMOTED = "promoted"
     REJECTED = "rejected"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
     @property
     def live(self) -> bool:
@@ -52,7 +53,9 @@ class JobState(StrEnum):
 
 
 LIVE_STATES = (JobState.QUEUED, JobState.RUNNING)
-FINAL_STATES = (JobState.PROMOTED, JobState.REJECTED, JobState.FAILED)
+FINAL_STATES = (JobState.PROMOTED, JobState.REJECTED, JobState.FAILED, JobState.CANCELLED)
+#: Who started a job: a person (through the API) or the automatic retraining policy.
+TRIGGERS = ("manual", "auto")
 _LIVE_SQL = "state IN (" + ", ".join(f"'{state.value}'" for state in LIVE_STATES) + ")"
 
 #: A running job whose worker has not written a heartbeat for this long is dead.
@@ -97,6 +100,7 @@ predictions = sa.Table(
     sa.Column("contrast", sa.Float),
     sa.Column("error", sa.Text),
     sa.Index("predictions_time", "created_at"),
+    sa.Index("predictions_confidence", "confidence"),
 )
 feedback = sa.Table(
     "feedback",
@@ -124,6 +128,9 @@ jobs = sa.Table(
     sa.Column("log_tail", sa.Text),
     sa.Column("result", sa.Text),
     sa.Column("error", sa.Text),
+    sa.Column("trigger", sa.String(16)),
+    sa.Column("reason", sa.Text),
+    sa.Column("cancel_requested_at", sa.Float),
     sa.Index(
         "one_live_job",
         "kind",
@@ -138,6 +145,14 @@ _PREDICTION_COLUMNS = [column.name for column in predictions.columns]
 
 class StoreError(ValueError):
     """A request the store cannot satisfy; the message says why."""
+
+
+class JobNotFound(StoreError):
+    """No job with that id."""
+
+
+class JobFinished(StoreError):
+    """The job has already ended; nothing is left to cancel."""
 
 
 class JobConflict(StoreError):
@@ -282,6 +297,19 @@ class Store:
         with self._read() as connection:
             return [dict(row._mapping) for row in connection.execute(query)]
 
+    def least_confident(self, since: float, limit: int = 20) -> list[dict]:
+        """Successful predictions since ``since`` without feedback, least confident first."""
+        p = predictions
+        reviewed = sa.select(feedback.c.prediction_id)
+        query = (
+            sa.select(p)
+            .where(p.c.error.is_(None), p.c.created_at >= since, p.c.id.not_in(reviewed))
+            .order_by(p.c.confidence, p.c.created_at.desc())
+            .limit(limit)
+        )
+        with self._read() as connection:
+            return [dict(row._mapping) for row in connection.execute(query)]
+
     def statistics(self, window_s: float = 3600.0, bucket_s: float = 60.0) -> dict:
         """Production figures: counts, per-class counts, latency percentiles, error rate,
         feedback accuracy and a per-minute series over the last ``window_s`` seconds."""
@@ -330,8 +358,17 @@ class Store:
         }
 
     # ----------------------------------------------------------------------------------- jobs
-    def create_job(self, kind: str, parameters: dict, run_dir: str) -> dict:
+    def create_job(
+        self,
+        kind: str,
+        parameters: dict,
+        run_dir: str,
+        trigger: str = "manual",
+        reason: str | None = None,
+    ) -> dict:
         """Queue a job, unless one of the same kind is live (the database refuses a second).
+
+        ``trigger`` says who started it (``manual`` or ``auto``), ``reason`` why.
 
         Raises:
             JobConflict: a job of this kind is queued or running (dead ones are failed first).
@@ -347,6 +384,8 @@ class Store:
             "heartbeat_at": now,
             "run_dir": run_dir,
             "progress": json.dumps({"stage": "queued"}),
+            "trigger": trigger,
+            "reason": reason,
         }
         try:
             with self._transaction() as connection:
@@ -355,7 +394,7 @@ class Store:
         except sa.exc.IntegrityError:
             live = self.live_job(kind)
             if live is None:  # it ended between the insert and this look: try once more
-                return self.create_job(kind, parameters, run_dir)
+                return self.create_job(kind, parameters, run_dir, trigger, reason)
             raise JobConflict(live) from None
         return self.job(job_id)
 
@@ -448,6 +487,56 @@ class Store:
                 jobs.select().order_by(jobs.c.created_at.desc()).limit(limit)
             ).all()
         return [_job(row) for row in rows]
+
+    def cancel_job(self, job_id: str) -> dict:
+        """Cancel a job: a queued one ends ``cancelled`` now; a running one is marked, and its
+        worker stops it (``cancel_requested``) and records ``cancelled``.
+
+        Returns:
+            The job after the change.
+
+        Raises:
+            JobNotFound: no job with this id.
+            JobFinished: the job has already ended (its state is in the message).
+        """
+        now = time.time()
+        with self._transaction() as connection:
+            self._fail_dead_jobs(connection, now)
+            row = connection.execute(
+                sa.select(jobs.c.state).where(jobs.c.id == job_id).with_for_update()
+            ).first()
+            if row is None:
+                raise JobNotFound(f"no retrain job {job_id!r}")
+            if row.state not in LIVE_STATES:
+                raise JobFinished(f"job {job_id} has already ended: {row.state}")
+            values: dict = {"cancel_requested_at": now}
+            if row.state == JobState.QUEUED:
+                values.update(
+                    state=JobState.CANCELLED,
+                    finished_at=now,
+                    error="cancelled by request before a worker started it",
+                )
+            connection.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
+        return self.job(job_id)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        """Whether someone asked to cancel this job."""
+        with self._read() as connection:
+            return (
+                connection.execute(
+                    sa.select(jobs.c.cancel_requested_at).where(jobs.c.id == job_id)
+                ).scalar()
+                is not None
+            )
+
+    def last_job(self, kind: str, trigger: str | None = None) -> dict | None:
+        """The newest job of a kind (started by ``trigger``, when given), or None."""
+        query = jobs.select().where(jobs.c.kind == kind)
+        if trigger is not None:
+            query = query.where(jobs.c.trigger == trigger)
+        with self._read() as connection:
+            row = connection.execute(query.order_by(jobs.c.created_at.desc()).limit(1)).first()
+        return _job(row) if row else None
 
     def job_outcomes(self) -> dict[str, int]:
         with self._read() as connection:

@@ -27,6 +27,7 @@ class Dataset:
     fingerprint: str
     class_names: list[str]
     uploads: int = 0
+    uploaded_tests: int = 0
 
     @property
     def skipped(self) -> list[tuple[str, str]]:
@@ -60,14 +61,27 @@ def load_dataset(
         train_split = data.merge_splits(empty, train_split)
     uploads = data.discover_uploads(data_dir / "uploads") if include_uploads else None
     train_split = data.merge_splits(train_split, uploads)
-    test_split = data.discover(data_dir / "test", class_names=train_split.class_names)
+    test_split = test_set(data_dir, train_split.class_names)
+    uploaded_tests = len(test_split.paths) - len(data.discover(data_dir / "test").paths)
     return Dataset(
         train=data.load_split(train_split, image_size, color_mode),
         test=data.load_split(test_split, image_size, color_mode),
         fingerprint=data.dataset_fingerprint(train_split, test_split),
         class_names=train_split.class_names,
         uploads=len(uploads.paths) if uploads else 0,
+        uploaded_tests=uploaded_tests,
     )
+
+
+def test_set(data_dir: Path, class_names: list[str]) -> data.Split:
+    """The test set every evaluation uses: ``test/`` plus the test share of all uploads.
+
+    Only images of ``class_names`` (the model's classes) are kept from the uploads; a class
+    folder in ``test/`` that is not among them is an error (``data.discover``).
+    """
+    split = data.discover(data_dir / "test", class_names=class_names)
+    uploaded = data.discover_uploads(data_dir / "uploads", "test", classes=class_names)
+    return data.merge_splits(split, uploaded)
 
 
 def hold_out(

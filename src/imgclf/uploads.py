@@ -204,13 +204,67 @@ def _check_image(content: bytes, name: str, limits: UploadLimits) -> str:
         return FORMAT_ENDINGS.get(image.format or "", "png")
 
 
+def hash_fraction(digest: str) -> float:
+    """A number in [0, 1) drawn from a SHA-256 hex digest: the same image, the same number."""
+    return int(digest[:13], 16) / 16**13
+
+
+def split_counts(data_dir: Path) -> dict[str, dict[str, int]]:
+    """Images per class in each split: ``train/`` and ``test/`` plus the uploads' shares."""
+    counts: dict[str, dict[str, int]] = {}
+    for split in data.SPLITS:
+        folder = data_dir / split
+        for class_dir in data.class_folders(folder) if folder.is_dir() else []:
+            found = sum(1 for p in class_dir.rglob("*") if data.is_image_name(p.name))
+            counts.setdefault(class_dir.name, dict.fromkeys(data.SPLITS, 0))[split] += found
+        uploaded = data.discover_uploads(data_dir / "uploads", split)
+        for name, found in (uploaded.counts() if uploaded else {}).items():
+            counts.setdefault(name, dict.fromkeys(data.SPLITS, 0))[split] += found
+    return counts
+
+
+def assign_splits(
+    fresh: dict[str, str], counts: dict[str, dict[str, int]], test_share: float, min_test: int
+) -> dict[str, str]:
+    """Give each new image (sha256 -> label) to ``train`` or ``test``, once and for all.
+
+    Images are taken in hash order, so the result depends only on the images and what the
+    data already holds. A class's first image trains (a class must be trained on to be
+    tested); after that an image tests when its hash falls in the ``test_share``; and while a
+    class has fewer than ``min_test`` test images, every image that would keep its test share
+    below half of its training share tests too, so that a small new class gets the test
+    images the gate asks for. The choice is stored in the batch's manifest: an image never
+    moves between splits.
+    """
+    counts = {name: dict(split) for name, split in counts.items()}
+    chosen = {}
+    for digest in sorted(fresh):
+        tally = counts.setdefault(fresh[digest], dict.fromkeys(data.SPLITS, 0))
+        if tally["train"] == 0:
+            split = "train"
+        elif hash_fraction(digest) < test_share:
+            split = "test"
+        elif tally["test"] < min_test and tally["test"] < tally["train"]:
+            split = "test"
+        else:
+            split = "train"
+        tally[split] += 1
+        chosen[digest] = split
+    return chosen
+
+
 def store_upload(
     files: list[tuple[str, str, bytes]],
     uploads_dir: Path,
     index: HashIndex,
     limits: UploadLimits | None = None,
+    test_share: float = 0.2,
+    min_test: int = 5,
 ) -> UploadReport:
     """Validate and store ``(label, file name, bytes)`` triples as one new batch.
+
+    Each accepted image is given to the training or the test share (``assign_splits``); the
+    answer and the batch's manifest say which.
 
     Returns:
         The report; ``batch`` is None when nothing was accepted (then nothing was written).
@@ -257,6 +311,12 @@ def store_upload(
                 fresh[digest] = (label, name, ending)
         if not fresh:
             return report
+        splits = assign_splits(
+            {digest: label for digest, (label, _, _) in fresh.items()},
+            split_counts(index.data_dir),
+            test_share,
+            min_test,
+        )
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         batch = f"{stamp}-{uuid.uuid4().hex[:6]}"
         staging = Path(tempfile.mkdtemp(prefix=f".{batch}-", dir=uploads_dir))
@@ -268,9 +328,10 @@ def store_upload(
                 target.write_bytes(contents[digest])
                 stored = f"uploads/{batch}/{label}/{target.name}"
                 row = {"file": name, "label": label, "sha256": digest, "stored_as": stored}
+                row["split"] = splits[digest]
                 report.accepted.append(row)
                 manifest.append(row)
-            (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+            (staging / data.MANIFEST).write_text(json.dumps(manifest, indent=2))
             staging.chmod(0o755)
             os.rename(staging, uploads_dir / batch)
         finally:
@@ -280,12 +341,15 @@ def store_upload(
 
 
 def class_counts(data_dir: Path) -> dict:
-    """Images per class in the training split and in the pending uploads."""
+    """Images per class in the training split and in the pending uploads (and their shares)."""
     train = data.discover(data_dir / "train").counts() if (data_dir / "train").is_dir() else {}
-    uploads = data.discover_uploads(data_dir / "uploads")
+    uploads = data.discover_uploads(data_dir / "uploads", None)
+    shares = {split: data.discover_uploads(data_dir / "uploads", split) for split in data.SPLITS}
     return {
         "train": train,
         "uploads": uploads.counts() if uploads else {},
+        "uploads_train": shares["train"].counts() if shares["train"] else {},
+        "uploads_test": shares["test"].counts() if shares["test"] else {},
         "upload_batches": sorted(
             p.name
             for p in (data_dir / "uploads").glob("*")

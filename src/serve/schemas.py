@@ -104,6 +104,8 @@ class RetrainParameters(StrictSchema):
     include_uploads = fields.Boolean()
     metric = fields.String(validate=validate.OneOf(GATE_METRICS))
     tolerance = fields.Float(validate=validate.Range(0.0, 0.2))
+    min_test_images = fields.Integer(validate=validate.Range(0, 100_000))
+    max_recall_drop = fields.Float(validate=validate.Range(0.0, 1.0))
     seed = fields.Integer(validate=validate.Range(0, 2**31 - 1))
 
 
@@ -169,6 +171,7 @@ class UploadFile(Schema):
     label = fields.String()
     sha256 = fields.String()
     stored_as = fields.String()
+    split = fields.String(metadata={"description": "train or test: the share it joined"})
     duplicate_of = fields.String()
     reason = fields.String()
 
@@ -187,8 +190,16 @@ class Job(OpenSchema):
     kind = fields.String()
     state = fields.String(
         validate=validate.OneOf([state.value for state in JobState]),
-        metadata={"description": "queued, running, promoted, rejected (by the gate) or failed"},
+        metadata={
+            "description": "queued, running, promoted, rejected (by the gate), failed or "
+            "cancelled"
+        },
     )
+    trigger = fields.String(
+        allow_none=True, metadata={"description": "manual, or auto (the retraining policy)"}
+    )
+    reason = fields.String(allow_none=True, metadata={"description": "why it was started"})
+    cancel_requested_at = fields.Float(allow_none=True)
     parameters = fields.Dict()
     created_at = fields.Float()
     started_at = fields.Float(allow_none=True)
@@ -221,6 +232,8 @@ class Stats(OpenSchema):
 class DataSummary(OpenSchema):
     train = fields.Dict(keys=fields.String(), values=fields.Integer())
     uploads = fields.Dict(keys=fields.String(), values=fields.Integer())
+    uploads_train = fields.Dict(keys=fields.String(), values=fields.Integer())
+    uploads_test = fields.Dict(keys=fields.String(), values=fields.Integer())
     upload_batches = fields.List(fields.String())
 
 

@@ -23,9 +23,15 @@ EXTENSION = "imgclf"
 class WorkerState:
     """Settings, the store and its background log writer, the live model, upload hashes."""
 
-    def __init__(self, settings: config.Settings, service: config.ServiceSettings):
+    def __init__(
+        self,
+        settings: config.Settings,
+        service: config.ServiceSettings,
+        loop: config.LoopSettings | None = None,
+    ):
         self.settings = settings
         self.service = service
+        self.loop = loop or config.get_loop_settings()
         self.store = Store(settings.database_url)
         self.log = PredictionLogWriter(self.store)
         self.model = LiveModel(settings.models_dir, service.reload_poll_s)

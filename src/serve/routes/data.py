@@ -60,7 +60,14 @@ def upload_data():
     limits = worker.service.upload_limits
     try:
         files = _uploaded_files(limits)
-        report = uploads.store_upload(files, worker.settings.uploads_dir, worker.hashes, limits)
+        report = uploads.store_upload(
+            files,
+            worker.settings.uploads_dir,
+            worker.hashes,
+            limits,
+            test_share=worker.loop.upload_test_share,
+            min_test=worker.loop.min_test_images,
+        )
     except uploads.UploadError as error:
         abort(400, message=str(error))
     result = report.as_dict()

@@ -1,0 +1,139 @@
+"""The learning loop's decisions, without a server: the gate's per-class checks, the split of
+uploaded images into a training and a test share, and the loop's settings."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgclf import config, data, evaluation, gate, training, uploads
+
+
+def metrics(recalls: dict[str, float], supports: dict[str, int], f1: float) -> dict:
+    per_class = {
+        name: {"precision": 1.0, "recall": recall, "f1": recall, "support": supports[name]}
+        for name, recall in recalls.items()
+    }
+    return {"f1_macro": f1, "accuracy": f1, "per_class": per_class}
+
+
+def test_a_class_without_test_images_blocks_promotion_and_says_how_many_are_needed():
+    candidate = metrics({"a": 1.0, "b": 1.0, "new": 0.0}, {"a": 30, "b": 30, "new": 0}, 0.67)
+    current = metrics({"a": 1.0, "b": 1.0, "new": 0.0}, {"a": 30, "b": 30, "new": 0}, 0.67)
+    decision = gate.gate(candidate, current, min_test_images=5, max_recall_drop=0.05)
+    assert not decision.promote
+    assert decision.needs == {"new": 5}
+    assert "'new' needs 5 more" in decision.reason and "the current model stays" in decision.reason
+    assert list(decision.blocked) == ["new"]
+    # the same candidate with enough test images of the new class passes
+    candidate["per_class"]["new"].update(support=6, recall=0.9)
+    assert gate.gate(candidate, current, min_test_images=5, max_recall_drop=0.05).promote
+    # with no current model the coverage check still applies
+    candidate["per_class"]["new"]["support"] = 2
+    first = gate.gate(candidate, None, min_test_images=5)
+    assert not first.promote and first.needs == {"new": 3}
+
+
+def test_better_overall_but_one_class_losing_recall_is_rejected_naming_the_class():
+    current = metrics({"a": 0.9, "b": 0.6, "c": 0.9}, {"a": 20, "b": 20, "c": 20}, 0.80)
+    candidate = metrics({"a": 1.0, "b": 1.0, "c": 0.8}, {"a": 20, "b": 20, "c": 20}, 0.93)
+    decision = gate.gate(candidate, current, max_recall_drop=0.05)
+    assert not decision.promote
+    assert list(decision.blocked) == ["c"] and "recall fell by 0.1000" in decision.blocked["c"]
+    assert "'c' by 0.1000" in decision.reason
+    assert gate.gate(candidate, current, max_recall_drop=0.1).promote  # exactly the limit
+    table = evaluation.per_class_table(candidate, current, decision.blocked)
+    assert table.loc["c", "blocked"] and not table.loc["a", "blocked"]
+    assert table.loc["c", "change"] == pytest.approx(-0.1)
+    assert table.loc["b", "current recall"] == 0.6 and table.loc["b", "test images"] == 20
+
+
+def test_gate_refuses_figures_out_of_range():
+    with pytest.raises(ValueError, match="min_test_images"):
+        gate.gate({"f1_macro": 1}, None, min_test_images=-1)
+    with pytest.raises(ValueError, match="max_recall_drop"):
+        gate.gate({"f1_macro": 1}, None, max_recall_drop=1.5)
+
+
+def png(seed: int, size: int = 12) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_assign_splits_gives_a_new_class_its_test_images_and_depends_only_on_content():
+    fresh = {hashlib.sha256(png(seed)).hexdigest(): "probe" for seed in range(13)}
+    chosen = uploads.assign_splits(fresh, {}, test_share=0.2, min_test=5)
+    assert list(chosen.values()).count("test") >= 5
+    assert list(chosen.values()).count("train") >= 6
+    assert chosen[min(fresh)] == "train"  # a class's first image trains
+    # the same images, given in another order, land in the same shares
+    again = uploads.assign_splits(dict(reversed(list(fresh.items()))), {}, 0.2, 5)
+    assert again == chosen
+    # a class that already has test images only gets the hash share
+    known = {"probe": {"train": 100, "test": 40}}
+    shares = uploads.assign_splits(fresh, known, test_share=0.2, min_test=5)
+    expected = {d: "test" if uploads.hash_fraction(d) < 0.2 else "train" for d in fresh}
+    assert shares == expected
+
+
+def test_uploaded_test_share_joins_the_test_set_and_never_moves(digits_dir, tmp_path):
+    for split in ("train", "test"):
+        for index, path in enumerate(sorted((digits_dir / split / "0").iterdir())[:6]):
+            target = tmp_path / split / str(index % 2) / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())
+    index = uploads.HashIndex(tmp_path)
+    files = [("probe", f"p{seed}.png", png(seed)) for seed in range(13)]
+    report = uploads.store_upload(files, tmp_path / "uploads", index, test_share=0.2, min_test=5)
+    by_split = {row["stored_as"]: row["split"] for row in report.accepted}
+    assert sorted(set(by_split.values())) == ["test", "train"]
+    manifest = json.loads((tmp_path / "uploads" / report.batch / data.MANIFEST).read_text())
+    assert {row["stored_as"]: row["split"] for row in manifest} == by_split
+    test_share = data.discover_uploads(tmp_path / "uploads", "test")
+    assert len(test_share.paths) == list(by_split.values()).count("test") >= 5
+    dataset = training.load_dataset(tmp_path, 8, "grayscale", include_uploads=True)
+    assert dataset.class_names == ["0", "1", "probe"]
+    assert dataset.test.class_names == dataset.class_names
+    assert dataset.uploaded_tests == len(test_share.paths)
+    assert np.bincount(dataset.test.labels)[2] == len(test_share.paths)
+    assert np.bincount(dataset.train.labels)[2] == list(by_split.values()).count("train")
+    # more uploads of the class later: the earlier images keep their shares
+    more = [("probe", f"q{seed}.png", png(seed)) for seed in range(13, 40)]
+    uploads.store_upload(more, tmp_path / "uploads", index, test_share=0.2, min_test=5)
+    first = data.batch_splits(tmp_path / "uploads" / report.batch)
+    assert {f"uploads/{report.batch}/{name}": s for name, s in first.items()} == by_split
+    counts = uploads.class_counts(tmp_path)
+    assert counts["uploads"]["probe"] == 40
+    assert counts["uploads_test"]["probe"] + counts["uploads_train"]["probe"] == 40
+
+
+def test_a_batch_without_splits_in_its_manifest_is_training_data(tmp_path):
+    folder = tmp_path / "uploads" / "20250101-000000-abcdef" / "cat"
+    folder.mkdir(parents=True)
+    (folder / "a.png").write_bytes(png(1))
+    assert data.discover_uploads(tmp_path / "uploads", "train").counts() == {"cat": 1}
+    assert data.discover_uploads(tmp_path / "uploads", "test") is None
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("UPLOAD_TEST_SHARE", "0.95"),
+        ("GATE_MAX_RECALL_DROP", "2"),
+        ("AUTO_RETRAIN", "yes"),
+        ("AUTO_RETRAIN_MIN_IMAGES", "0"),
+        ("DRIFT_MIN_SAMPLE", "1"),
+        ("RETAIN_IMAGES", "-5"),
+    ],
+)
+def test_a_loop_setting_out_of_range_is_refused_naming_it(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(config.ConfigError, match=name):
+        config.get_loop_settings()
