@@ -257,7 +257,9 @@ def _outcome_state(summary: dict) -> JobState:
 OUT_OF_MEMORY = ("MemoryError", "RESOURCE_EXHAUSTED", "Out of memory", "out of memory")
 
 
-def explain(failure: Exception, oom_before: int | None = None, oom_after: int | None = None) -> str:
+def explain(
+    failure: Exception, oom_before: int | None = None, oom_after: int | None = None
+) -> str:
     """Why a job failed, in words: out of memory, a kernel that died, or the cell's error."""
     from nbclient.exceptions import DeadKernelError
 

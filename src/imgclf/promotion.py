@@ -108,7 +108,9 @@ def _decide(
     if current and current_metrics is None:
         decision = gate.gate(candidate_metrics, None, **checks)
         if decision.promote:
-            decision.reason = f"current model {current} has other classes: the new model replaces it"
+            decision.reason = (
+                f"current model {current} has other classes: the new model replaces it"
+            )
     return decision
 
 

@@ -191,8 +191,7 @@ class Job(OpenSchema):
     state = fields.String(
         validate=validate.OneOf([state.value for state in JobState]),
         metadata={
-            "description": "queued, running, promoted, rejected (by the gate), failed or "
-            "cancelled"
+            "description": "queued, running, promoted, rejected (by the gate), failed or cancelled"
         },
     )
     trigger = fields.String(
