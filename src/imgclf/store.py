@@ -100,7 +100,6 @@ predictions = sa.Table(
     sa.Column("contrast", sa.Float),
     sa.Column("error", sa.Text),
     sa.Index("predictions_time", "created_at"),
-    sa.Index("predictions_confidence", "confidence"),
 )
 feedback = sa.Table(
     "feedback",
@@ -281,6 +280,7 @@ class Store:
         """Return the image statistics of the latest successful predictions, newest first."""
         columns = (
             "created_at",
+            "model_version",
             "label",
             "confidence",
             "brightness",
@@ -529,11 +529,15 @@ class Store:
                 is not None
             )
 
-    def last_job(self, kind: str, trigger: str | None = None) -> dict | None:
-        """The newest job of a kind (started by ``trigger``, when given), or None."""
+    def last_job(
+        self, kind: str, trigger: str | None = None, states: tuple | None = None
+    ) -> dict | None:
+        """The newest job of a kind (started by ``trigger``, in ``states``, when given)."""
         query = jobs.select().where(jobs.c.kind == kind)
         if trigger is not None:
             query = query.where(jobs.c.trigger == trigger)
+        if states is not None:
+            query = query.where(jobs.c.state.in_(states))
         with self._read() as connection:
             row = connection.execute(query.order_by(jobs.c.created_at.desc()).limit(1)).first()
         return _job(row) if row else None

@@ -3,7 +3,9 @@
 Any number of workers, on any hosts that share the database, the models, data and reports
 folders, may run at once: the database hands each job to one of them, and at most one retrain
 is live at a time. ``make run`` and ``make serve`` start one beside gunicorn (``WORKER=0``
-leaves it out). SIGTERM or Ctrl-C: the worker stops claiming, finishes the job it runs, exits.
+leaves it out). While idle, a worker also evaluates the automatic retraining policy
+(``imgclf.policy``) every ``POLICY_EVERY_S`` and queues a retrain when it is due.
+SIGTERM or Ctrl-C: the worker stops claiming, finishes the job it runs, exits.
 """
 
 from __future__ import annotations
@@ -12,12 +14,17 @@ import logging
 import os
 import signal
 import threading
+import time
+from functools import partial
 
-from imgclf import jobs
-from imgclf.config import ConfigError, Settings, get_settings
+from imgclf import drift, jobs, policy
+from imgclf.config import ConfigError, LoopSettings, Settings, get_loop_settings, get_settings
 from imgclf.store import Store
 
 log = logging.getLogger(__name__)
+
+#: How often an idle worker evaluates the automatic retraining policy.
+POLICY_EVERY_S = 5.0
 
 
 def check_folders(settings: Settings) -> None:
@@ -42,22 +49,36 @@ def check_folders(settings: Settings) -> None:
 
 
 def work(
-    settings: Settings, stop: threading.Event, poll_s: float = 1.0, once: bool = False
+    settings: Settings,
+    stop: threading.Event,
+    poll_s: float = 1.0,
+    once: bool = False,
+    loop: LoopSettings | None = None,
 ) -> int:
     """Claim and run jobs until ``stop`` is set (or, with ``once``, after one job).
 
     Returns:
         How many jobs this worker ran.
     """
+    loop = loop or get_loop_settings()
     store = Store(settings.database_url)
-    done = 0
+    references = drift.ReferenceCache(settings.data_dir, settings.models_dir)
+    check_drift = partial(drift.check, references, store, loop)
+    done, last_policy = 0, 0.0
     while not stop.is_set():
         job = store.claim_job(jobs.KIND, pid=os.getpid())
         if job is None:
             store.fail_dead_jobs()
+            if loop.auto_retrain and time.monotonic() - last_policy >= POLICY_EVERY_S:
+                last_policy = time.monotonic()
+                try:
+                    policy.maybe_queue(settings, loop, store, check_drift)
+                except Exception:  # a policy that cannot be evaluated must not stop the worker
+                    log.exception("evaluating the retraining policy failed")
+                continue  # a job it queued is claimed at once
             stop.wait(poll_s)
             continue
-        log.info("claimed job %s", job["id"])
+        log.info("claimed job %s (%s)", job["id"], job.get("reason") or "no reason given")
         jobs.run_job(store, job, settings)
         done += 1
         if once:
@@ -69,6 +90,7 @@ def main(once: bool = False) -> int:
     """Run a worker with the settings from the environment (the CLI's ``imgclf worker``)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = get_settings()
+    loop = get_loop_settings()  # a policy setting out of range stops the worker here, named
     settings.models_dir.mkdir(parents=True, exist_ok=True)
     settings.reports_dir.mkdir(parents=True, exist_ok=True)
     check_folders(settings)
@@ -81,5 +103,12 @@ def main(once: bool = False) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     log.info("worker pid %d waiting for jobs (database %s)", os.getpid(), settings.database_url)
-    work(settings, stop, once=once)
+    if loop.auto_retrain:
+        log.info(
+            "automatic retraining on: after %d new labelled images%s, at most every %g s",
+            loop.auto_min_images,
+            " or on drift" if loop.auto_on_drift else "",
+            loop.auto_min_interval_s,
+        )
+    work(settings, stop, once=once, loop=loop)
     return 0

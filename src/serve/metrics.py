@@ -22,6 +22,9 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
+from imgclf import registry
+from imgclf.store import FINAL_STATES, JobState
+
 REQUESTS = Counter(
     "imgclf_http_requests_total",
     "HTTP requests by route, method and status code.",
@@ -51,30 +54,73 @@ OWN_METRICS = (REQUESTS, PREDICT_LATENCY, PREDICTIONS, UPLOADED)
 
 
 class ServiceCollector:
-    """Service-wide gauges computed at scrape time."""
+    """Service-wide gauges computed at scrape time, from a ``serve.state.WorkerState``: uptime,
+    the current model, whether this worker has loaded it, retrain jobs, and input drift."""
 
-    def __init__(self, started_at: float, current_version, job_outcomes):
-        self.started_at = started_at
-        self.current_version = current_version
-        self.job_outcomes = job_outcomes
+    def __init__(self, worker):
+        self.worker = worker
 
     def collect(self):
+        worker = self.worker
         uptime = GaugeMetricFamily("imgclf_uptime_seconds", "Seconds since the service started.")
-        uptime.add_metric([], time.time() - self.started_at)
+        uptime.add_metric([], time.time() - worker.started_at)
         yield uptime
         model = GaugeMetricFamily(
             "imgclf_model_info", "The current model version (value 1).", labels=["version"]
         )
-        version = self.current_version()
+        version = registry.current_version(worker.settings.models_dir)
         if version:
             model.add_metric([version], 1)
         yield model
-        jobs = GaugeMetricFamily(
-            "imgclf_retrain_jobs", "Retrain jobs by state (outcome).", labels=["state"]
+        loaded = GaugeMetricFamily(
+            "imgclf_model_loaded", "1 when the scraped worker has a model loaded and serves it."
         )
-        for state, count in sorted(self.job_outcomes().items()):
-            jobs.add_metric([state], count)
-        yield jobs
+        loaded.add_metric([], 1 if worker.model.loaded else 0)
+        yield loaded
+        yield from _job_metrics(worker.store)
+        yield from _drift_metrics(worker.drift())
+
+
+def _job_metrics(store):
+    jobs = GaugeMetricFamily(
+        "imgclf_retrain_jobs", "Retrain jobs by state (outcome).", labels=["state"]
+    )
+    for state, count in sorted(store.job_outcomes().items()):
+        jobs.add_metric([state], count)
+    yield jobs
+    last = GaugeMetricFamily(
+        "imgclf_retrain_last_failed", "1 when the latest finished retrain job failed."
+    )
+    finished = store.last_job("retrain", states=FINAL_STATES)
+    last.add_metric([], 1 if finished and finished["state"] == JobState.FAILED else 0)
+    yield last
+
+
+def _drift_metrics(report: dict):
+    detected = GaugeMetricFamily(
+        "imgclf_drift_detected",
+        "1 when production inputs drifted from the training data (GET /drift), 0 when not, "
+        "-1 while there are too few production inputs for a verdict.",
+    )
+    verdict = report["verdict"]
+    detected.add_metric([], {"drift": 1, "no-drift": 0}.get(verdict, -1))
+    yield detected
+    sample = GaugeMetricFamily(
+        "imgclf_drift_production_sample", "Production inputs the drift verdict is based on."
+    )
+    sample.add_metric([], report["production_count"])
+    yield sample
+    p_values = GaugeMetricFamily(
+        "imgclf_drift_p_value",
+        "p-value of each drift test (features: Kolmogorov-Smirnov; predicted_classes: "
+        "chi-square).",
+        labels=["test"],
+    )
+    tests = {**report["features"], "predicted_classes": report["predicted_classes"]}
+    for name, test in tests.items():
+        if test["p_value"] is not None:
+            p_values.add_metric([name], test["p_value"])
+    yield p_values
 
 
 def multiprocess_dir() -> str | None:

@@ -256,6 +256,30 @@ class FeedbackStored(OpenSchema):
     true_label = fields.String()
     correct = fields.Boolean()
     created_at = fields.Float()
+    training = fields.Dict(
+        metadata={
+            "description": "status: added (a labelled upload, with its split), duplicate, "
+            "or not-used (no admin token)"
+        }
+    )
+
+
+class ReviewQuery(StrictSchema):
+    limit = fields.Integer(load_default=12, validate=validate.Range(1, 100))
+
+
+class ReviewItem(OpenSchema):
+    id = fields.String()
+    created_at = fields.Float()
+    label = fields.String()
+    confidence = fields.Float()
+    model_version = fields.String(allow_none=True)
+    image = fields.String(metadata={"description": "a PNG thumbnail as a data URI"})
+
+
+class ReviewQueue(OpenSchema):
+    classes = fields.List(fields.String())
+    items = fields.List(fields.Nested(ReviewItem))
 
 
 class Pointer(OpenSchema):
@@ -300,3 +324,42 @@ class Versions(OpenSchema):
     current = fields.String(allow_none=True)
     history = fields.List(fields.String())
     versions = fields.List(fields.Nested(VersionSummary))
+
+
+class DriftTest(OpenSchema):
+    statistic = fields.Float(allow_none=True)
+    p_value = fields.Float(allow_none=True)
+    drift = fields.Boolean()
+
+
+class Drift(OpenSchema):
+    verdict = fields.String(
+        validate=validate.OneOf(["not-enough-data", "no-drift", "drift"]),
+        metadata={"description": "not-enough-data below DRIFT_MIN_SAMPLE production inputs"},
+    )
+    message = fields.String()
+    model_version = fields.String(allow_none=True)
+    production_count = fields.Integer()
+    min_sample = fields.Integer()
+    window = fields.Integer()
+    p_value = fields.Float(metadata={"description": "DRIFT_P_VALUE, for all tests together"})
+    threshold = fields.Float(metadata={"description": "per test: p_value / number of tests"})
+    features = fields.Dict(keys=fields.String(), values=fields.Nested(DriftTest))
+    predicted_classes = fields.Nested(DriftTest)
+    drifted = fields.List(fields.String())
+
+
+class Policy(OpenSchema):
+    enabled = fields.Boolean()
+    min_images = fields.Integer()
+    on_drift = fields.Boolean()
+    min_interval_s = fields.Float()
+    new_images = fields.Integer(metadata={"description": "since the last decided retrain"})
+    counted_since = fields.Float(allow_none=True)
+    drift = fields.String(allow_none=True)
+    last_auto_job = fields.String(allow_none=True)
+    next_allowed_at = fields.Float()
+    due = fields.Boolean()
+    reasons = fields.List(fields.String())
+    waiting_for = fields.List(fields.String())
+    next = fields.String(metadata={"description": "when it will fire next, in words"})

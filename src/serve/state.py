@@ -12,12 +12,15 @@ import numpy as np
 from flask import current_app
 from flask_smorest import abort
 
-from imgclf import config, data, imagestats, registry, uploads
+from imgclf import config, data, drift, imagestats, registry, uploads
 from imgclf.prediction import LiveModel, Predictor
+from imgclf.retention import ImageKeeper
 from imgclf.store import PredictionLogWriter, Store
 from serve import metrics
 
 EXTENSION = "imgclf"
+#: How long a drift report is reused by ``/metrics`` scrapes and ``/policy``.
+DRIFT_CACHE_S = 15.0
 
 
 class WorkerState:
@@ -36,13 +39,20 @@ class WorkerState:
         self.log = PredictionLogWriter(self.store)
         self.model = LiveModel(settings.models_dir, service.reload_poll_s)
         self.hashes = uploads.HashIndex(settings.data_dir)
+        self.keeper = ImageKeeper(
+            settings.data_dir / "retained", self.loop.retain_images, self.loop.retain_hours * 3600
+        )
         self.started_at = service.started_at
         self._train_stats: tuple[float, dict] | None = None
-        self.collector = metrics.ServiceCollector(
-            self.started_at,
-            lambda: registry.current_version(settings.models_dir),
-            self.store.job_outcomes,
-        )
+        self.references = drift.ReferenceCache(settings.data_dir, settings.models_dir)
+        self._drift: tuple[float, dict] | None = None
+        self.collector = metrics.ServiceCollector(self)
+
+    def drift(self, fresh: bool = False) -> dict:
+        """The drift report (``imgclf.drift``), at most ``DRIFT_CACHE_S`` old unless ``fresh``."""
+        if fresh or not self._drift or time.time() - self._drift[0] > DRIFT_CACHE_S:
+            self._drift = (time.time(), drift.check(self.references, self.store, self.loop))
+        return self._drift[1]
 
     def predictor(self) -> Predictor:
         """The predictor to use now; answers 503 when no model can be served."""

@@ -1,6 +1,6 @@
 """The API's routes, one flask-smorest blueprint per module, registered by ``create_app``."""
 
-from serve.routes import data, models, predict, retrain, service
+from serve.routes import data, loop, models, predict, retrain, service
 
 BLUEPRINTS = (service.blueprint, predict.blueprint, data.blueprint, retrain.blueprint)
-BLUEPRINTS += (models.blueprint,)
+BLUEPRINTS += (models.blueprint, loop.blueprint)

@@ -12,10 +12,11 @@ from flask import request
 from flask_smorest import Blueprint, abort
 from PIL import Image
 
-from imgclf import data, uploads
+from imgclf import data, registry, uploads
+from imgclf.retention import ImageGone
 from imgclf.store import StoreError
 from serve import errors, metrics, schemas, state
-from serve.auth import ADMIN, require_token
+from serve.auth import ADMIN, require_token, token_given
 
 blueprint = Blueprint("data", __name__, description="Labelled data and feedback")
 
@@ -126,26 +127,109 @@ def brightness():
     }
 
 
+def _prediction(worker, prediction_id: str) -> dict:
+    """The logged prediction, waiting a moment for another worker's log (404 if none)."""
+    worker.log.flush()
+    deadline = time.time() + 1.0
+    while True:
+        found = worker.store.prediction(prediction_id)
+        if found is not None:
+            return found
+        if time.time() > deadline:
+            abort(404, message=f"no prediction with id {prediction_id!r}")
+        time.sleep(0.1)
+
+
+def _as_training_image(worker, prediction: dict, label: str) -> dict:
+    """Store a prediction's kept image as a labelled upload (410 when it is not kept)."""
+    try:
+        payload = worker.keeper.read(prediction["image_sha256"] or "")
+    except ImageGone as gone:
+        abort(410, message=f"prediction {prediction['id']}: {gone}; the feedback was not stored")
+    name = f"feedback-{prediction['id'][:12]}"
+    report = uploads.store_upload(
+        [(label, name, payload)],
+        worker.settings.uploads_dir,
+        worker.hashes,
+        worker.service.upload_limits,
+        test_share=worker.loop.upload_test_share,
+        min_test=worker.loop.min_test_images,
+    )
+    result = report.as_dict()
+    for outcome, count in result["counts"].items():
+        metrics.UPLOADED.labels(outcome).inc(count)
+    if report.rejected:
+        abort(422, message=f"the kept image cannot be used: {report.rejected[0]['reason']}")
+    row = (report.accepted or report.duplicates)[0]
+    return {"status": "added" if report.accepted else "duplicate", "batch": report.batch, **row}
+
+
 @blueprint.route("/feedback", methods=["POST"])
 @blueprint.arguments(schemas.Feedback)
+@blueprint.doc(security=[{}, *ADMIN])
 @blueprint.response(201, schemas.FeedbackStored)
+@blueprint.alt_response(401, description="a wrong admin token")
 @blueprint.alt_response(404, description="no prediction with that id")
+@blueprint.alt_response(409, description="the prediction failed: nothing to label")
+@blueprint.alt_response(410, description="the prediction's image is no longer kept")
 def feedback(body):
-    """The true label of an earlier prediction (from its `prediction_id`)."""
+    """The true label of an earlier prediction (from its `prediction_id`).
+
+    With the admin token, the prediction's kept image also becomes a labelled upload (same
+    checks, deduplication and train/test split as `/upload-data`), used by the next retrain;
+    `training` in the answer says where it went. Without it the label is only recorded.
+    """
+    worker = state.current()
+    trusted = token_given()
+    prediction = _prediction(worker, body["prediction_id"])
+    if prediction.get("error"):
+        abort(
+            409,
+            message=f"prediction {prediction['id']} failed ({prediction['error']}): "
+            "there is no prediction to correct",
+        )
+    training = _as_training_image(worker, prediction, body["label"]) if trusted else None
+    try:
+        stored = worker.store.add_feedback(body["prediction_id"], body["label"])
+    except StoreError as error:
+        abort(409, message=str(error))
+    if training is None:
+        training = {
+            "status": "not-used",
+            "reason": "send the admin token to make the image training data",
+        }
+    return {**stored, "training": training}, 201
+
+
+@blueprint.route("/review")
+@require_token
+@blueprint.arguments(schemas.ReviewQuery, location="query")
+@blueprint.doc(security=ADMIN)
+@blueprint.response(200, schemas.ReviewQueue)
+@blueprint.alt_response(401, description="no or a wrong admin token")
+def review(query):
+    """The least confident recent predictions whose image is kept and that have no feedback
+    yet, with a thumbnail each and the current model's classes, for labelling."""
     worker = state.current()
     worker.log.flush()
-    deadline = time.time() + 1.0  # another worker may not have written its log yet
-    while True:
+    since = time.time() - worker.keeper.max_age_s
+    items = []
+    for row in worker.store.least_confident(since, limit=query["limit"] * 4):
+        if len(items) == query["limit"]:
+            break
         try:
-            return worker.store.add_feedback(body["prediction_id"], body["label"]), 201
-        except StoreError as error:
-            if time.time() > deadline:
-                abort(404, message=str(error))
-            time.sleep(0.1)
+            payload = worker.keeper.read(row["image_sha256"] or "")
+        except ImageGone:
+            continue
+        keys = ("id", "created_at", "label", "confidence", "model_version")
+        items.append({**{k: row[k] for k in keys}, "image": _thumbnail(io.BytesIO(payload))})
+    version = registry.current_version(worker.settings.models_dir)
+    info = registry.metadata(worker.settings.models_dir, version) if version else {}
+    return {"classes": info.get("class_names", []), "items": items}
 
 
-def _thumbnail(path: Path, size: int = 64) -> str:
-    with Image.open(path) as image:
+def _thumbnail(source: Path | io.BytesIO, size: int = 64) -> str:
+    with Image.open(source) as image:
         image = image.convert("RGB") if image.mode not in ("L", "RGB") else image.copy()
     image.thumbnail((size, size))
     if max(image.size) < size:  # tiny images (digits are 8 x 8): scale up, keep the pixels

@@ -38,7 +38,11 @@ def _classify(predictor: Predictor, payloads: list[bytes]) -> tuple[list[dict], 
         _row(predictor, result, payload, latency_ms)
         for result, payload in zip(results, payloads, strict=True)
     ]
-    state.current().log.add(rows)  # the store keeps its own columns, not the probabilities
+    worker = state.current()
+    worker.log.add(rows)  # the store keeps its own columns, not the probabilities
+    for row, payload in zip(rows, payloads, strict=True):
+        if "error" not in row:  # kept a while, so that feedback can make it training data
+            worker.keeper.keep(row["image_sha256"], payload)
     for result in results:
         if result.prediction:
             metrics.PREDICTIONS.labels(result.prediction.label, predictor.version).inc()
