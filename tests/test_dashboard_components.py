@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dashboard.client import ApiError
-from dashboard.components import DataView, RetrainView
+from dashboard.components import DataView, RetrainView, ReviewView
 from dashboard.components.base import Notices
+from dashboard.components.insights import drift_frame
 from dashboard.components.retrain import job_text
 
 
@@ -66,3 +67,48 @@ def test_job_text_shows_the_gate_decision_with_both_scores():
     text = job_text(finished, "http://api")
     assert "**REJECTED**" in text and "0.9000 against current 0.9500" in text
     assert "v0003" in text and "http://api/reports/x/report.html" in text
+
+
+def test_the_cancel_button_cancels_the_followed_job_and_shows_it_cancelled():
+    cancelled = {**JOB, "state": "cancelled", "error": "cancelled by request", "created_at": 0}
+    client = StubClient(retrain=JOB, job=JOB, cancel=cancelled)
+    view = RetrainView(client, Notices())
+    view.on_retrain()
+    assert view.cancel_button.visible
+    client.answers.update(
+        job=cancelled, jobs=[cancelled], models={"current": None, "versions": []}
+    )
+    client.answers["policy"] = {"enabled": False, "next": "never: the policy is off"}
+    view.on_cancel()
+    assert "cancel" in client.calls and view.job_id is None
+    assert "**CANCELLED**: cancelled by request" in view.job_text.object
+    assert not view.cancel_button.visible and "policy is off" in view.policy_text.object
+
+
+def test_review_queue_labels_an_item_in_one_click_and_drops_it():
+    item = {"id": "p1", "created_at": 0, "label": "3", "confidence": 0.41, "image": "data:x"}
+    other = {**item, "id": "p2"}
+    stored = {"correct": False, "training": {"status": "added", "split": "test"}}
+    client = StubClient(review={"classes": ["3", "8"], "items": [item, other]}, feedback=stored)
+    view = ReviewView(client, Notices())
+    view.refresh()
+    assert [row.name for row in view.items.objects] == ["p1", "p2"]
+    buttons = view.items.objects[0][2].objects
+    assert [b.name for b in buttons] == ["3", "8"] and buttons[0].button_type == "success"
+    buttons[1].clicks += 1  # one click on "8"
+    assert [row.name for row in view.items.objects] == ["p2"]
+    assert "Labelled **8** (a correction)" in view.result.object
+    assert "**test** share" in view.result.object
+
+
+def test_insights_show_the_drift_verdict_and_one_row_per_test():
+    test = {"statistic": 0.6, "p_value": 1e-9, "drift": True, "train_mean": 0.3}
+    report = {
+        "verdict": "drift",
+        "message": "drift in brightness",
+        "features": {"brightness": {**test, "production_mean": 0.1}},
+        "predicted_classes": {"statistic": 2.0, "p_value": 0.4, "drift": False},
+    }
+    frame = drift_frame(report)
+    assert list(frame["test"]) == ["brightness", "predicted classes"]
+    assert list(frame["drift"]) == ["yes", ""]

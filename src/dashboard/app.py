@@ -10,7 +10,14 @@ from __future__ import annotations
 import panel as pn
 
 from dashboard.client import ApiClient, ApiError
-from dashboard.components import DataView, InsightsView, MonitorView, PredictView, RetrainView
+from dashboard.components import (
+    DataView,
+    InsightsView,
+    MonitorView,
+    PredictView,
+    RetrainView,
+    ReviewView,
+)
 from dashboard.components.base import Notices
 from imgclf.config import get_server_settings
 
@@ -42,6 +49,7 @@ class Dashboard:
             PredictView(self.client, self.notices),
             DataView(self.client, self.notices, token_source=retrain.token_input),
             retrain,
+            ReviewView(self.client, self.notices),
             MonitorView(self.client, self.notices),
             InsightsView(self.client, self.notices),
         ]

@@ -64,9 +64,25 @@ class ApiClient:
         return self._call("POST", "/predict", files={"image": (filename, payload)})
 
     def feedback(self, prediction_id: str, label: str) -> dict:
+        """The true label of a prediction; with the admin token its image becomes training data."""
         return self._call(
-            "POST", "/feedback", json={"prediction_id": prediction_id, "label": label}
+            "POST",
+            "/feedback",
+            admin=bool(self.token),
+            json={"prediction_id": prediction_id, "label": label},
         )
+
+    def review(self, limit: int = 12) -> dict:
+        return self._call("GET", "/review", admin=True, params={"limit": limit}, timeout=30)
+
+    def drift(self) -> dict:
+        return self._call("GET", "/drift", timeout=60)
+
+    def policy(self) -> dict:
+        return self._call("GET", "/policy", timeout=30)
+
+    def cancel(self, job_id: str) -> dict:
+        return self._call("POST", f"/retrain/{job_id}/cancel", admin=True, timeout=30)
 
     def upload_files(self, files: list[tuple[str, bytes]], label: str) -> dict:
         return self._call(

@@ -5,5 +5,6 @@ from dashboard.components.insights import InsightsView
 from dashboard.components.monitor import MonitorView
 from dashboard.components.predict import PredictView
 from dashboard.components.retrain import RetrainView
+from dashboard.components.review import ReviewView
 
-__all__ = ["DataView", "InsightsView", "MonitorView", "PredictView", "RetrainView"]
+__all__ = ["DataView", "InsightsView", "MonitorView", "PredictView", "RetrainView", "ReviewView"]

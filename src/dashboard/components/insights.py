@@ -3,11 +3,41 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import panel as pn
 
 from dashboard import charts
-from dashboard.components.base import Component
+from dashboard.components.base import Component, table
 from imgclf import eda, evaluation
+
+DRIFT_COLUMNS = ["test", "training", "production", "statistic", "p-value", "drift"]
+
+
+def drift_frame(report: dict) -> pd.DataFrame:
+    """One row per drift test: the two means (features), the statistic, p-value, verdict."""
+    rows = [
+        (
+            name,
+            test.get("train_mean"),
+            test.get("production_mean"),
+            test["statistic"],
+            test["p_value"],
+            "yes" if test.get("drift") else "",
+        )
+        for name, test in report["features"].items()
+    ]
+    classes = report["predicted_classes"]
+    rows.append(
+        (
+            "predicted classes",
+            None,
+            None,
+            classes["statistic"],
+            classes["p_value"],
+            "yes" if classes.get("drift") else "",
+        )
+    )
+    return pd.DataFrame(rows, columns=DRIFT_COLUMNS).round(4)
 
 
 def sample_gallery(samples: dict[str, list[str]]) -> pn.pane.HTML:
@@ -52,18 +82,24 @@ class InsightsView(Component):
         if not brightness:
             return []
         bins = np.asarray(brightness["bins"])
-        centres = (bins[:-1] + bins[1:]) / 2
         series = {"training": brightness["train"], "production": brightness["production"]}
-        sentence = eda.describe_drift(
-            np.repeat(centres, brightness["train"]),
-            np.repeat(centres, brightness["production"]),
-            "brightness",
-        )
         return [
             pn.pane.Markdown("#### Brightness: training images against production inputs"),
             pn.pane.Bokeh(charts.overlaid_histograms(bins, series, "mean brightness")),
-            pn.pane.Markdown(sentence),
         ]
+
+    def _drift(self) -> list:
+        report = self.call(self.client.drift)
+        if not report:
+            return []
+        icon = {"drift": "⚠️ ", "no-drift": "✅ "}.get(report["verdict"], "")
+        panes = [
+            pn.pane.Markdown("#### Drift: are production inputs like the training data?"),
+            pn.pane.Markdown(f"{icon}**{report['verdict']}**: {report['message']}"),
+        ]
+        if report["verdict"] != "not-enough-data":
+            panes.append(table(drift_frame(report)))
+        return panes
 
     def _samples(self) -> list:
         samples = self.call(self.client.samples, 6)
@@ -102,5 +138,6 @@ class InsightsView(Component):
         return panes
 
     def refresh(self) -> None:
-        panes = self._balance() + self._brightness() + self._samples() + self._model()
+        panes = self._balance() + self._drift() + self._brightness() + self._samples()
+        panes += self._model()
         self.body.objects = panes or [pn.pane.Markdown("The API gave nothing to show yet.")]

@@ -9,6 +9,7 @@ from PIL import Image
 
 from dashboard import charts
 from dashboard.components.base import Component
+from dashboard.components.review import training_note
 
 
 def preview(payload: bytes, side: int = 220) -> bytes | None:
@@ -83,4 +84,6 @@ class PredictView(Component):
         stored = self.call(self.client.feedback, self.last_prediction["prediction_id"], label)
         if stored:
             verdict = "the prediction was right" if stored["correct"] else "noted as a mistake"
-            self.feedback_text.object = f"Feedback stored: true label **{label}** ({verdict})."
+            self.feedback_text.object = (
+                f"Feedback stored: true label **{label}** ({verdict}); {training_note(stored)}."
+            )

@@ -9,7 +9,7 @@ from dashboard.client import ApiError
 from dashboard.components.base import Component, clock, table
 from imgclf.store import LIVE_STATES, JobState
 
-JOB_COLUMNS = ["job", "state", "started", "version", "report"]
+JOB_COLUMNS = ["job", "state", "started", "by", "why", "version", "report"]
 VERSION_COLUMNS = ["version", "current", "accuracy", "macro F1", "parent", "gate"]
 
 
@@ -18,6 +18,8 @@ def job_text(job: dict, base_url: str) -> str:
     progress, result = job["progress"], job.get("result") or {}
     epoch = f" · epoch {progress['epoch']}/{progress['epochs']}" if progress.get("epoch") else ""
     text = f"Job `{job['id']}`: **{job['state']}** · {progress.get('stage')}{epoch}"
+    if job.get("trigger") == "auto":
+        text += f"  \nStarted by the retraining policy: {job.get('reason')}"
     if job["state"] in (JobState.PROMOTED, JobState.REJECTED):
         current = result.get("current")
         against = f"{current:.4f}" if isinstance(current, float) else "none"
@@ -26,11 +28,27 @@ def job_text(job: dict, base_url: str) -> str:
             f"candidate {result.get('metric', 'f1_macro')} {result.get('candidate', 0):.4f} "
             f"against current {against} · new version **{result.get('version')}**"
         )
-    if job["state"] == JobState.FAILED:
-        text += f"\n\n**FAILED**: {job.get('error')}"
+    if job["state"] in (JobState.FAILED, JobState.CANCELLED):
+        text += f"\n\n**{job['state'].upper()}**: {job.get('error')}"
+    elif job.get("cancel_requested_at") and job["state"] in LIVE_STATES:
+        text += "\n\nCancel requested: stopping the job ..."
     if job.get("report"):
         text += f" · [report]({base_url}{job['report']})"
     return text
+
+
+def policy_text(policy: dict) -> str:
+    """The retraining policy in two lines: on or off, what it counted, when it fires next."""
+    if not policy["enabled"]:
+        return "Off (set `AUTO_RETRAIN=1`). " + f"Next: {policy['next']}."
+    trigger = f"{policy['min_images']} new labelled images"
+    if policy["on_drift"]:
+        trigger += " or drift"
+    return (
+        f"On: retrains after {trigger}, at most every {policy['min_interval_s']:g} s.  \n"
+        f"New labelled images since the last retrain: **{policy['new_images']}** · "
+        f"next: {policy['next']}"
+    )
 
 
 def jobs_frame(jobs: list[dict], base_url: str) -> pd.DataFrame:
@@ -39,6 +57,8 @@ def jobs_frame(jobs: list[dict], base_url: str) -> pd.DataFrame:
             job["id"],
             job["state"],
             clock(job["created_at"]),
+            job.get("trigger") or "manual",
+            job.get("reason") or "",
             (job.get("result") or {}).get("version", ""),
             f'<a href="{base_url}{job["report"]}" target="_blank">report</a>'
             if job.get("report")
@@ -70,6 +90,7 @@ class RetrainView(Component):
     def __init__(self, client, notices, **params):
         super().__init__(client, notices, **params)
         self.job_id: str | None = None
+        self.live_job_id: str | None = None
         self.token_input = pn.widgets.PasswordInput(
             name="Admin token",
             placeholder="configured" if client.token else "IMGCLF_ADMIN_TOKEN",
@@ -80,6 +101,11 @@ class RetrainView(Component):
         self.retrain_button.on_click(self.on_retrain)
         self.rollback_button = pn.widgets.Button(name="Roll back", button_type="warning")
         self.rollback_button.on_click(self.on_rollback)
+        self.cancel_button = pn.widgets.Button(
+            name="Cancel job", button_type="danger", visible=False
+        )
+        self.cancel_button.on_click(self.on_cancel)
+        self.policy_text = pn.pane.Markdown("")
         self.progress = pn.indicators.Progress(value=0, max=100, visible=False)
         self.job_text = pn.pane.Markdown("No retrain job started from this page yet.")
         self.job_log = pn.pane.Str("", styles={"font-size": "11px"}, max_height=220)
@@ -90,12 +116,21 @@ class RetrainView(Component):
         return pn.Column(
             pn.pane.Markdown(
                 "### Retrain on training data plus uploads\nThe candidate is promoted only if "
-                "it is not worse than the current model on the same test set."
+                "every class it predicts has enough test images, it is not worse overall than "
+                "the current model on the same test set, and no class loses too much recall."
             ),
-            pn.Row(self.token_input, self.epochs_input, self.retrain_button, self.rollback_button),
+            pn.Row(
+                self.token_input,
+                self.epochs_input,
+                self.retrain_button,
+                self.cancel_button,
+                self.rollback_button,
+            ),
             self.progress,
             self.job_text,
             self.job_log,
+            pn.pane.Markdown("### Automatic retraining"),
+            self.policy_text,
             pn.pane.Markdown("### Jobs"),
             self.jobs,
             pn.pane.Markdown("### Model versions"),
@@ -118,6 +153,17 @@ class RetrainView(Component):
         self.progress.visible = True
         self.follow_job()
 
+    def on_cancel(self, _=None) -> None:
+        """Cancel the followed job (or the live one in the list)."""
+        self._use_token()
+        job_id = self.job_id or self.live_job_id
+        if not job_id:
+            return
+        job = self.call(self.client.cancel, job_id)
+        if job:
+            self.job_id = job["id"]
+            self.follow_job()
+
     def on_rollback(self, _=None) -> None:
         self._use_token()
         pointer = self.call(self.client.rollback)
@@ -135,6 +181,7 @@ class RetrainView(Component):
         self.progress.value = int(100 * (job["progress"].get("fraction") or 0))
         self.job_text.object = job_text(job, self.client.base_url)
         self.job_log.object = "\n".join(job.get("log_tail", [])[-12:])
+        self.cancel_button.visible = job["state"] in LIVE_STATES
         if job["state"] not in LIVE_STATES:
             self.job_id = None
             self.progress.value = 100
@@ -144,6 +191,12 @@ class RetrainView(Component):
         jobs = self.call(self.client.jobs)
         if jobs is not None:
             self.jobs.value = jobs_frame(jobs, self.client.base_url)
+            live = [job for job in jobs if job["state"] in LIVE_STATES]
+            self.live_job_id = live[0]["id"] if live else None
+            self.cancel_button.visible = bool(self.job_id or self.live_job_id)
+        policy = self.call(self.client.policy)
+        if policy is not None:
+            self.policy_text.object = policy_text(policy)
         models = self.call(self.client.models)
         if models is not None:
             self.versions.value = versions_frame(models)
