@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -326,3 +327,17 @@ def _metric_names(expression: str) -> list[str]:
     import re
 
     return sorted(set(re.findall(r"\b(imgclf_[a-z_]+?)(?:_bucket|_count|_sum)?\b", expression)))
+
+
+def test_alert_rules_pass_their_promtool_unit_tests():
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("IMGCLF_REQUIRE_PROMTOOL"):
+            pytest.fail("promtool is not installed (Debian package prometheus)")
+        pytest.skip("promtool is not installed (Debian package prometheus)")
+    folder = PROJECT_ROOT / "deploy" / "prometheus"
+    for command in (["check", "rules", "alerts.yml"], ["test", "rules", "alerts_test.yml"]):
+        result = subprocess.run(
+            [promtool, *command], cwd=folder, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
