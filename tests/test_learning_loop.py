@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 
 import numpy as np
 import pytest
@@ -137,3 +138,41 @@ def test_a_loop_setting_out_of_range_is_refused_naming_it(monkeypatch, name, val
     monkeypatch.setenv(name, value)
     with pytest.raises(config.ConfigError, match=name):
         config.get_loop_settings()
+
+
+def test_kept_images_are_pruned_by_age_then_oldest_first_beyond_the_count(tmp_path):
+    from imgclf.retention import ImageGone, ImageKeeper
+
+    keeper = ImageKeeper(tmp_path / "retained", max_images=3, max_age_s=3600)
+    now = 1_000_000.0
+    digests = []
+    for age, seed in zip((7200, 50, 40, 30, 20), range(5), strict=True):
+        payload = png(seed)
+        digest = hashlib.sha256(payload).hexdigest()
+        path = keeper.write(digest, payload)
+        os.utime(path, (now - age, now - age))
+        digests.append(digest)
+    assert keeper.prune(now) == 2  # one too old, then the oldest beyond three
+    assert [keeper.has(d) for d in digests] == [False, False, True, True, True]
+    assert keeper.read(digests[4]) == png(4)
+    with pytest.raises(ImageGone, match="no longer kept"):
+        keeper.read(digests[0])
+    off = ImageKeeper(tmp_path / "off", max_images=0, max_age_s=3600)
+    off.keep(digests[4], png(4))
+    with pytest.raises(ImageGone, match="not kept"):
+        off.read(digests[4])
+
+
+def test_a_failed_job_says_when_it_ran_out_of_memory_or_its_kernel_died():
+    from nbclient.exceptions import DeadKernelError
+
+    from imgclf import jobs, pipeline
+
+    oom = pipeline.PipelineError("04_retrain.ipynb failed: MemoryError: Unable to allocate 9 GiB")
+    assert jobs.explain(oom).startswith("out of memory:")
+    xla = pipeline.PipelineError("failed: XlaRuntimeError: RESOURCE_EXHAUSTED: Out of memory")
+    assert jobs.explain(xla).startswith("out of memory:")
+    died = DeadKernelError("Kernel died")
+    assert "kernel died while running" in jobs.explain(died, 0, 0)
+    assert "OOM kill" in jobs.explain(died, 0, 1)
+    assert jobs.explain(pipeline.PipelineError("ValueError: bad")) == "ValueError: bad"

@@ -82,3 +82,8 @@ def test_all_notebooks_pass_nbval(digits_dir, tmp_path):
     assert candidate["class_names"][-1] == "three-ish"
     assert candidate["parent_version"] == versions[0]
     assert candidate["uploads_used"] == 10
+    # the upload (stored before uploads were split) gave the new class no test image: the gate
+    # keeps it from being served, and says how many test images it needs
+    assert candidate["gate"]["promote"] is False
+    assert candidate["gate"]["needs"] == {"three-ish": 5}
+    assert registry.current_version(models_dir) == versions[0]

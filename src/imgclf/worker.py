@@ -18,7 +18,14 @@ import time
 from functools import partial
 
 from imgclf import drift, jobs, policy
-from imgclf.config import ConfigError, LoopSettings, Settings, get_loop_settings, get_settings
+from imgclf.config import (
+    PROJECT_ROOT,
+    ConfigError,
+    LoopSettings,
+    Settings,
+    get_loop_settings,
+    get_settings,
+)
 from imgclf.store import Store
 
 log = logging.getLogger(__name__)
@@ -88,7 +95,10 @@ def work(
 
 def main(once: bool = False) -> int:
     """Run a worker with the settings from the environment (the CLI's ``imgclf worker``)."""
+    from dotenv import load_dotenv
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    load_dotenv(PROJECT_ROOT / ".env", override=False)  # the settings the API reads too
     settings = get_settings()
     loop = get_loop_settings()  # a policy setting out of range stops the worker here, named
     settings.models_dir.mkdir(parents=True, exist_ok=True)
