@@ -90,3 +90,49 @@ def test_a_worker_killed_mid_job_fails_it_keeps_the_model_and_frees_the_queue(
     finally:
         second.kill()
         second.wait()
+
+
+def memory_cgroup(limit_bytes: int) -> Path | None:
+    """A fresh memory cgroup (v1 or v2) limited to ``limit_bytes``, or None where this process
+    cannot make one (not root, no writable cgroup file system)."""
+    for root, limit_file in (
+        (Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes"),
+        (Path("/sys/fs/cgroup"), "memory.max"),
+    ):
+        if not (root / "cgroup.procs").is_file() or not os.access(root, os.W_OK):
+            continue
+        group = root / f"imgclf-test-{os.getpid()}"
+        try:
+            group.mkdir(exist_ok=True)
+            (group / limit_file).write_text(str(limit_bytes))
+        except OSError:
+            continue
+        return group
+    return None
+
+
+def test_a_retrain_killed_for_memory_fails_saying_it_ran_out_of_memory(project, tmp_path):
+    group = memory_cgroup(450 * 1024 * 1024)
+    if group is None:
+        pytest.skip("no writable memory cgroup here to run a worker out of memory in")
+    store = Store(project.database_url)
+    job = jobs.queue_retrain(store, project, {"epochs": 2, "batch_size": 1024})
+    log = open(tmp_path / "oom-worker.log", "w")
+    try:
+        worker = subprocess.run(
+            [sys.executable, "-m", "imgclf.cli", "worker", "--once"],
+            env={**os.environ, **project.as_environment()},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: (group / "cgroup.procs").write_text(str(os.getpid())),
+            timeout=300,
+        )
+    finally:
+        log.close()
+        if not (group / "cgroup.procs").read_text().strip():  # every process in it has ended
+            group.rmdir()
+    failed = store.job(job["id"])
+    print(f"worker exit {worker.returncode}; job: {failed['state']}: {failed['error']}")
+    assert failed["state"] == JobState.FAILED
+    assert failed["error"].startswith("out of memory: the system killed the notebook's kernel")
+    assert registry.list_versions(project.models_dir) == ["v0001"]

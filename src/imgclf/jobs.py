@@ -34,8 +34,8 @@ KIND = "retrain"
 HEARTBEAT_S = 5.0
 #: How often a running job's worker looks for a cancel request.
 CANCEL_POLL_S = 1.0
-#: Where cgroup v2 counts the OOM kills of this worker's group (its kernels included).
-MEMORY_EVENTS = Path("/sys/fs/cgroup/memory.events")
+#: Where the cgroup file systems are mounted (OOM kills are counted there).
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 LOG_LINES = 30
 #: Tries at starting the notebook's kernel (jupyter_client can lose a port race).
 KERNEL_START_TRIES = 3
@@ -132,14 +132,27 @@ def stop_kernels() -> int:
 
 
 def oom_kills() -> int | None:
-    """OOM kills counted in this process's cgroup (v2), or None where it cannot be read."""
+    """OOM kills counted in this process's memory cgroup (its kernels run in it too), from
+    cgroup v2's ``memory.events`` or v1's ``memory.oom_control``; None where unreadable."""
     try:
-        for line in MEMORY_EVENTS.read_text().splitlines():
-            name, _, value = line.partition(" ")
-            if name == "oom_kill":
-                return int(value)
-    except (OSError, ValueError):
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
         return None
+    candidates = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            candidates.append(CGROUP_ROOT / path.lstrip("/") / "memory.events")
+        elif "memory" in controllers.split(","):
+            candidates.append(CGROUP_ROOT / "memory" / path.lstrip("/") / "memory.oom_control")
+    for events in candidates:
+        try:
+            for line in events.read_text().splitlines():
+                name, _, value = line.partition(" ")
+                if name == "oom_kill":
+                    return int(value)
+        except (OSError, ValueError):
+            continue
     return None
 
 
