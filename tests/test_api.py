@@ -390,7 +390,9 @@ def test_retrain_job_is_queued_by_the_api_and_run_by_the_worker(client, project,
     ).get_json()
     split = uploaded["accepted"][0]["split"]
     started = client.post(
-        "/retrain", json={"epochs": 1, "patience": 1, "tolerance": 0.2}, headers=AUTH
+        "/retrain",
+        json={"epochs": 1, "patience": 1, "tolerance": 0.2, "max_recall_drop": 1.0},
+        headers=AUTH,
     )
     assert started.status_code == 202, started.get_json()
     job = started.get_json()

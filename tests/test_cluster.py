@@ -68,7 +68,11 @@ def test_cluster_uploads_retrains_survives_a_dead_replica_and_a_dead_worker(clus
     )  # fmt: skip
     assert uploaded.status_code == 201, uploaded.text
 
-    job = requests.post(f"{url}/retrain", headers=AUTH, json={"epochs": 1, "tolerance": 0.2})
+    job = requests.post(
+        f"{url}/retrain",
+        headers=AUTH,
+        json={"epochs": 1, "tolerance": 0.2, "max_recall_drop": 1.0},
+    )
     assert job.status_code == 202, job.text
     done = wait_for(lambda: finished(url, job.json()["id"]), 300, "the retrain")
     assert done["state"] == "promoted" and done["host"], done

@@ -80,7 +80,9 @@ def test_retrain_under_load_hot_reloads_every_worker_without_failures(server, pr
         thread.start()
     try:
         started = requests.post(
-            f"{url}/retrain", json={"epochs": 1, "patience": 1, "tolerance": 0.2}, headers=AUTH
+            f"{url}/retrain",
+            json={"epochs": 1, "patience": 1, "tolerance": 0.2, "max_recall_drop": 1.0},
+            headers=AUTH,
         )
         assert started.status_code == 202, started.text
         job_url = f"{url}/retrain/{started.json()['id']}"

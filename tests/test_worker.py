@@ -80,7 +80,9 @@ def test_a_worker_killed_mid_job_fails_it_keeps_the_model_and_frees_the_queue(
 
     second = start_worker(project, tmp_path, "second-worker")
     try:
-        again = jobs.queue_retrain(store, project, {"epochs": 1, "patience": 1, "tolerance": 0.2})
+        again = jobs.queue_retrain(
+            store, project, {"epochs": 1, "patience": 1, "tolerance": 0.2, "max_recall_drop": 1.0}
+        )
         done = wait_for(
             lambda: (j := store.job(again["id"]))["state"] not in ("queued", "running") and j,
             240,
