@@ -6,6 +6,7 @@ Screenshots of every tab go to ``test-artifacts/dashboard/``.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -127,9 +128,17 @@ def test_dashboard_predicts_uploads_retrains_and_shows_every_tab(dashboard, serv
         page.get_by_text("Training curves of").wait_for(timeout=30_000)
         page.get_by_text("Not enough production data yet").wait_for(timeout=30_000)
         page.screenshot(path=ARTIFACTS / "insights.png", full_page=True)
+
+        # Review: the unsure recent predictions, each labelled in one click
+        tab("Review")
+        page.locator("button:visible", has_text="Reload the queue").click()
+        page.locator("img[src^='data:image/png']:visible").first.wait_for(timeout=30_000)
+        page.locator("button:visible").filter(has_text=re.compile(r"^\s*3\s*$")).first.click()
+        page.get_by_text("Labelled 3").wait_for(timeout=30_000)
+        page.screenshot(path=ARTIFACTS / "review.png", full_page=True)
         browser.close()
     assert not errors, errors
     jobs = requests.get(f"{server[0]}/jobs", timeout=10).json()
     assert jobs[0]["state"] in ("promoted", "rejected")
     feedback = requests.get(f"{server[0]}/stats", timeout=10).json()["feedback"]
-    assert feedback["count"] == 1
+    assert feedback["count"] == 2  # Predict tab, then Review tab
