@@ -69,7 +69,7 @@ def trained_root(digits_dir, tmp_path_factory) -> Path:
     dataset = training.load_dataset(root / "data", 16, "grayscale")
     model = modelling.compile_model(modelling.build_model(10, dataset.input_shape))
     params = modelling.TrainParams(epochs=3, patience=3)
-    history = training.fit(model, dataset, params, [], seed=1, verbose=0)
+    history = training.fit(model, dataset, params, None, seed=1, verbose=0)
     metrics, _ = training.evaluate(model, dataset.test)
     record = training.TrainingRecord(training.params_dict(params), history, "grayscale")
     version = training.register(root / "models", model, dataset, metrics, record)

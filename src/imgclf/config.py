@@ -26,6 +26,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 IGNORED_FILE_NAMES = ("thumbs.db", "desktop.ini")
 
 COLOR_MODES = ("grayscale", "rgb")
+#: How training uses several devices (``DISTRIBUTION``); see ``model.distribute``.
+DISTRIBUTIONS = ("auto", "data_parallel", "none")
 
 
 class ConfigError(ValueError):
@@ -60,6 +62,14 @@ class Settings:
     image_size: int
     color_mode: str
     seed: int
+    cache_dir: Path | None = None
+    decode_workers: int = 0
+    distribution: str = "auto"
+
+    @property
+    def decoded_cache_dir(self) -> Path:
+        """Where decoded images are cached (``CACHE_DIR``; default ``<DATA_DIR>/.cache``)."""
+        return self.cache_dir or self.data_dir / ".cache"
 
     @property
     def train_dir(self) -> Path:
@@ -84,6 +94,9 @@ class Settings:
             "IMAGE_SIZE": str(self.image_size),
             "COLOR_MODE": self.color_mode,
             "SEED": str(self.seed),
+            "CACHE_DIR": str(self.decoded_cache_dir),
+            "DECODE_WORKERS": str(self.decode_workers),
+            "DISTRIBUTION": self.distribution,
         }
 
 
@@ -100,6 +113,14 @@ def get_settings() -> Settings:
     image_size = _int("IMAGE_SIZE", 32)
     if not 8 <= image_size <= 1024:
         raise ConfigError(f"IMAGE_SIZE={image_size}: expected 8 to 1024 pixels")
+    distribution = os.environ.get("DISTRIBUTION") or "auto"
+    if distribution not in DISTRIBUTIONS:
+        raise ConfigError(
+            f"DISTRIBUTION={distribution!r}: expected one of {', '.join(DISTRIBUTIONS)}"
+        )
+    decode_workers = _int("DECODE_WORKERS", 0)
+    if not 0 <= decode_workers <= 1024:
+        raise ConfigError(f"DECODE_WORKERS={decode_workers}: expected 0 (all cores) to 1024")
     return Settings(
         project_root=PROJECT_ROOT,
         data_dir=data_dir,
@@ -110,6 +131,9 @@ def get_settings() -> Settings:
         image_size=image_size,
         color_mode=color_mode,
         seed=_int("SEED", 42),
+        cache_dir=_path("CACHE_DIR", None),
+        decode_workers=decode_workers,
+        distribution=distribution,
     )
 
 

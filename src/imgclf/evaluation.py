@@ -238,7 +238,8 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence
 def plot_image_grid(
     images: Sequence[np.ndarray], titles: Sequence[str], columns: int = 8, title: str = ""
 ):
-    """Show images (``(h, w, c)`` in [0, 1]) in a grid with a title each; returns the figure."""
+    """Show images (``(h, w, c)``, floats in [0, 1] or uint8) in a grid with a title each;
+    returns the figure."""
     import matplotlib.pyplot as plt
 
     rows = max(1, -(-len(images) // columns))
@@ -249,6 +250,7 @@ def plot_image_grid(
         axis.axis("off")
     for axis, image, label in zip(axes.flat, images, titles, strict=False):
         image = np.asarray(image)
+        image = image / 255.0 if image.dtype == np.uint8 else image
         axis.imshow(
             image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1
         )

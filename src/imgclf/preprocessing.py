@@ -149,38 +149,3 @@ def load_images(
     if not images:
         return np.zeros((0, image_size, image_size, channels), np.float32), kept, failures
     return np.stack(images), kept, failures
-
-
-def augmentation_layers(
-    rotation: float = 0.05,
-    zoom: float = 0.1,
-    shift: float = 0.1,
-    flip: bool = False,
-    seed: int | None = None,
-) -> list:
-    """Keras preprocessing layers for training-time augmentation (inactive at inference).
-
-    Args:
-        rotation: largest rotation as a fraction of a full turn (0.05 = 18 degrees).
-        zoom: largest zoom in or out as a fraction of the size.
-        shift: largest translation as a fraction of the height and width.
-        flip: horizontal flips; off for digits and text, where a mirror image changes meaning.
-        seed: seed of the random transformations.
-
-    Returns:
-        A list of layers, empty when every amount is zero.
-    """
-    from keras import layers
-
-    augmentation = []
-    if flip:
-        augmentation.append(layers.RandomFlip("horizontal", seed=seed))
-    if rotation:
-        augmentation.append(layers.RandomRotation(rotation, fill_mode="constant", seed=seed))
-    if zoom:
-        augmentation.append(layers.RandomZoom(zoom, fill_mode="constant", seed=seed))
-    if shift:
-        augmentation.append(
-            layers.RandomTranslation(shift, shift, fill_mode="constant", seed=seed)
-        )
-    return augmentation

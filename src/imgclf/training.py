@@ -14,16 +14,17 @@ import keras
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from imgclf import data, evaluation, registry, runs
+from imgclf import cache, data, evaluation, registry, runs
 from imgclf import model as modelling
 
 
 @dataclass
 class Dataset:
-    """Decoded train and test splits, their fingerprint and what could not be read."""
+    """Decoded train and test splits (uint8, memory-mapped from the cache), their fingerprint
+    and what could not be read."""
 
-    train: data.LoadedSplit
-    test: data.LoadedSplit
+    train: cache.CachedSplit
+    test: cache.CachedSplit
     fingerprint: str
     class_names: list[str]
     uploads: int = 0
@@ -44,17 +45,25 @@ def load_dataset(
     color_mode: str,
     include_uploads: bool = False,
     base_classes: list[str] | None = None,
+    cache_dir: Path | None = None,
+    workers: int | None = None,
 ) -> Dataset:
-    """Discover, validate and decode ``train/`` and ``test/`` (plus uploads, if asked).
+    """Discover and validate ``train/`` and ``test/`` (plus uploads, if asked) and read them
+    decoded from the cache (``imgclf.cache``), decoding what is not cached yet.
 
     Args:
         base_classes: class order to keep (a current model's classes, when retraining); classes
             found only in the data are appended after them.
+        cache_dir: where decoded images are cached (default ``<data_dir>/.cache``; a temporary
+            folder when that cannot be written).
+        workers: decoding processes (default: all cores).
 
     Raises:
         data.DataError: missing split, too few classes, empty class folder, non-image file,
             a test class unknown to training, or a split with no readable image.
+        cache.CacheError: not enough disk space for the cache.
     """
+    cache_dir = _writable_cache(cache_dir or data_dir / ".cache")
     train_split = data.discover(data_dir / "train")
     if base_classes:  # keep the current model's label indices; new classes go after them
         empty = data.Split(train_split.root, list(base_classes), [], [])
@@ -64,8 +73,8 @@ def load_dataset(
     test_split = test_set(data_dir, train_split.class_names)
     uploaded_tests = len(test_split.paths) - len(data.discover(data_dir / "test").paths)
     return Dataset(
-        train=data.load_split(train_split, image_size, color_mode),
-        test=data.load_split(test_split, image_size, color_mode),
+        train=cache.load(train_split, image_size, color_mode, cache_dir, workers),
+        test=cache.load(test_split, image_size, color_mode, cache_dir, workers),
         fingerprint=data.dataset_fingerprint(train_split, test_split),
         class_names=train_split.class_names,
         uploads=len(uploads.paths) if uploads else 0,
@@ -84,20 +93,31 @@ def test_set(data_dir: Path, class_names: list[str]) -> data.Split:
     return data.merge_splits(split, uploaded)
 
 
-def hold_out(
-    images: np.ndarray, labels: np.ndarray, fraction: float, seed: int
-) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def _writable_cache(folder: Path) -> Path:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=folder)
+        probe.close()
+        return folder
+    except OSError:
+        fallback = Path(tempfile.gettempdir()) / "imgclf-cache"
+        fallback.mkdir(parents=True, exist_ok=True)
+        return fallback
+
+
+def hold_out(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split off a stratified validation set (plain random split if a class is too small).
 
     Returns:
-        ``((train_images, train_labels), (validation_images, validation_labels))``.
+        ``(train_indices, validation_indices)`` into ``labels``: indices, not copies.
     """
     counts = np.bincount(labels)
     stratify = labels if counts[counts > 0].min() >= 2 else None
-    x_train, x_val, y_train, y_val = train_test_split(
-        images, labels, test_size=fraction, stratify=stratify, random_state=seed
+    indices = np.arange(len(labels))
+    train, validation = train_test_split(
+        indices, test_size=fraction, stratify=stratify, random_state=seed
     )
-    return (x_train, y_train), (x_val, y_val)
+    return train, validation
 
 
 class ProgressReporter(keras.callbacks.Callback):
@@ -116,26 +136,29 @@ def fit(
     model,
     dataset: Dataset,
     params: modelling.TrainParams,
-    augmentation: list,
+    augment,
     seed: int,
     verbose: int | str = 2,
     run_dir: str | Path | None = None,
 ) -> dict[str, list[float]]:
     """Hold out validation data, train with checkpointing, and return the history.
 
-    With ``run_dir`` (a pipeline run), each finished epoch is recorded in the run's summary
+    Batches are read from the cache (``dataset.train``); ``augment`` (an
+    ``augment.Augmentation``, or None) runs on each training batch on the device; under a
+    data-parallel distribution (``model.distribute``) batches are split over the devices. With
+    ``run_dir`` (a pipeline run), each finished epoch is recorded in the run's summary
     (``epoch``, ``epochs``, ``val_loss``), which is how the API reports a job's progress.
     """
-    train_part, validation = hold_out(
-        dataset.train.images, dataset.train.labels, params.validation_fraction, seed
-    )
+    train_part, validation = hold_out(dataset.train.labels, params.validation_fraction, seed)
     with tempfile.TemporaryDirectory() as folder:
         return modelling.train(
             model,
+            dataset.train.images,
+            dataset.train.labels,
             train_part,
             validation,
             params,
-            augmentation=augmentation,
+            augment=augment,
             checkpoint_path=Path(folder) / "best.keras",
             seed=seed,
             verbose=verbose,
@@ -143,8 +166,9 @@ def fit(
         )
 
 
-def evaluate(model, split: data.LoadedSplit) -> tuple[dict, np.ndarray]:
-    """Return ``(metrics, probabilities)`` of a model on a decoded split.
+def evaluate(model, split) -> tuple[dict, np.ndarray]:
+    """Return ``(metrics, probabilities)`` of a model on a decoded split (``cache.CachedSplit``
+    or ``data.LoadedSplit``), read batch by batch.
 
     A model that knows fewer classes than the split (the current model, when uploads brought
     new classes) gets zero probability for the classes it has never seen, so that it is scored
@@ -167,6 +191,7 @@ class TrainingRecord:
     color_mode: str
     report: str | None = None
     parent_version: str | None = None
+    distribution: dict | None = None
 
 
 def register(
@@ -191,6 +216,7 @@ def register(
         "uploads_used": dataset.uploads,
         "skipped_files": [{"path": p, "reason": r} for p, r in dataset.skipped],
         "report": record.report,
+        "distribution": record.distribution or {"distribution": "none", "count": 1},
         **(extra or {}),
     }
     with tempfile.TemporaryDirectory() as folder:

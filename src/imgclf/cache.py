@@ -1,0 +1,248 @@
+"""Decoded images on disk: one uint8 NumPy array per split, read through a memory map.
+
+Training, evaluation and retraining read batches from here instead of holding every decoded
+image in memory: a run's resident memory no longer grows with the data set beyond the page
+cache the operating system keeps for the file. A cache is keyed by the split's content
+fingerprint, the image size, the colour mode and ``DECODER_VERSION``, built once (decoded by a
+pool of processes through the one ``preprocessing.decode``) and reused by every later run.
+
+Files: ``<cache_dir>/<key>.npy`` (``(n, height, width, channels)`` uint8) and ``<key>.json``
+(labels, the files kept, the files skipped with the reason). Both are written under temporary
+names and renamed, the JSON last: a cache without its JSON, with another decoder version, or
+whose array does not match its JSON is rebuilt, never used. Before building, the free space is
+checked; a full disk fails with a message naming the folder and the space needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from imgclf import data
+
+log = logging.getLogger(__name__)
+
+#: Bump when ``preprocessing.decode`` changes what it produces: older caches are rebuilt.
+DECODER_VERSION = 1
+#: Below this many images, decoding in this process is faster than starting a pool.
+POOL_THRESHOLD = 1000
+CHUNK = 256
+
+
+class CacheError(data.DataError):
+    """The cache cannot be built (e.g. no space); the message names the folder."""
+
+
+@dataclass
+class CachedSplit:
+    """A decoded split: ``images`` is a read-only uint8 memory map; the model scales them."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    paths: list[Path]
+    class_names: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    key: str = ""
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def floats(self, indices=None) -> np.ndarray:
+        """Images (all, or at ``indices``) as float32 in [0, 1], as the model takes them."""
+        chosen = self.images if indices is None else self.images[np.sort(indices)]
+        return np.asarray(chosen, dtype=np.float32) / 255.0
+
+
+def _root(split: data.Split) -> Path:
+    """The folder all of a split's files are under (train/ and uploads/ for a merged split)."""
+    if not split.paths:
+        return split.root
+    return Path(os.path.commonpath([str(p.parent) for p in split.paths]))
+
+
+def cache_key(split: data.Split, image_size: int, color_mode: str) -> str:
+    """What a cache depends on: the files' content and labels, the input format, the decoder."""
+    root = _root(split)
+    digest = hashlib.sha256()
+    digest.update(f"decoder {DECODER_VERSION} {image_size} {color_mode}\n".encode())
+    digest.update(json.dumps(split.class_names).encode())
+    names = [p.relative_to(root).as_posix() for p in split.paths]
+    labelled = sorted(zip(names, (int(label) for label in split.labels), strict=True))
+    digest.update(json.dumps(labelled).encode())
+    digest.update(data.fingerprint(split.paths, root).encode())
+    return digest.hexdigest()[:32]
+
+
+def _decode_chunk(args) -> tuple[list[int], np.ndarray, list[tuple[int, str]]]:
+    """Decode some files into uint8 (a pool worker's task): kept indices, pixels, failures."""
+    from imgclf.preprocessing import ImageDecodeError, decode
+
+    indices, paths, image_size, color_mode = args
+    kept, pixels, failed = [], [], []
+    for index, path in zip(indices, paths, strict=True):
+        try:
+            image = decode(path, image_size, color_mode).array
+        except ImageDecodeError as error:
+            failed.append((index, str(error)))
+            continue
+        kept.append(index)
+        pixels.append(np.rint(image * 255.0).astype(np.uint8))
+    channels = 1 if color_mode == "grayscale" else 3
+    stacked = np.stack(pixels) if pixels else np.zeros((0, image_size, image_size, channels))
+    return kept, stacked.astype(np.uint8), failed
+
+
+def _chunks(split: data.Split, image_size: int, color_mode: str):
+    for start in range(0, len(split.paths), CHUNK):
+        indices = list(range(start, min(start + CHUNK, len(split.paths))))
+        yield indices, [str(split.paths[i]) for i in indices], image_size, color_mode
+
+
+def _workers(requested: int | None) -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(requested or cores or 1, cores or 1))
+
+
+def _check_space(folder: Path, needed: int) -> None:
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise CacheError(
+            f"{folder}: not enough disk space for the decoded-image cache: it needs "
+            f"{needed / 2**20:,.0f} MiB, {free / 2**20:,.0f} MiB are free (free some space, or "
+            "point CACHE_DIR elsewhere)"
+        )
+
+
+def _read(folder: Path, key: str, split: data.Split) -> CachedSplit | None:
+    """The cache for ``key`` if it is complete and consistent, else None (it gets rebuilt)."""
+    meta_path, array_path = folder / f"{key}.json", folder / f"{key}.npy"
+    try:
+        meta = json.loads(meta_path.read_text())
+        images = np.load(array_path, mmap_mode="r")
+        rows, *shape = meta["shape"]
+        consistent = (
+            meta.get("decoder") == DECODER_VERSION
+            and images.dtype == np.uint8
+            and list(images.shape[1:]) == shape
+            and images.shape[0] >= rows == len(meta["labels"]) == len(meta["paths"])
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        consistent = False
+    if not consistent:
+        if meta_path.exists() or array_path.exists():
+            log.warning("the cache %s is incomplete, damaged or stale: rebuilding it", array_path)
+        return None
+    root = _root(split)
+    return CachedSplit(
+        images[:rows],  # rows past the kept images are unused (files that failed to decode)
+        np.asarray(meta["labels"], dtype=np.int32),
+        [root / p for p in meta["paths"]],
+        list(split.class_names),
+        [tuple(s) for s in meta["skipped"]],
+        key,
+    )
+
+
+def _build(folder: Path, key: str, split: data.Split, image_size: int, color_mode: str,
+           workers: int | None) -> None:  # fmt: skip
+    channels = 1 if color_mode == "grayscale" else 3
+    count = len(split.paths)
+    _check_space(folder, count * image_size * image_size * channels + 2**20)
+    handle, partial = tempfile.mkstemp(prefix=f".{key}-", suffix=".npy", dir=folder)
+    os.close(handle)
+    kept_at: dict[int, int] = {}
+    failures: dict[int, str] = {}
+    try:
+        out = np.lib.format.open_memmap(
+            partial, mode="w+", dtype=np.uint8, shape=(count, image_size, image_size, channels)
+        )
+        tasks = list(_chunks(split, image_size, color_mode))
+        pool_size = _workers(workers) if count >= POOL_THRESHOLD else 1
+        if pool_size > 1:
+            context = get_context("spawn")  # never fork a process that runs JAX
+            with ProcessPoolExecutor(pool_size, mp_context=context) as pool:
+                results = pool.map(_decode_chunk, tasks)
+                _collect(results, out, kept_at, failures, count, split.root)
+        else:
+            _collect(map(_decode_chunk, tasks), out, kept_at, failures, count, split.root)
+        if not kept_at:
+            raise data.DataError(f"{split.root}: none of the {count} images could be read")
+        order = sorted(kept_at)  # compact: the kept images first, in the split's order
+        if len(order) < count:
+            for target, source in enumerate(order):
+                out[target] = out[source]
+        out.flush()
+        del out
+        os.replace(partial, folder / f"{key}.npy")
+    except OSError as error:
+        Path(partial).unlink(missing_ok=True)
+        if error.errno == 28:  # ENOSPC
+            raise CacheError(
+                f"{folder}: the disk filled up while writing the decoded-image cache "
+                f"({count * image_size * image_size * channels / 2**20:,.0f} MiB needed)"
+            ) from None
+        raise
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
+    meta = {
+        "decoder": DECODER_VERSION,
+        "shape": [len(order), image_size, image_size, channels],
+        "labels": [int(split.labels[i]) for i in order],
+        "paths": [split.paths[i].relative_to(_root(split)).as_posix() for i in order],
+        "skipped": [[str(split.paths[i]), failures[i]] for i in sorted(failures)],
+        "class_names": list(split.class_names),
+    }
+    handle, temporary = tempfile.mkstemp(prefix=f".{key}-", suffix=".json", dir=folder)
+    with os.fdopen(handle, "w") as out_file:
+        json.dump(meta, out_file)
+    os.replace(temporary, folder / f"{key}.json")
+
+
+def _collect(results, out, kept_at, failures, count, root) -> None:
+    from tqdm.auto import tqdm
+
+    progress = tqdm(total=count, desc=f"decoding {root.name}", unit="img", disable=count < 2000)
+    for kept, pixels, failed in results:
+        for row, index in enumerate(kept):
+            out[index] = pixels[row]
+            kept_at[index] = index
+        for index, reason in failed:
+            failures[index] = reason
+        progress.update(len(kept) + len(failed))
+    progress.close()
+
+
+def load(
+    split: data.Split,
+    image_size: int,
+    color_mode: str,
+    cache_dir: Path,
+    workers: int | None = None,
+) -> CachedSplit:
+    """The decoded split from the cache, building the cache first if it is missing or stale.
+
+    Raises:
+        data.DataError: no image of the split could be decoded.
+        CacheError: not enough disk space under ``cache_dir``.
+    """
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = cache_key(split, image_size, color_mode)
+    cached = _read(cache_dir, key, split)
+    if cached is None:
+        log.info("decoding %d images of %s into the cache", len(split.paths), split.root)
+        _build(cache_dir, key, split, image_size, color_mode, workers)
+        cached = _read(cache_dir, key, split)
+        if cached is None:
+            raise CacheError(f"{cache_dir}: the cache {key} could not be read back after writing")
+    return cached
