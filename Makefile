@@ -6,7 +6,9 @@ PYTHON_BASE ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-STAMP := $(VENV)/.installed
+# make setup ACCEL=cuda: the CUDA 12 build of JAX (an NVIDIA GPU); the default is the CPU
+ACCEL ?= cpu
+STAMP := $(VENV)/.installed-$(ACCEL)
 export KERAS_BACKEND := jax
 
 # Extra notebook parameters, e.g.  make train PARAMS="-p epochs 5 -p seed 1"
@@ -32,13 +34,27 @@ help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
 	  awk 'BEGIN {FS = ":.*## "} {printf "  make %-15s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml requirements.lock requirements-cuda.lock
 	@test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
+ifeq ($(ACCEL),cuda)
+	$(PIP) install --quiet -c requirements.lock -c requirements-cuda.lock -e '.[test,cuda]'
+else
 	$(PIP) install --quiet -c requirements.lock -e '.[test]'
+endif
 	@touch $(STAMP)
 
 setup: $(STAMP) ## create .venv and install the pinned dependencies (quick when nothing changed)
+
+lock-cuda: ## re-pin requirements-cuda.lock: the CUDA build of JAX matching requirements.lock
+	$(PIP) install --quiet --dry-run --ignore-installed --report .cuda-report.json \
+	  -c requirements.lock 'jax[cuda12]'
+	$(PY) -c "import json; r = json.load(open('.cuda-report.json')); \
+	  pins = sorted(f\"{i['metadata']['name']}=={i['metadata']['version']}\" for i in r['install'] \
+	  if i['metadata']['name'].startswith(('jax-cuda', 'nvidia-'))); \
+	  print('# Pinned CUDA 12 build of JAX (pip constraints on top of requirements.lock). ' \
+	  'Regenerate with: make lock-cuda'); print(*pins, sep=chr(10))" > requirements-cuda.lock
+	@rm -f .cuda-report.json
 
 lock: ## re-pin requirements.lock from what .venv holds now
 	{ echo "# Pinned versions of every dependency (pip constraints). Regenerate with: make lock"; \

@@ -40,6 +40,9 @@ if "XLA_FLAGS" not in os.environ and _threads_per_worker == 1:
 for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, str(_threads_per_worker))
 os.environ.setdefault("KERAS_BACKEND", "jax")
+# on a GPU, each worker takes the memory its model needs rather than JAX's default 75 % of the
+# card (several workers, and a training job, share it)
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ.setdefault("IMGCLF_STARTED_AT", str(time.time()))
 
 # prometheus_client multiprocess mode: one folder of sample files shared by the workers
