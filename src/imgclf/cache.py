@@ -195,11 +195,12 @@ def _build(folder: Path, key: str, split: data.Split, image_size: int, color_mod
     except BaseException:
         Path(partial).unlink(missing_ok=True)
         raise
+    root = _root(split)
     meta = {
         "decoder": DECODER_VERSION,
         "shape": [len(order), image_size, image_size, channels],
         "labels": [int(split.labels[i]) for i in order],
-        "paths": [split.paths[i].relative_to(_root(split)).as_posix() for i in order],
+        "paths": [split.paths[i].relative_to(root).as_posix() for i in order],
         "skipped": [[str(split.paths[i]), failures[i]] for i in sorted(failures)],
         "class_names": list(split.class_names),
     }
