@@ -10,8 +10,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from imgclf.data import LoadedSplit
-
 
 def describe_balance(counts: dict[str, int]) -> str:
     """One sentence on class balance (imbalance ratio, smallest and largest class)."""
@@ -91,8 +89,9 @@ def sample_indices(
     return chosen
 
 
-def sample_grid(split: LoadedSplit, per_class: int = 8, max_classes: int = 20, seed: int = 0):
-    """Figure with ``per_class`` sample images in a row for each class (up to ``max_classes``)."""
+def sample_grid(split, per_class: int = 8, max_classes: int = 20, seed: int = 0):
+    """Figure with ``per_class`` sample images in a row for each class (up to ``max_classes``)
+    of a decoded split (``cache.CachedSplit`` or ``data.LoadedSplit``)."""
     from imgclf.evaluation import plot_image_grid
 
     num_classes = min(len(split.class_names), max_classes)

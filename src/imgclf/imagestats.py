@@ -60,8 +60,13 @@ def pixel_statistics(image: np.ndarray) -> dict[str, float]:
 
 
 def batch_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
-    """Return ``pixel_statistics`` for each image of a batch, one array per statistic."""
-    rows = [pixel_statistics(image) for image in images]
+    """Return ``pixel_statistics`` for each image of a batch, one array per statistic.
+
+    ``images`` may be floats in [0, 1] or uint8 (e.g. the memory-mapped cache: read one image
+    at a time, never whole).
+    """
+    scale = 255.0 if images.dtype == np.uint8 else 1.0
+    rows = [pixel_statistics(np.asarray(image, dtype=np.float32) / scale) for image in images]
     return {key: np.asarray([row[key] for row in rows]) for key in rows[0]} if rows else {}
 
 
