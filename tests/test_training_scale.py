@@ -156,3 +156,13 @@ def test_make_train_with_two_forced_devices_trains_data_parallel(digits_dir, tmp
     assert info["test_metrics"]["n"] == 360  # every test image, the odd last batch included
     notebook = next((tmp_path / "reports").glob("*-train/notebook.ipynb")).read_text()
     assert "Training on **2 device(s)** (data_parallel)" in notebook
+
+
+def test_predictions_over_devices_pad_the_last_batch_and_drop_the_padding():
+    model = modelling.compile_model(modelling.build_model(3, (8, 8, 1), filters=(4,)))
+    images = np.random.default_rng(1).integers(0, 256, (7, 8, 8, 1), dtype=np.uint8)
+    one = modelling.predict_proba(model, images, batch_size=4, multiple=1)
+    padded = modelling.predict_proba(model, images, batch_size=4, multiple=3)
+    assert one.shape == padded.shape == (7, 3)
+    assert np.allclose(one, padded, atol=1e-6)
+    assert np.allclose(one, modelling.predict_proba(model, images / 255.0), atol=1e-6)

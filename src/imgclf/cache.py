@@ -211,7 +211,7 @@ def _build(folder: Path, key: str, split: data.Split, image_size: int, color_mod
 
 
 def _collect(results, out, kept_at, failures, count, root) -> None:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     progress = tqdm(total=count, desc=f"decoding {root.name}", unit="img", disable=count < 2000)
     for kept, pixels, failed in results:
