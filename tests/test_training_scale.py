@@ -34,7 +34,7 @@ def test_the_cache_holds_exactly_what_the_decoder_gives_as_uint8_and_lists_skipp
     split, tmp_path
 ):
     cached = cache.load(split, 16, "rgb", tmp_path / "cache")
-    assert cached.images.dtype == np.uint8 and isinstance(cached.images, np.memmap)
+    assert cached.images.dtype == np.uint8 and isinstance(cached.images, cache.ImageFile)
     assert cached.images.shape == (12, 16, 16, 3) and len(cached.labels) == 12
     assert [p.name for p in cached.paths] == [
         p.name for p in split.paths if p.name != "broken.png"
@@ -166,3 +166,22 @@ def test_predictions_over_devices_pad_the_last_batch_and_drop_the_padding():
     assert one.shape == padded.shape == (7, 3)
     assert np.allclose(one, padded, atol=1e-6)
     assert np.allclose(one, modelling.predict_proba(model, images / 255.0), atol=1e-6)
+
+
+def test_the_cache_file_reads_rows_like_an_array_without_mapping_it(tmp_path):
+    array = np.random.default_rng(2).integers(0, 256, (9, 4, 4, 3), dtype=np.uint8)
+    np.save(tmp_path / "a.npy", array)
+    rows = cache.ImageFile(tmp_path / "a.npy", rows=7)
+    kept = array[:7]
+    assert rows.shape == (7, 4, 4, 3) and len(rows) == 7 and rows.nbytes == kept.nbytes
+    assert np.array_equal(rows[2], kept[2]) and np.array_equal(rows[-1], kept[-1])
+    assert np.array_equal(rows[1:5], kept[1:5]) and np.array_equal(rows[::3], kept[::3])
+    assert np.array_equal(rows[np.array([6, 0, 3])], kept[[6, 0, 3]])
+    assert np.array_equal(np.stack(list(rows)), kept) and np.array_equal(np.asarray(rows), kept)
+    with pytest.raises(IndexError):
+        rows[7]
+    (tmp_path / "short.npy").write_bytes((tmp_path / "a.npy").read_bytes()[:-10])
+    with pytest.raises(ValueError, match="shorter"):
+        cache.ImageFile(tmp_path / "short.npy")
+    with pytest.raises(ValueError, match="holds 9 rows"):
+        cache.ImageFile(tmp_path / "a.npy", rows=10)

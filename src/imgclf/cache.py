@@ -43,11 +43,91 @@ class CacheError(data.DataError):
     """The cache cannot be built (e.g. no space); the message names the folder."""
 
 
+class ImageFile:
+    """Read-only rows of a cache's ``.npy`` file, read with ``os.pread`` when asked for.
+
+    Behaves like the uint8 array for what training needs (``shape``, ``dtype``, ``len``,
+    ``[i]``, ``[a:b]``, ``[indices]``, iteration, ``np.asarray``) without mapping the file:
+    a memory map would count every page it touched (whole large folios, with random access
+    most of the file within an epoch) in the process's resident memory.
+    """
+
+    def __init__(self, path: Path, rows: int | None = None):
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            readers = {
+                (1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0,
+            }
+            if version not in readers:
+                raise ValueError(f"{path}: .npy format {version} is not supported")
+            shape, fortran, dtype = readers[version](handle)
+            self.offset = handle.tell()
+        if fortran or dtype != np.uint8 or len(shape) != 4:
+            raise ValueError(f"{path}: not a cache array (uint8, 4 dimensions)")
+        if rows is not None and rows > shape[0]:
+            raise ValueError(f"{path}: holds {shape[0]} rows, not {rows}")
+        expected = self.offset + int(np.prod(shape))
+        if path.stat().st_size < expected:
+            raise ValueError(f"{path}: shorter than its header says (a partial write)")
+        self.path = path
+        self.shape = (shape[0] if rows is None else rows, *shape[1:])
+        self.dtype = np.dtype(np.uint8)
+        self.row_bytes = int(np.prod(shape[1:]))
+        self._fd = os.open(path, os.O_RDONLY)
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return len(self) * self.row_bytes
+
+    def _rows(self, start: int, stop: int) -> np.ndarray:
+        count = max(0, stop - start)
+        raw = os.pread(self._fd, count * self.row_bytes, self.offset + start * self.row_bytes)
+        return np.frombuffer(raw, np.uint8).reshape(count, *self.shape[1:])
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            rows = self._rows(start, stop)
+            return rows if step == 1 else rows[::step]
+        if isinstance(key, int | np.integer):
+            index = int(key) + (len(self) if key < 0 else 0)
+            if not 0 <= index < len(self):
+                raise IndexError(f"row {key} of {len(self)}")
+            return self._rows(index, index + 1)[0]
+        indices = np.asarray(key)
+        if indices.dtype == bool:
+            indices = np.flatnonzero(indices)
+        if len(indices) and (indices.min() < -len(self) or indices.max() >= len(self)):
+            raise IndexError(f"rows out of range for {len(self)}")
+        out = np.empty((len(indices), *self.shape[1:]), np.uint8)
+        for row, index in enumerate(indices % max(len(self), 1)):
+            out[row] = self._rows(int(index), int(index) + 1)[0]
+        return out
+
+    def __iter__(self):
+        for start in range(0, len(self), 256):
+            yield from self._rows(start, min(start + 256, len(self)))
+
+    def __array__(self, dtype=None, copy=None):
+        rows = self._rows(0, len(self))
+        return rows.astype(dtype) if dtype is not None else rows
+
+
 @dataclass
 class CachedSplit:
-    """A decoded split: ``images`` is a read-only uint8 memory map; the model scales them."""
+    """A decoded split: ``images`` reads uint8 rows from the cache file (``ImageFile``); the
+    model scales them."""
 
-    images: np.ndarray
+    images: ImageFile
     labels: np.ndarray
     paths: list[Path]
     class_names: list[str]
@@ -59,7 +139,7 @@ class CachedSplit:
 
     def floats(self, indices=None) -> np.ndarray:
         """Images (all, or at ``indices``) as float32 in [0, 1], as the model takes them."""
-        chosen = self.images if indices is None else self.images[np.sort(indices)]
+        chosen = self.images[:] if indices is None else self.images[np.sort(indices)]
         return np.asarray(chosen, dtype=np.float32) / 255.0
 
 
@@ -128,13 +208,12 @@ def _read(folder: Path, key: str, split: data.Split) -> CachedSplit | None:
     meta_path, array_path = folder / f"{key}.json", folder / f"{key}.npy"
     try:
         meta = json.loads(meta_path.read_text())
-        images = np.load(array_path, mmap_mode="r")
         rows, *shape = meta["shape"]
+        images = ImageFile(array_path, rows)
         consistent = (
             meta.get("decoder") == DECODER_VERSION
-            and images.dtype == np.uint8
             and list(images.shape[1:]) == shape
-            and images.shape[0] >= rows == len(meta["labels"]) == len(meta["paths"])
+            and rows == len(meta["labels"]) == len(meta["paths"])
         )
     except (OSError, ValueError, KeyError, TypeError):
         consistent = False
@@ -144,7 +223,7 @@ def _read(folder: Path, key: str, split: data.Split) -> CachedSplit | None:
         return None
     root = _root(split)
     return CachedSplit(
-        images[:rows],  # rows past the kept images are unused (files that failed to decode)
+        images,  # reads the first ``rows`` rows: the ones after are unused (failed files)
         np.asarray(meta["labels"], dtype=np.int32),
         [root / p for p in meta["paths"]],
         list(split.class_names),
