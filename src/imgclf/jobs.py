@@ -118,16 +118,23 @@ def kernel_processes() -> list:
 
 
 def stop_kernels() -> int:
-    """Kill this process's notebook kernels and wait for them to go; returns how many."""
+    """Kill this process's notebook kernels and their children (e.g. decoding processes) and
+    wait for them to go; returns how many kernels there were."""
     import psutil
 
     kernels = kernel_processes()
+    doomed = list(kernels)
     for kernel in kernels:
         try:
-            kernel.kill()
+            doomed.extend(kernel.children(recursive=True))
         except psutil.Error:
             pass
-    psutil.wait_procs(kernels, timeout=5)
+    for process in doomed:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(doomed, timeout=5)
     return len(kernels)
 
 
@@ -192,8 +199,9 @@ class Watcher(threading.Thread):
         log.warning("job %s: stopped %d kernel(s)", self.job_id, stopped)
 
 
-def _run_notebook(job: dict, settings: Settings) -> pipeline.RunResult:
-    """Run the retrain notebook; retries only a kernel that failed to start."""
+def _run_notebook(job: dict, settings: Settings, cancelled: threading.Event) -> pipeline.RunResult:
+    """Run the retrain notebook; retries only a kernel that failed to start (and was not
+    stopped by a cancel request)."""
     from nbclient.exceptions import DeadKernelError
 
     for attempt in range(1, KERNEL_START_TRIES + 1):
@@ -204,6 +212,8 @@ def _run_notebook(job: dict, settings: Settings) -> pipeline.RunResult:
         except (pipeline.PipelineError, DeadKernelError):
             raise
         except Exception as failure:  # the kernel did not start (ports, timeouts)
+            if cancelled.is_set():
+                raise
             if attempt == KERNEL_START_TRIES:
                 raise RuntimeError(f"the notebook's kernel did not start: {failure}") from None
             log.warning("kernel start failed (%s); retrying", failure)
@@ -229,7 +239,7 @@ def run_job(store: Store, job: dict, settings: Settings) -> JobState:
     started, oom_before = time.time(), oom_kills()
     try:
         log.info("job %s: running the retrain notebook (worker pid %d)", job["id"], os.getpid())
-        result = _run_notebook(job, settings).summary
+        result = _run_notebook(job, settings, watcher.cancelled).summary
         state = _outcome_state(result)
     except Exception as failure:
         result = runs.read_summary(run_dir)
