@@ -59,3 +59,14 @@ def test_cli_lists_and_reports_errors_without_traceback(models, monkeypatch, cap
     assert registry.main(["promote", "v0002"]) == 0
     assert registry.main(["rollback"]) == 1
     assert "nothing to roll back" in capsys.readouterr().err
+
+
+def test_a_staging_folder_left_by_a_killed_registration_is_removed_by_the_next(models, tmp_path):
+    models_dir, _ = models
+    abandoned = models_dir / ".v0004-x1y2z3"  # as a cancelled job's kernel would leave it
+    abandoned.mkdir()
+    (abandoned / registry.MODEL_FILE).write_bytes(b"half")
+    (abandoned / registry.MODEL_FILE).chmod(stat.S_IRUSR)
+    assert registry.list_versions(models_dir) == ["v0001", "v0002", "v0003"]
+    assert registry.register(models_dir, tmp_path / "m.keras", {}) == "v0004"
+    assert not abandoned.exists() and not list(models_dir.glob(".v*"))

@@ -73,6 +73,11 @@ def test_the_cache_is_reused_and_rebuilt_when_partial_corrupt_or_from_another_de
     cache.load(split, 16, "rgb", folder)
     assert built["count"] == 4
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no partial files left
+    killed = folder / f".{first.key}-abc.npy"  # a build killed midway, long ago
+    killed.write_bytes(b"partial")
+    os.utime(killed, (0, 0))
+    cache.load(split, 20, "rgb", folder)
+    assert not killed.exists()
 
 
 def test_a_full_disk_is_refused_naming_the_folder_and_the_space_needed(

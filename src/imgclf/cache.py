@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -37,6 +38,8 @@ DECODER_VERSION = 1
 #: Below this many images, decoding in this process is faster than starting a pool.
 POOL_THRESHOLD = 1000
 CHUNK = 256
+#: A temporary file of a build older than this was left by a process that died.
+ABANDONED_AFTER_S = 3600.0
 
 
 class CacheError(data.DataError):
@@ -232,8 +235,19 @@ def _read(folder: Path, key: str, split: data.Split) -> CachedSplit | None:
     )
 
 
+def _remove_abandoned(folder: Path, now: float) -> None:
+    """Remove temporary files of builds killed midway (an hour old: none is still written)."""
+    for path in folder.glob(".*-*.*"):
+        try:
+            if now - path.stat().st_mtime > ABANDONED_AFTER_S:
+                path.unlink()
+        except FileNotFoundError:
+            continue
+
+
 def _build(folder: Path, key: str, split: data.Split, image_size: int, color_mode: str,
            workers: int | None) -> None:  # fmt: skip
+    _remove_abandoned(folder, time.time())
     channels = 1 if color_mode == "grayscale" else 3
     count = len(split.paths)
     _check_space(folder, count * image_size * image_size * channels + 2**20)

@@ -90,6 +90,15 @@ def current_version(models_dir: Path) -> str | None:
     return _read_pointer(models_dir).get("version")
 
 
+def _remove_abandoned_staging(models_dir: Path) -> None:
+    """Remove staging folders (``.vNNNN-*``) left by a process killed while registering (a
+    cancelled job, an OOM kill). Called under the registry lock, which every registration
+    holds while it writes, so none of them is in use."""
+    for folder in models_dir.glob(".v*-*"):
+        if folder.is_dir() and VERSION_PATTERN.match(folder.name[1:].split("-")[0]):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def register(models_dir: Path, model_file: Path, info: dict) -> str:
     """Store a model file and its metadata as the next version; returns the version name.
 
@@ -97,6 +106,7 @@ def register(models_dir: Path, model_file: Path, info: dict) -> str:
     added to ``info``; the files are made read-only.
     """
     with _lock(models_dir):
+        _remove_abandoned_staging(models_dir)
         existing = list_versions(models_dir)
         number = int(VERSION_PATTERN.match(existing[-1]).group(1)) + 1 if existing else 1
         version = f"v{number:04d}"
