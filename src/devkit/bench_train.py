@@ -86,11 +86,27 @@ def decode_speed(data_dir: Path, size: int, cache_dir: Path) -> dict:
     }
 
 
+def epoch_clock():
+    """A Keras callback that records each epoch's duration in its ``times``."""
+    import keras
+
+    class EpochClock(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.times: list[float] = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.times.append(time.perf_counter() - self.started)
+
+    return EpochClock()
+
+
 def training_run(data_dir: Path, size: int, epochs: int, batch: int, augment: bool) -> dict:
     """One training run in this process (``python -m devkit.bench_train run ...``)."""
     import resource
-
-    import keras
 
     from imgclf import cache, data, training
     from imgclf import model as modelling
@@ -100,22 +116,16 @@ def training_run(data_dir: Path, size: int, epochs: int, batch: int, augment: bo
     split = data.discover(data_dir / "train")
     cached = cache.load(split, size, "rgb", data_dir / ".cache")
     model = modelling.compile_model(modelling.build_model(10, cached.images.shape[1:]))
-    times: list[float] = []
-
-    class Clock(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.started = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            times.append(time.perf_counter() - self.started)
+    clock = epoch_clock()
 
     train_idx, val_idx = training.hold_out(cached.labels, 0.1, 1)
     params = modelling.TrainParams(epochs=epochs, batch_size=batch, patience=epochs)
     modelling.train(
         model, cached.images, cached.labels, train_idx, val_idx, params,
         augment=Augmentation(seed=1) if augment else None, seed=1, verbose=0,
-        callbacks=[Clock()],
+        callbacks=[clock],
     )  # fmt: skip
+    times = clock.times
     steady = times[1:] or times
     per_epoch = float(np.median(steady))
     return {
@@ -130,7 +140,6 @@ def training_run(data_dir: Path, size: int, epochs: int, batch: int, augment: bo
 def bare_step(size: int, batch: int, batches: int = 40) -> dict:
     """The model's training steps on batches already in memory (``model.fit`` on an array, no
     augmentation, no reading): the speed limit; the second epoch is timed."""
-    import keras
 
     from imgclf import model as modelling
 
@@ -138,17 +147,10 @@ def bare_step(size: int, batch: int, batches: int = 40) -> dict:
     model = modelling.compile_model(modelling.build_model(10, (size, size, 3)))
     x = np.random.default_rng(0).random((batch * batches, size, size, 3), dtype=np.float32)
     y = np.arange(len(x)) % 10
-    times: list[float] = []
+    clock = epoch_clock()
 
-    class Clock(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.started = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            times.append(time.perf_counter() - self.started)
-
-    model.fit(x, y, batch_size=batch, epochs=2, verbose=0, shuffle=False, callbacks=[Clock()])
-    seconds = times[-1] / batches
+    model.fit(x, y, batch_size=batch, epochs=2, verbose=0, shuffle=False, callbacks=[clock])
+    seconds = clock.times[-1] / batches
     return {"step_ms": round(seconds * 1000, 2), "images_per_s": round(batch / seconds, 1)}
 
 

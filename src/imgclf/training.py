@@ -71,7 +71,8 @@ def load_dataset(
     uploads = data.discover_uploads(data_dir / "uploads") if include_uploads else None
     train_split = data.merge_splits(train_split, uploads)
     test_split = test_set(data_dir, train_split.class_names)
-    uploaded_tests = len(test_split.paths) - len(data.discover(data_dir / "test").paths)
+    uploads_dir = data_dir / "uploads"
+    uploaded_tests = sum(1 for path in test_split.paths if uploads_dir in path.parents)
     return Dataset(
         train=cache.load(train_split, image_size, color_mode, cache_dir, workers),
         test=cache.load(test_split, image_size, color_mode, cache_dir, workers),

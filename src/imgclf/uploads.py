@@ -253,6 +253,60 @@ def assign_splits(
     return chosen
 
 
+def _validated(
+    files: list[tuple[str, str, bytes]], limits: UploadLimits, report: UploadReport
+) -> dict[str, tuple[str, str, str, bytes]]:
+    """Decode every file; returns sha256 -> (label, name, ending, bytes) of the readable ones,
+    once each, and reports the unreadable ones and the repeats within this upload."""
+    labels = {label: validate_label(label) for label in {label for label, _, _ in files}}
+    candidates: dict[str, tuple[str, str, str, bytes]] = {}
+    for label, name, content in files:
+        label = labels[label]
+        row = {"file": name, "label": label}
+        try:
+            ending = _check_image(content, name, limits)
+        except ImageDecodeError as error:
+            reason = str(error).removeprefix(f"{name}: ").removeprefix("image: ")
+            report.rejected.append({**row, "reason": reason})
+            continue
+        digest = hashlib.sha256(content).hexdigest()
+        if digest in candidates:
+            report.duplicates.append({**row, "sha256": digest, "duplicate_of": "this upload"})
+            continue
+        candidates[digest] = (label, name, ending, content)
+    return candidates
+
+
+def _write_batch(
+    uploads_dir: Path,
+    fresh: dict[str, tuple[str, str, str, bytes]],
+    splits: dict[str, str],
+    report: UploadReport,
+) -> str:
+    """Write the new images and their manifest into a hidden folder and rename it into place;
+    returns the batch name."""
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    batch = f"{stamp}-{uuid.uuid4().hex[:6]}"
+    staging = Path(tempfile.mkdtemp(prefix=f".{batch}-", dir=uploads_dir))
+    try:
+        manifest = []
+        for digest, (label, name, ending, content) in fresh.items():
+            target = staging / label / f"{digest[:16]}.{ending}"
+            target.parent.mkdir(exist_ok=True)
+            target.write_bytes(content)
+            stored = f"uploads/{batch}/{label}/{target.name}"
+            row = {"file": name, "label": label, "sha256": digest, "stored_as": stored}
+            row["split"] = splits[digest]
+            report.accepted.append(row)
+            manifest.append(row)
+        (staging / data.MANIFEST).write_text(json.dumps(manifest, indent=2))
+        staging.chmod(0o755)
+        os.rename(staging, uploads_dir / batch)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return batch
+
+
 def store_upload(
     files: list[tuple[str, str, bytes]],
     uploads_dir: Path,
@@ -277,66 +331,32 @@ def store_upload(
         raise UploadError("no files in the upload")
     if len(files) > limits.max_files:
         raise UploadError(f"{len(files)} files in one upload; at most {limits.max_files}")
-    labels = {label: validate_label(label) for label in {label for label, _, _ in files}}
     report = UploadReport()
-    candidates: dict[str, tuple[str, str, str]] = {}  # sha256 -> (label, name, ending)
-    for label, name, content in files:
-        label = labels[label]
-        row = {"file": name, "label": label}
-        try:
-            ending = _check_image(content, name, limits)
-        except ImageDecodeError as error:
-            reason = str(error).removeprefix(f"{name}: ").removeprefix("image: ")
-            report.rejected.append({**row, "reason": reason})
-            continue
-        digest = hashlib.sha256(content).hexdigest()
-        if digest in candidates:
-            report.duplicates.append({**row, "sha256": digest, "duplicate_of": "this upload"})
-            continue
-        candidates[digest] = (label, name, ending)
+    candidates = _validated(files, limits, report)
     if not candidates:
         return report
     uploads_dir.mkdir(parents=True, exist_ok=True)
-    contents = {hashlib.sha256(content).hexdigest(): content for _, _, content in files}
     with FileLock(str(uploads_dir / ".upload.lock"), timeout=120):
         known = index.hashes()
         fresh = {}
-        for digest, (label, name, ending) in candidates.items():
+        for digest, candidate in candidates.items():
             if digest in known:
                 where = known[digest].relative_to(index.data_dir).as_posix()
+                label, name = candidate[:2]
                 report.duplicates.append(
                     {"file": name, "label": label, "sha256": digest, "duplicate_of": where}
                 )
             else:
-                fresh[digest] = (label, name, ending)
+                fresh[digest] = candidate
         if not fresh:
             return report
         splits = assign_splits(
-            {digest: label for digest, (label, _, _) in fresh.items()},
+            {digest: candidate[0] for digest, candidate in fresh.items()},
             split_counts(index.data_dir),
             test_share,
             min_test,
         )
-        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-        batch = f"{stamp}-{uuid.uuid4().hex[:6]}"
-        staging = Path(tempfile.mkdtemp(prefix=f".{batch}-", dir=uploads_dir))
-        try:
-            manifest = []
-            for digest, (label, name, ending) in fresh.items():
-                target = staging / label / f"{digest[:16]}.{ending}"
-                target.parent.mkdir(exist_ok=True)
-                target.write_bytes(contents[digest])
-                stored = f"uploads/{batch}/{label}/{target.name}"
-                row = {"file": name, "label": label, "sha256": digest, "stored_as": stored}
-                row["split"] = splits[digest]
-                report.accepted.append(row)
-                manifest.append(row)
-            (staging / data.MANIFEST).write_text(json.dumps(manifest, indent=2))
-            staging.chmod(0o755)
-            os.rename(staging, uploads_dir / batch)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        report.batch = batch
+        report.batch = _write_batch(uploads_dir, fresh, splits, report)
     return report
 
 

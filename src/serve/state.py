@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 from flask import current_app
 from flask_smorest import abort
 
-from imgclf import config, data, drift, imagestats, registry, uploads
+from imgclf import config, drift, registry, uploads
 from imgclf.prediction import LiveModel, Predictor
 from imgclf.retention import ImageKeeper
 from imgclf.store import PredictionLogWriter, Store
@@ -43,7 +42,6 @@ class WorkerState:
             settings.data_dir / "retained", self.loop.retain_images, self.loop.retain_hours * 3600
         )
         self.started_at = service.started_at
-        self._train_stats: tuple[float, dict] | None = None
         self.references = drift.ReferenceCache(settings.data_dir, settings.models_dir)
         self._drift: tuple[float, dict] | None = None
         self.collector = metrics.ServiceCollector(self)
@@ -72,22 +70,6 @@ class WorkerState:
         info = registry.metadata(self.settings.models_dir, version) if version else {}
         size = info.get("image_size", [self.settings.image_size])[0]
         return size, info.get("color_mode", self.settings.color_mode)
-
-    def training_statistics(self, limit: int = 2000) -> dict:
-        """Brightness and contrast of (up to ``limit``) training images, cached a minute."""
-        if self._train_stats and time.time() - self._train_stats[0] < 60:
-            return self._train_stats[1]
-        stats: dict = {}
-        if self.settings.train_dir.is_dir():
-            from imgclf.preprocessing import load_images
-
-            split = data.discover(self.settings.train_dir)
-            chosen = sorted(np.random.default_rng(0).permutation(len(split.paths))[:limit])
-            size, mode = self.current_input_format()
-            images, _, _ = load_images([split.paths[i] for i in chosen], size, mode)
-            stats = {k: v.tolist() for k, v in imagestats.batch_statistics(images).items()}
-        self._train_stats = (time.time(), stats)
-        return stats
 
 
 def current() -> WorkerState:
