@@ -101,7 +101,7 @@ def database_url(request, tmp_path) -> str:
     if getattr(request, "param", "sqlite") == "sqlite":
         return f"sqlite:///{tmp_path / 'imgclf.db'}"
     server = request.getfixturevalue("postgres_server")
-    return server.create_database(f"test_{os.getpid()}_{free_port()}")
+    return server.create_database()
 
 
 @pytest.fixture

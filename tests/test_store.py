@@ -125,6 +125,12 @@ def test_bad_database_urls_are_named(postgres_server):
         Store("postgresql+psycopg://postgres@127.0.0.1:1/none")
 
 
+def test_each_test_database_is_new_however_many_are_made(postgres_server):
+    # Names were once drawn from free ports, which repeat: CI met "database already exists".
+    urls = [postgres_server.create_database() for _ in range(20)]
+    assert len(set(urls)) == 20
+
+
 def test_a_sqlite_file_from_before_migrations_is_upgraded(tmp_path):
     import sqlite3
 

@@ -6,6 +6,7 @@ initdb refuses root), ``pg_ctl start`` on a free loopback port, ``stop`` removes
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -39,6 +40,7 @@ class TemporaryPostgres:
         self.folder = Path(tempfile.mkdtemp(prefix="imgclf-postgres-"))
         self.port = free_port()
         self.as_postgres = os.geteuid() == 0
+        self._names = itertools.count(1)
 
     def _run(self, command: str) -> None:
         argv = ["su", "postgres", "-c", command] if self.as_postgres else ["sh", "-c", command]
@@ -54,10 +56,12 @@ class TemporaryPostgres:
         self._run(f"{self.bin_dir}/pg_ctl -D {data} -o '{options}' -l {log} -w start")
         return self
 
-    def create_database(self, name: str) -> str:
-        """Create a database; returns its SQLAlchemy URL."""
+    def create_database(self, name: str | None = None) -> str:
+        """Create a database (by default one with a name this server has not used); returns its
+        SQLAlchemy URL."""
         import psycopg
 
+        name = name or f"db_{next(self._names)}"
         dsn = f"host=127.0.0.1 port={self.port} user=postgres"
         with psycopg.connect(dsn, autocommit=True) as connection:
             connection.execute(f'CREATE DATABASE "{name}"')
