@@ -94,7 +94,7 @@ def test_review_queue_labels_an_item_in_one_click_and_drops_it():
     view.refresh()
     assert [row.name for row in view.items.objects] == ["p1", "p2"]
     buttons = view.items.objects[0][2].objects
-    assert [b.name for b in buttons] == ["3", "8"] and buttons[0].button_type == "success"
+    assert [b.label for b in buttons] == ["3", "8"] and buttons[0].color == "success"
     buttons[1].clicks += 1  # one click on "8"
     assert [row.name for row in view.items.objects] == ["p2"]
     assert "Labelled **8** (a correction)" in view.result.object

@@ -25,12 +25,12 @@ class DataView(Component):
     def __init__(self, client, notices, token_source=None, **params):
         super().__init__(client, notices, **params)
         self.token_source = token_source
-        self.files_input = pn.widgets.FileInput(accept="image/*", multiple=True, name="Images")
-        self.label_input = pn.widgets.TextInput(name="Label (class) of these images")
-        self.upload_button = pn.widgets.Button(name="Upload images", button_type="primary")
+        self.files_input = pn.widgets.FileInput(accept="image/*", multiple=True, label="Images")
+        self.label_input = pn.widgets.TextInput(label="Label (class) of these images")
+        self.upload_button = pn.widgets.Button(label="Upload images", color="primary")
         self.upload_button.on_click(self.on_upload_files)
-        self.zip_input = pn.widgets.FileInput(accept=".zip", name="Zip of <class>/<image>")
-        self.zip_button = pn.widgets.Button(name="Upload zip", button_type="primary")
+        self.zip_input = pn.widgets.FileInput(accept=".zip", label="Zip of <class>/<image>")
+        self.zip_button = pn.widgets.Button(label="Upload zip", color="primary")
         self.zip_button.on_click(self.on_upload_zip)
         self.result = pn.pane.Markdown("")
         self.outcomes = table(pd.DataFrame(columns=OUTCOME_COLUMNS), height=220)

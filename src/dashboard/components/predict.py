@@ -33,7 +33,7 @@ class PredictView(Component):
     def __init__(self, client, notices, **params):
         super().__init__(client, notices, **params)
         self.last_prediction: dict | None = None
-        self.image_input = pn.widgets.FileInput(accept="image/*", name="Image")
+        self.image_input = pn.widgets.FileInput(accept="image/*", label="Image")
         self.image_input.param.watch(self.on_image, "value")
         self.preview = pn.pane.PNG(None, height=220, width=220)
         self.verdict = pn.pane.Markdown("Upload or drop an image to classify it.")
@@ -74,7 +74,7 @@ class PredictView(Component):
         self.feedback_text.object = ""
 
     def _feedback_button(self, label: str) -> pn.widgets.Button:
-        button = pn.widgets.Button(name=label, button_type="light", width=90)
+        button = pn.widgets.Button(label=label, color="light", width=90)
         button.on_click(lambda _: self.send_feedback(label))
         return button
 

@@ -92,18 +92,16 @@ class RetrainView(Component):
         self.job_id: str | None = None
         self.live_job_id: str | None = None
         self.token_input = pn.widgets.PasswordInput(
-            name="Admin token",
+            label="Admin token",
             placeholder="configured" if client.token else "IMGCLF_ADMIN_TOKEN",
             visible=not client.token,
         )
-        self.epochs_input = pn.widgets.IntInput(name="Epochs", value=10, start=1, end=200)
-        self.retrain_button = pn.widgets.Button(name="Retrain now", button_type="success")
+        self.epochs_input = pn.widgets.IntInput(label="Epochs", value=10, start=1, end=200)
+        self.retrain_button = pn.widgets.Button(label="Retrain now", color="success")
         self.retrain_button.on_click(self.on_retrain)
-        self.rollback_button = pn.widgets.Button(name="Roll back", button_type="warning")
+        self.rollback_button = pn.widgets.Button(label="Roll back", color="warning")
         self.rollback_button.on_click(self.on_rollback)
-        self.cancel_button = pn.widgets.Button(
-            name="Cancel job", button_type="danger", visible=False
-        )
+        self.cancel_button = pn.widgets.Button(label="Cancel job", color="danger", visible=False)
         self.cancel_button.on_click(self.on_cancel)
         self.policy_text = pn.pane.Markdown("")
         self.progress = pn.indicators.Progress(value=0, max=100, visible=False)

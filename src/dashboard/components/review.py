@@ -31,7 +31,7 @@ class ReviewView(Component):
         super().__init__(client, notices, **params)
         self.result = pn.pane.Markdown("")
         self.items = pn.Column()
-        self.reload_button = pn.widgets.Button(name="Reload the queue", button_type="default")
+        self.reload_button = pn.widgets.Button(label="Reload the queue", color="default")
         self.reload_button.on_click(lambda _: self.refresh())
 
     def __panel__(self):
@@ -62,15 +62,13 @@ class ReviewView(Component):
             ]
         else:
             menu = pn.widgets.Select(options=classes, value=item["label"], width=160)
-            button = pn.widgets.Button(name="Label", button_type="primary", width=80)
+            button = pn.widgets.Button(label="Label", color="primary", width=80)
             button.on_click(lambda _: self.label(item["id"], menu.value))
             choices = [menu, button]
         return pn.Row(image, said, pn.FlexBox(*choices), name=item["id"])
 
     def _label_button(self, prediction_id: str, name: str, predicted: bool) -> pn.widgets.Button:
-        button = pn.widgets.Button(
-            name=name, button_type="success" if predicted else "light", width=60
-        )
+        button = pn.widgets.Button(label=name, color="success" if predicted else "light", width=60)
         button.on_click(lambda _: self.label(prediction_id, name))
         return button
 
