@@ -280,6 +280,7 @@ class LoopSettings:
     upload_test_share: float
     min_test_images: int
     max_recall_drop: float
+    min_new_class_recall: float
     retain_images: int
     retain_hours: float
     auto_retrain: bool
@@ -296,6 +297,7 @@ def get_loop_settings() -> LoopSettings:
 
     ``UPLOAD_TEST_SHARE`` (0.2: share of uploaded images kept for testing),
     ``GATE_MIN_TEST_IMAGES`` (5 per class), ``GATE_MAX_RECALL_DROP`` (0.05),
+    ``GATE_MIN_NEW_CLASS_RECALL`` (0.5),
     ``RETAIN_IMAGES`` (10000 prediction images kept; 0: none) and ``RETAIN_HOURS`` (168),
     ``AUTO_RETRAIN`` (0: off, 1: on), ``AUTO_RETRAIN_MIN_IMAGES`` (50 new labelled images),
     ``AUTO_RETRAIN_ON_DRIFT`` (0/1), ``AUTO_RETRAIN_MIN_INTERVAL_S`` (3600),
@@ -310,6 +312,7 @@ def get_loop_settings() -> LoopSettings:
             "UPLOAD_TEST_SHARE": (_float, 0.2, 0.0, 0.9),
             "GATE_MIN_TEST_IMAGES": (_int, 5, 0, 100_000),
             "GATE_MAX_RECALL_DROP": (_float, 0.05, 0.0, 1.0),
+            "GATE_MIN_NEW_CLASS_RECALL": (_float, 0.5, 0.0, 1.0),
             "RETAIN_IMAGES": (_int, 10_000, 0, 10_000_000),
             "RETAIN_HOURS": (_float, 168.0, 0.0, 87_600.0),
             "AUTO_RETRAIN": (_int, 0, 0, 1),
@@ -325,6 +328,7 @@ def get_loop_settings() -> LoopSettings:
         upload_test_share=values["UPLOAD_TEST_SHARE"],
         min_test_images=values["GATE_MIN_TEST_IMAGES"],
         max_recall_drop=values["GATE_MAX_RECALL_DROP"],
+        min_new_class_recall=values["GATE_MIN_NEW_CLASS_RECALL"],
         retain_images=values["RETAIN_IMAGES"],
         retain_hours=values["RETAIN_HOURS"],
         auto_retrain=bool(values["AUTO_RETRAIN"]),

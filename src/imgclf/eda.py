@@ -23,8 +23,8 @@ def describe_balance(counts: dict[str, int]) -> str:
         if ratio < 1.5
         else "The classes are moderately imbalanced"
         if ratio < 3
-        else "The classes are strongly imbalanced; consider class weights or more data for "
-        f"'{smallest}'"
+        else "The classes are strongly imbalanced (training repeats classes under the `balance` "
+        f"share of the median class); more data for '{smallest}' would help most"
     )
     return (
         f"{verdict}: {sum(counts.values())} images in {len(counts)} classes, from "

@@ -1,7 +1,8 @@
 """The promotion gate: a candidate replaces the current model only if every class it predicts
-was tested, it is not worse overall, and no class lost more than a set amount of recall.
+was tested, it is not worse overall, no class lost more than a set amount of recall, and every
+class new to it is recognised.
 
-The three checks, in order:
+The four checks, in order:
 
 1. **Coverage.** Every class of the candidate has at least ``min_test_images`` images in the
    test set. A class nobody tested is never served (a candidate that added an untested class
@@ -9,6 +10,10 @@ The three checks, in order:
 2. **Overall.** ``candidate[metric] >= current[metric] - tolerance``.
 3. **Per class.** For every class the current model knows, its recall falls by at most
    ``max_recall_drop``.
+4. **New classes.** Every class the current model has never seen (``unseen_classes`` in its
+   metrics, from ``training.evaluate``) reaches at least ``min_new_class_recall`` on its test
+   images. The current model scores zero on such a class, so "no recall lost" says nothing
+   about it: without this check a candidate that never predicts its new class would pass.
 
 With no current model only coverage applies.
 """
@@ -38,6 +43,7 @@ class GateDecision:
     reason: str
     min_test_images: int = 0
     max_recall_drop: float = 1.0
+    min_new_class_recall: float = 0.0
     blocked: dict[str, str] = field(default_factory=dict)
     needs: dict[str, int] = field(default_factory=dict)
 
@@ -74,7 +80,24 @@ def recall_drops(
     return drops
 
 
-def check_arguments(metric: str, tolerance: float, min_test: int, max_drop: float) -> None:
+def weak_new_classes(
+    candidate_metrics: dict, current_metrics: dict, min_new_class_recall: float
+) -> dict[str, float]:
+    """Classes new to the current model, tested, whose recall is under ``min_new_class_recall``:
+    class -> recall. Untested ones are left to the coverage check."""
+    per_class = candidate_metrics.get("per_class", {})
+    return {
+        name: float(per_class[name]["recall"])
+        for name in current_metrics.get("unseen_classes", [])
+        if name in per_class
+        and per_class[name].get("support")
+        and float(per_class[name]["recall"]) < min_new_class_recall - 1e-12
+    }
+
+
+def check_arguments(
+    metric: str, tolerance: float, min_test: int, max_drop: float, min_new: float = 0.0
+) -> None:
     if metric not in GATE_METRICS:
         raise ValueError(f"metric={metric!r}: expected one of {', '.join(GATE_METRICS)}")
     if tolerance < 0:
@@ -83,6 +106,8 @@ def check_arguments(metric: str, tolerance: float, min_test: int, max_drop: floa
         raise ValueError(f"min_test_images={min_test}: must be zero or positive")
     if not 0 <= max_drop <= 1:
         raise ValueError(f"max_recall_drop={max_drop}: expected 0 to 1")
+    if not 0 <= min_new <= 1:
+        raise ValueError(f"min_new_class_recall={min_new}: expected 0 to 1")
 
 
 def gate(
@@ -92,6 +117,7 @@ def gate(
     tolerance: float = 0.0,
     min_test_images: int = 0,
     max_recall_drop: float = 1.0,
+    min_new_class_recall: float = 0.0,
 ) -> GateDecision:
     """Decide whether a candidate may be promoted over the current model (see the module).
 
@@ -101,11 +127,19 @@ def gate(
         ValueError: unknown metric, a negative tolerance or minimum, a drop outside 0 to 1, or
             a metric missing from a dict.
     """
-    check_arguments(metric, tolerance, min_test_images, max_recall_drop)
+    check_arguments(metric, tolerance, min_test_images, max_recall_drop, min_new_class_recall)
     candidate = float(candidate_metrics[metric])
     current = float(current_metrics[metric]) if current_metrics is not None else None
     decision = GateDecision(
-        True, metric, candidate, current, tolerance, "", min_test_images, max_recall_drop
+        True,
+        metric,
+        candidate,
+        current,
+        tolerance,
+        "",
+        min_test_images,
+        max_recall_drop,
+        min_new_class_recall,
     )
     decision.needs = coverage(candidate_metrics, min_test_images)
     for name, missing in decision.needs.items():
@@ -135,6 +169,17 @@ def gate(
     if drops:
         listed = ", ".join(f"{name!r} by {drop:.4f}" for name, drop in drops.items())
         reasons.append(f"recall fell by more than {max_recall_drop:g} for {listed}")
+    weak = weak_new_classes(candidate_metrics, current_metrics, min_new_class_recall)
+    for name, recall in weak.items():
+        decision.blocked[name] = (
+            f"new class recognised with recall {recall:.4f} (at least {min_new_class_recall:g})"
+        )
+    if weak:
+        listed = ", ".join(f"{name!r} ({recall:.4f})" for name, recall in weak.items())
+        reasons.append(
+            f"new class(es) not recognised well enough on their test images: {listed}, at "
+            f"least {min_new_class_recall:g} recall needed (more training images of them help)"
+        )
     if reasons:
         decision.promote = False
         decision.reason = "; ".join(reasons) + "; the current model stays"
@@ -144,5 +189,10 @@ def gate(
         f"candidate {metric} {candidate:.4f} is {verdict} current {current:.4f} "
         f"(tolerance {tolerance:g}); every class tested, no class lost more than "
         f"{max_recall_drop:g} recall"
+        + (
+            f", new classes recognised (recall at least {min_new_class_recall:g})"
+            if current_metrics.get("unseen_classes")
+            else ""
+        )
     )
     return decision

@@ -40,6 +40,9 @@ class TrainParams:
     l2: float = 1e-4
     dropout: float = 0.3
     validation_fraction: float = 0.1
+    #: Classes with fewer training images than this share of the median class are repeated up
+    #: to it every epoch (``training.oversample_rare``); 0 leaves the data as it is.
+    balance: float = 0.5
 
 
 def distribute(mode: str = "auto") -> dict:

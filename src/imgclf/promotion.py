@@ -125,13 +125,15 @@ def register_and_decide(
     tolerance: float = 0.0,
     min_test_images: int = 0,
     max_recall_drop: float = 1.0,
+    min_new_class_recall: float = 0.0,
 ) -> tuple[Outcome, dict | None]:
     """Register a trained candidate, gate it against the current model, promote if it passes.
 
     The candidate is always registered (a rejected one too, with the gate's decision in its
     metadata, so that a person can still promote it by hand). The checks are the gate's
     (``gate.gate``): every class tested by ``min_test_images``, the overall ``metric`` within
-    ``tolerance``, no class losing more than ``max_recall_drop`` recall.
+    ``tolerance``, no class losing more than ``max_recall_drop`` recall, every class new to the
+    current model recognised with at least ``min_new_class_recall``.
 
     Returns:
         ``(outcome, current_metrics)``: the outcome, and the current model's metrics on the
@@ -147,8 +149,9 @@ def register_and_decide(
         "tolerance": tolerance,
         "min_test_images": min_test_images,
         "max_recall_drop": max_recall_drop,
+        "min_new_class_recall": min_new_class_recall,
     }
-    gate.check_arguments(metric, tolerance, min_test_images, max_recall_drop)
+    gate.check_arguments(*checks.values())
     current, current_metrics = score_current(models_dir, dataset)
     decision = _decide(candidate_metrics, current, current_metrics, policy, checks)
     version = training.register(

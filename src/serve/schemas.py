@@ -97,6 +97,7 @@ class RetrainParameters(StrictSchema):
     learning_rate = fields.Float(validate=validate.Range(1e-6, 1.0))
     patience = fields.Integer(validate=validate.Range(1, 100))
     validation_fraction = fields.Float(validate=validate.Range(0.05, 0.5))
+    balance = fields.Float(validate=validate.Range(0.0, 1.0))
     rotation = fields.Float(validate=validate.Range(0.0, 0.5))
     zoom = fields.Float(validate=validate.Range(0.0, 0.5))
     shift = fields.Float(validate=validate.Range(0.0, 0.5))
@@ -106,6 +107,7 @@ class RetrainParameters(StrictSchema):
     tolerance = fields.Float(validate=validate.Range(0.0, 0.2))
     min_test_images = fields.Integer(validate=validate.Range(0, 100_000))
     max_recall_drop = fields.Float(validate=validate.Range(0.0, 1.0))
+    min_new_class_recall = fields.Float(validate=validate.Range(0.0, 1.0))
     seed = fields.Integer(validate=validate.Range(0, 2**31 - 1))
 
 
