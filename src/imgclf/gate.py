@@ -110,6 +110,52 @@ def check_arguments(
         raise ValueError(f"min_new_class_recall={min_new}: expected 0 to 1")
 
 
+def _block_untested(decision: GateDecision, candidate_metrics: dict) -> str:
+    """Check 1: fill ``needs`` and ``blocked`` for classes lacking test images; the reason."""
+    least = decision.min_test_images
+    decision.needs = coverage(candidate_metrics, least)
+    for name, missing in decision.needs.items():
+        decision.blocked[name] = (
+            f"{least - missing} test image(s); at least {least} needed ({missing} more)"
+        )
+    if not decision.needs:
+        return ""
+    listed = ", ".join(f"{name!r} needs {n} more" for name, n in decision.needs.items())
+    return (
+        f"not every class was tested: {listed} test image(s) (at least {least} per class; "
+        "upload more images of these classes)"
+    )
+
+
+def _block_recall_drops(decision: GateDecision, candidate_metrics, current_metrics) -> str:
+    """Check 3: block the classes that lost too much recall; the reason."""
+    limit = decision.max_recall_drop
+    drops = recall_drops(candidate_metrics, current_metrics, limit)
+    for name, drop in drops.items():
+        decision.blocked[name] = f"recall fell by {drop:.4f} (at most {limit:g})"
+    if not drops:
+        return ""
+    listed = ", ".join(f"{name!r} by {drop:.4f}" for name, drop in drops.items())
+    return f"recall fell by more than {limit:g} for {listed}"
+
+
+def _block_weak_new_classes(decision: GateDecision, candidate_metrics, current_metrics) -> str:
+    """Check 4: block the new classes the candidate does not recognise well enough; the reason."""
+    floor = decision.min_new_class_recall
+    weak = weak_new_classes(candidate_metrics, current_metrics, floor)
+    for name, recall in weak.items():
+        decision.blocked[name] = (
+            f"new class recognised with recall {recall:.4f} (at least {floor:g})"
+        )
+    if not weak:
+        return ""
+    listed = ", ".join(f"{name!r} ({recall:.4f})" for name, recall in weak.items())
+    return (
+        f"new class(es) not recognised well enough on their test images: {listed}, at least "
+        f"{floor:g} recall needed (more training images of them help)"
+    )
+
+
 def gate(
     candidate_metrics: dict,
     current_metrics: dict | None,
@@ -131,68 +177,36 @@ def gate(
     candidate = float(candidate_metrics[metric])
     current = float(current_metrics[metric]) if current_metrics is not None else None
     decision = GateDecision(
-        True,
-        metric,
-        candidate,
-        current,
-        tolerance,
-        "",
-        min_test_images,
-        max_recall_drop,
-        min_new_class_recall,
+        True, metric, candidate, current, tolerance, "", min_test_images, max_recall_drop
     )
-    decision.needs = coverage(candidate_metrics, min_test_images)
-    for name, missing in decision.needs.items():
-        have = min_test_images - missing
-        decision.blocked[name] = (
-            f"{have} test image(s); at least {min_test_images} needed ({missing} more)"
-        )
-    reasons = []
-    if decision.needs:
-        listed = ", ".join(f"{name!r} needs {n} more" for name, n in decision.needs.items())
-        reasons.append(
-            f"not every class was tested: {listed} test image(s) (at least "
-            f"{min_test_images} per class; upload more images of these classes)"
-        )
+    decision.min_new_class_recall = min_new_class_recall
+    untested = _block_untested(decision, candidate_metrics)
     if current is None:
-        decision.promote = not reasons
-        decision.reason = "; ".join(reasons) or "no current model: the candidate becomes the first"
+        decision.promote = not untested
+        decision.reason = untested or "no current model: the candidate becomes the first"
         return decision
-    if candidate < current - tolerance:
-        reasons.append(
-            f"candidate {metric} {candidate:.4f} is worse than current {current:.4f} by more "
-            f"than the tolerance {tolerance:g}"
-        )
-    drops = recall_drops(candidate_metrics, current_metrics, max_recall_drop)
-    for name, drop in drops.items():
-        decision.blocked[name] = f"recall fell by {drop:.4f} (at most {max_recall_drop:g})"
-    if drops:
-        listed = ", ".join(f"{name!r} by {drop:.4f}" for name, drop in drops.items())
-        reasons.append(f"recall fell by more than {max_recall_drop:g} for {listed}")
-    weak = weak_new_classes(candidate_metrics, current_metrics, min_new_class_recall)
-    for name, recall in weak.items():
-        decision.blocked[name] = (
-            f"new class recognised with recall {recall:.4f} (at least {min_new_class_recall:g})"
-        )
-    if weak:
-        listed = ", ".join(f"{name!r} ({recall:.4f})" for name, recall in weak.items())
-        reasons.append(
-            f"new class(es) not recognised well enough on their test images: {listed}, at "
-            f"least {min_new_class_recall:g} recall needed (more training images of them help)"
-        )
-    if reasons:
+    worse = (
+        f"candidate {metric} {candidate:.4f} is worse than current {current:.4f} by more "
+        f"than the tolerance {tolerance:g}"
+        if candidate < current - tolerance
+        else ""
+    )
+    reasons = [
+        untested,
+        worse,
+        _block_recall_drops(decision, candidate_metrics, current_metrics),
+        _block_weak_new_classes(decision, candidate_metrics, current_metrics),
+    ]
+    if any(reasons):
         decision.promote = False
-        decision.reason = "; ".join(reasons) + "; the current model stays"
+        decision.reason = "; ".join(r for r in reasons if r) + "; the current model stays"
         return decision
     verdict = "better than" if candidate > current else "not worse than"
+    new = current_metrics.get("unseen_classes")
     decision.reason = (
         f"candidate {metric} {candidate:.4f} is {verdict} current {current:.4f} "
         f"(tolerance {tolerance:g}); every class tested, no class lost more than "
         f"{max_recall_drop:g} recall"
-        + (
-            f", new classes recognised (recall at least {min_new_class_recall:g})"
-            if current_metrics.get("unseen_classes")
-            else ""
-        )
+        + (f", new classes recognised (recall at least {min_new_class_recall:g})" if new else "")
     )
     return decision
