@@ -177,9 +177,16 @@ def gate(
     candidate = float(candidate_metrics[metric])
     current = float(current_metrics[metric]) if current_metrics is not None else None
     decision = GateDecision(
-        True, metric, candidate, current, tolerance, "", min_test_images, max_recall_drop
+        promote=True,
+        metric=metric,
+        candidate=candidate,
+        current=current,
+        tolerance=tolerance,
+        reason="",
+        min_test_images=min_test_images,
+        max_recall_drop=max_recall_drop,
+        min_new_class_recall=min_new_class_recall,
     )
-    decision.min_new_class_recall = min_new_class_recall
     untested = _block_untested(decision, candidate_metrics)
     if current is None:
         decision.promote = not untested

@@ -151,7 +151,9 @@ def register_and_decide(
         "max_recall_drop": max_recall_drop,
         "min_new_class_recall": min_new_class_recall,
     }
-    gate.check_arguments(*checks.values())
+    gate.check_arguments(  # before the current model is scored: a bad figure fails at once
+        metric, tolerance, min_test_images, max_recall_drop, min_new_class_recall
+    )
     current, current_metrics = score_current(models_dir, dataset)
     decision = _decide(candidate_metrics, current, current_metrics, policy, checks)
     version = training.register(
