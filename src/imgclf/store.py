@@ -9,6 +9,7 @@ is behind rather than changing it from every worker.
 SQLite keeps its single-writer guarantees: every write is one ``BEGIN IMMEDIATE``
 transaction, in WAL mode, so readers go on while one writer writes. On both engines, at most
 one job of a kind is live (queued or running): a partial unique index says so, not the code.
+The curation audit table is defined on the same ``metadata`` in ``imgclf.audit``.
 """
 
 from __future__ import annotations

@@ -43,6 +43,19 @@ MAX_LABEL_LENGTH = 64
 ARCHIVE_ENDINGS = (".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".jar")
 FORMAT_ENDINGS = {"PNG": "png", "JPEG": "jpg", "MPO": "jpg", "BMP": "bmp", "GIF": "gif"}
 FORMAT_ENDINGS["WEBP"] = "webp"
+#: The class-name rule in words (``LABEL_PATTERN``), for messages.
+LABEL_RULE = (
+    "use letters, digits, spaces, '_', '-' and '.', starting with a letter or digit "
+    "(no '/', '\\' or '..')"
+)
+#: The file lock every change of ``data/uploads/`` holds: uploads and curation alike.
+LOCK_FILE = ".upload.lock"
+LOCK_TIMEOUT_S = 120
+
+
+def lock(uploads_dir: Path) -> FileLock:
+    """The lock under which a batch is added, changed or removed (``uploads_dir`` must exist)."""
+    return FileLock(str(uploads_dir / LOCK_FILE), timeout=LOCK_TIMEOUT_S)
 
 
 class UploadError(ValueError):
@@ -92,10 +105,7 @@ def validate_label(label: str | None) -> str:
     if len(label) > MAX_LABEL_LENGTH:
         raise UploadError(f"label is {len(label)} characters long; at most {MAX_LABEL_LENGTH}")
     if not LABEL_PATTERN.match(label):
-        raise UploadError(
-            f"label {label!r} is not allowed: use letters, digits, spaces, '_', '-' and '.', "
-            "starting with a letter or digit (no '/', '\\' or '..')"
-        )
+        raise UploadError(f"label {label!r} is not allowed: {LABEL_RULE}")
     return label
 
 
@@ -176,6 +186,7 @@ class HashIndex:
 
     def hashes(self) -> dict[str, Path]:
         found: dict[str, Path] = {}
+        seen: dict[Path, tuple[int, int, str]] = {}
         roots = [self.data_dir / "train", self.data_dir / "test", self.data_dir / "uploads"]
         for root in roots:
             if not root.is_dir():
@@ -190,8 +201,9 @@ class HashIndex:
                 if cached is None or cached[:2] != (info.st_size, info.st_mtime_ns):
                     digest = hashlib.sha256(path.read_bytes()).hexdigest()
                     cached = (info.st_size, info.st_mtime_ns, digest)
-                    self._cache[path] = cached
+                seen[path] = cached
                 found.setdefault(cached[2], path)
+        self._cache = seen  # files deleted or moved since (curation) are forgotten
         return found
 
 
@@ -336,7 +348,7 @@ def store_upload(
     if not candidates:
         return report
     uploads_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(uploads_dir / ".upload.lock"), timeout=120):
+    with lock(uploads_dir):
         known = index.hashes()
         fresh = {}
         for digest, candidate in candidates.items():

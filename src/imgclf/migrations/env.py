@@ -2,6 +2,7 @@
 
 from alembic import context
 
+from imgclf import audit  # noqa: F401  (its table is on the store's metadata)
 from imgclf.store import metadata
 
 connection = context.config.attributes["connection"]
