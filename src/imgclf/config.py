@@ -272,6 +272,17 @@ def get_server_settings() -> ServerSettings:
     )
 
 
+#: The promotion gate's figures and their ranges: the one list the settings, the API's retrain
+#: parameters and the gate itself check against (``imgclf.gate``).
+GATE_RANGES = {
+    "tolerance": (0.0, 1.0),
+    "min_test_images": (0, 100_000),
+    "max_recall_drop": (0.0, 1.0),
+    "min_new_class_recall": (0.0, 1.0),
+    "alpha": (0.0001, 0.5),
+}
+
+
 @dataclass(frozen=True)
 class LoopSettings:
     """The learning loop: how uploads are split, what the gate demands, how long prediction
@@ -281,6 +292,7 @@ class LoopSettings:
     min_test_images: int
     max_recall_drop: float
     min_new_class_recall: float
+    alpha: float
     retain_images: int
     retain_hours: float
     auto_retrain: bool
@@ -297,7 +309,8 @@ def get_loop_settings() -> LoopSettings:
 
     ``UPLOAD_TEST_SHARE`` (0.2: share of uploaded images kept for testing),
     ``GATE_MIN_TEST_IMAGES`` (5 per class), ``GATE_MAX_RECALL_DROP`` (0.05),
-    ``GATE_MIN_NEW_CLASS_RECALL`` (0.5),
+    ``GATE_MIN_NEW_CLASS_RECALL`` (0.5), ``GATE_ALPHA`` (0.05: the chance of rejecting a
+    candidate as good as the current model),
     ``RETAIN_IMAGES`` (10000 prediction images kept; 0: none) and ``RETAIN_HOURS`` (168),
     ``AUTO_RETRAIN`` (0: off, 1: on), ``AUTO_RETRAIN_MIN_IMAGES`` (50 new labelled images),
     ``AUTO_RETRAIN_ON_DRIFT`` (0/1), ``AUTO_RETRAIN_MIN_INTERVAL_S`` (3600),
@@ -310,9 +323,10 @@ def get_loop_settings() -> LoopSettings:
     values = _read_all(
         {
             "UPLOAD_TEST_SHARE": (_float, 0.2, 0.0, 0.9),
-            "GATE_MIN_TEST_IMAGES": (_int, 5, 0, 100_000),
-            "GATE_MAX_RECALL_DROP": (_float, 0.05, 0.0, 1.0),
-            "GATE_MIN_NEW_CLASS_RECALL": (_float, 0.5, 0.0, 1.0),
+            "GATE_MIN_TEST_IMAGES": (_int, 5, *GATE_RANGES["min_test_images"]),
+            "GATE_MAX_RECALL_DROP": (_float, 0.05, *GATE_RANGES["max_recall_drop"]),
+            "GATE_MIN_NEW_CLASS_RECALL": (_float, 0.5, *GATE_RANGES["min_new_class_recall"]),
+            "GATE_ALPHA": (_float, 0.05, *GATE_RANGES["alpha"]),
             "RETAIN_IMAGES": (_int, 10_000, 0, 10_000_000),
             "RETAIN_HOURS": (_float, 168.0, 0.0, 87_600.0),
             "AUTO_RETRAIN": (_int, 0, 0, 1),
@@ -329,6 +343,7 @@ def get_loop_settings() -> LoopSettings:
         min_test_images=values["GATE_MIN_TEST_IMAGES"],
         max_recall_drop=values["GATE_MAX_RECALL_DROP"],
         min_new_class_recall=values["GATE_MIN_NEW_CLASS_RECALL"],
+        alpha=values["GATE_ALPHA"],
         retain_images=values["RETAIN_IMAGES"],
         retain_hours=values["RETAIN_HOURS"],
         auto_retrain=bool(values["AUTO_RETRAIN"]),

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn import metrics as skm
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: The metric the promotion gate compares, unless told otherwise.
 GATE_METRIC = "f1_macro"
@@ -172,33 +176,63 @@ def comparison_table(models: dict[str, dict]):
     return pd.DataFrame(columns).round(4)
 
 
-def per_class_table(candidate: dict, current: dict | None, blocked: dict[str, str] | None = None):
-    """Per-class test images, recall of both models and what blocked promotion, one row a class.
+def per_class_table(candidate: dict, decision) -> pd.DataFrame:
+    """The gate's evidence, one row a class: test images, both recalls, the difference with its
+    95 % interval, the p-value and the level it was held to, the verdict, the smallest drop
+    this many test images can detect, and what blocked promotion (empty when nothing did).
 
     Args:
-        candidate, current: ``classification_metrics`` results on the same test set (current
-            may be None).
-        blocked: class -> reason, from the gate's decision (``GateDecision.blocked``).
-
-    Returns:
-        A pandas DataFrame indexed by class: ``test images``, ``candidate recall``,
-        ``current recall``, ``change`` and ``blocked`` (the reason, or empty).
+        candidate: the candidate's ``classification_metrics``.
+        decision: the gate's ``GateDecision`` (or its ``as_dict()``).
     """
     import pandas as pd
 
-    blocked = blocked or {}
-    known = (current or {}).get("per_class", {})
+    decision = decision if isinstance(decision, dict) else decision.as_dict()
+    compared = {row["class"]: row for row in decision.get("comparisons", [])}
+    blocked = decision.get("blocked", {})
     rows = {}
     for name, scores in candidate.get("per_class", {}).items():
-        before = known.get(name, {}).get("recall") if current is not None else None
+        row = compared.get(name, {})
+        verdict = row.get("verdict") or ("blocked" if name in blocked else "not compared")
         rows[name] = {
             "test images": int(scores["support"]),
-            "candidate recall": round(float(scores["recall"]), 4),
-            "current recall": None if before is None else round(float(before), 4),
-            "change": None if before is None else round(float(scores["recall"]) - before, 4),
+            "current recall": row.get("current_recall"),
+            "candidate recall": float(scores["recall"]),
+            "change": row.get("difference"),
+            "95% interval": (
+                f"{row['ci_low']:+.3f} to {row['ci_high']:+.3f}" if "ci_low" in row else ""
+            ),
+            "p": row.get("p_value"),
+            "level": row.get("level"),
+            "verdict": "blocked" if name in blocked else verdict,
+            "detectable drop": row.get("detectable_drop"),
             "blocked": blocked.get(name, ""),
         }
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def overall_table(decision) -> pd.DataFrame:
+    """The gate's overall comparison as a one-row table (empty with no current model)."""
+    import pandas as pd
+
+    decision = decision if isinstance(decision, dict) else decision.as_dict()
+    overall = decision.get("overall") or {}
+    if not overall:
+        return pd.DataFrame()
+    return pd.DataFrame(
+        [
+            {
+                "metric": overall["metric"],
+                "current": overall["current"],
+                "candidate": overall["candidate"],
+                "change": overall["difference"],
+                "95% interval": f"{overall['ci_low']:+.4f} to {overall['ci_high']:+.4f}",
+                "p": overall["p_value"],
+                "level": overall["level"],
+                "verdict": overall["verdict"],
+            }
+        ]
+    )
 
 
 def style_per_class(table):
@@ -206,6 +240,8 @@ def style_per_class(table):
 
     def mark(row):
         colour = "background-color: #f8d7da" if row["blocked"] else ""
+        if not colour and row.get("verdict") == "not-enough-evidence":
+            colour = "background-color: #fff3cd"
         return [colour] * len(row)
 
     return table.style.apply(mark, axis=1).format(precision=4, na_rep="-")

@@ -1,38 +1,67 @@
-"""The promotion gate: a candidate replaces the current model only if every class it predicts
-was tested, it is not worse overall, no class lost more than a set amount of recall, and every
-class new to it is recognised.
+"""The promotion gate: a candidate replaces the current model unless the evidence says it is
+worse, every class it predicts was tested, and every class new to it is recognised.
 
-The four checks, in order:
+Both models answer the same test images (``evidence.Paired``), so the gate compares them image
+by image, not by two point estimates that differ by noise. The checks:
 
-1. **Coverage.** Every class of the candidate has at least ``min_test_images`` images in the
-   test set. A class nobody tested is never served (a candidate that added an untested class
-   would otherwise score the same as the current model on it: zero for both).
-2. **Overall.** ``candidate[metric] >= current[metric] - tolerance``.
-3. **Per class.** For every class the current model knows, its recall falls by at most
-   ``max_recall_drop``.
-4. **New classes.** Every class the current model has never seen (``unseen_classes`` in its
-   metrics, from ``training.evaluate``) reaches at least ``min_new_class_recall`` on its test
-   images. The current model scores zero on such a class, so "no recall lost" says nothing
-   about it: without this check a candidate that never predicts its new class would pass.
+1. **Coverage.** Every class of the candidate has at least ``min_test_images`` test images. A
+   class nobody tested is never served.
+2. **Per class.** For every tested class the current model knows, an exact one-sided McNemar
+   test on the images where the two models disagree asks whether the candidate's recall is
+   lower. The class blocks only when the candidate is worse *with confidence* (the test is
+   significant after correcting for the number of comparisons) *and* by more than
+   ``max_recall_drop``, the practical margin.
+3. **Overall.** The same for ``metric`` (macro F1 by default): a paired bootstrap, stratified
+   by class, gives its difference with a 95 % interval and a one-sided p-value; it blocks
+   only when significant and worse by more than ``tolerance``. The overall test is one more
+   member of the family the correction covers (Holm's step-down with Tarone's count of
+   testable comparisons, ``evidence.step_down``): the chance of rejecting a candidate that is
+   as good as the current model is at most ``alpha``, whatever the number of classes.
+4. **New classes.** Every class the current model never saw (``unseen_classes``) reaches at
+   least ``min_new_class_recall``. The current model scores zero there, so a comparison says
+   nothing about it.
 
+A difference beyond the margin that the test set cannot confirm is "not enough evidence to
+tell": it does not block (blocking on it would reject equally good candidates most of the time),
+and the decision says how many more test images of which class would settle a drop that size.
 With no current model only coverage applies.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 
+import numpy as np
+
+from imgclf import evidence
+from imgclf.config import GATE_RANGES
 from imgclf.evaluation import GATE_METRIC
 
-GATE_METRICS = ("accuracy", "f1_macro", "precision_macro", "recall_macro")
+GATE_METRICS = evidence.METRICS
+OVERALL = "overall"
+
+
+class Verdict(StrEnum):
+    """What the gate concluded, for the whole candidate and for each comparison."""
+
+    FIRST = "first"  # no comparable current model
+    NOT_WORSE = "not-worse"  # no comparison shows the candidate worse beyond its margin
+    NOT_ENOUGH_EVIDENCE = "not-enough-evidence"  # a difference beyond the margin, unconfirmed
+    WORSE = "worse"  # worse with confidence and by more than the margin: blocks
+    BLOCKED = "blocked"  # a class untested, or a new class not recognised
 
 
 @dataclass
 class GateDecision:
-    """The gate's verdict, with both scores, for the report, the registry and the API.
+    """The gate's verdict, with the evidence, for the report, the registry and the API.
 
-    ``blocked`` names each class that stopped promotion and why (lacking test images, or a
-    recall drop); ``needs`` says how many more test images each untested class needs.
+    ``blocked`` names each class that stopped promotion and why; ``needs`` says how many more
+    test images each untested class needs; ``inconclusive`` says, for each difference the test
+    set could not confirm, what would settle it. ``comparisons`` has one row per class (test
+    images, both recalls, the difference with its 95 % interval, the p-value, the level it was
+    held to, the verdict, the smallest drop this many test images can detect) and ``overall``
+    the same for ``metric``.
     """
 
     promote: bool
@@ -46,6 +75,12 @@ class GateDecision:
     min_new_class_recall: float = 0.0
     blocked: dict[str, str] = field(default_factory=dict)
     needs: dict[str, int] = field(default_factory=dict)
+    alpha: float = evidence.ALPHA
+    verdict: str = Verdict.NOT_WORSE.value
+    inconclusive: dict[str, str] = field(default_factory=dict)
+    comparisons: list[dict] = field(default_factory=list)
+    overall: dict = field(default_factory=dict)
+    detectable_drop: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -59,25 +94,6 @@ def coverage(candidate_metrics: dict, min_test_images: int) -> dict[str, int]:
         for name, scores in per_class.items()
         if int(scores["support"]) < min_test_images
     }
-
-
-def recall_drops(
-    candidate_metrics: dict, current_metrics: dict, max_recall_drop: float
-) -> dict[str, float]:
-    """Classes the current model knows whose recall fell by more than ``max_recall_drop``.
-
-    Classes with no test image, and classes the current model never had (recall zero), cannot
-    lose recall and are not checked here (coverage checks them).
-    """
-    drops = {}
-    known = current_metrics.get("per_class", {})
-    for name, scores in candidate_metrics.get("per_class", {}).items():
-        if name not in known or not scores.get("support"):
-            continue
-        drop = float(known[name]["recall"]) - float(scores["recall"])
-        if drop > max_recall_drop + 1e-12:
-            drops[name] = drop
-    return drops
 
 
 def weak_new_classes(
@@ -95,19 +111,15 @@ def weak_new_classes(
     }
 
 
-def check_arguments(
-    metric: str, tolerance: float, min_test: int, max_drop: float, min_new: float = 0.0
-) -> None:
+def check_arguments(metric: str, **figures: float) -> None:
+    """Raise ValueError naming the first unknown metric or figure out of its range
+    (``config.GATE_RANGES``)."""
     if metric not in GATE_METRICS:
         raise ValueError(f"metric={metric!r}: expected one of {', '.join(GATE_METRICS)}")
-    if tolerance < 0:
-        raise ValueError(f"tolerance={tolerance}: must be zero or positive")
-    if min_test < 0:
-        raise ValueError(f"min_test_images={min_test}: must be zero or positive")
-    if not 0 <= max_drop <= 1:
-        raise ValueError(f"max_recall_drop={max_drop}: expected 0 to 1")
-    if not 0 <= min_new <= 1:
-        raise ValueError(f"min_new_class_recall={min_new}: expected 0 to 1")
+    for name, value in figures.items():
+        low, high = GATE_RANGES[name]
+        if not low <= value <= high:
+            raise ValueError(f"{name}={value}: expected {low:g} to {high:g}")
 
 
 def _block_untested(decision: GateDecision, candidate_metrics: dict) -> str:
@@ -116,27 +128,18 @@ def _block_untested(decision: GateDecision, candidate_metrics: dict) -> str:
     decision.needs = coverage(candidate_metrics, least)
     for name, missing in decision.needs.items():
         decision.blocked[name] = (
-            f"{least - missing} test image(s); at least {least} needed ({missing} more)"
+            f"{least - missing} test image(s); at least {least} needed ({missing} more): "
+            f"upload {missing} more image(s) of it, or remove the class "
+            f"(DELETE /uploads/classes/{name})"
         )
     if not decision.needs:
         return ""
     listed = ", ".join(f"{name!r} needs {n} more" for name, n in decision.needs.items())
     return (
         f"not every class was tested: {listed} test image(s) (at least {least} per class; "
-        "upload more images of these classes)"
+        "upload more images of these classes, or remove a class uploaded by mistake with "
+        "DELETE /uploads/classes/<name>)"
     )
-
-
-def _block_recall_drops(decision: GateDecision, candidate_metrics, current_metrics) -> str:
-    """Check 3: block the classes that lost too much recall; the reason."""
-    limit = decision.max_recall_drop
-    drops = recall_drops(candidate_metrics, current_metrics, limit)
-    for name, drop in drops.items():
-        decision.blocked[name] = f"recall fell by {drop:.4f} (at most {limit:g})"
-    if not drops:
-        return ""
-    listed = ", ".join(f"{name!r} by {drop:.4f}" for name, drop in drops.items())
-    return f"recall fell by more than {limit:g} for {listed}"
 
 
 def _block_weak_new_classes(decision: GateDecision, candidate_metrics, current_metrics) -> str:
@@ -156,64 +159,253 @@ def _block_weak_new_classes(decision: GateDecision, candidate_metrics, current_m
     )
 
 
+def _class_rows(paired: evidence.Paired, boot: evidence.Bootstrap, compared: list[str]) -> dict:
+    """One row per compared class: n, both recalls, the difference and its interval, p."""
+    rows = {}
+    for name in compared:
+        index = paired.class_names.index(name)
+        mine = paired.labels == index
+        right_cand = paired.candidate[mine] == index
+        right_cur = paired.current[mine] == index
+        b, w, p = evidence.mcnemar_worse(right_cand, right_cur)
+        low, high = boot.interval(boot.recall_difference[:, index])
+        rows[name] = {
+            "class": name,
+            "n": int(mine.sum()),
+            "current_recall": float(right_cur.mean()),
+            "candidate_recall": float(right_cand.mean()),
+            "difference": float(right_cand.mean() - right_cur.mean()),
+            "ci_low": low,
+            "ci_high": high,
+            "only_current_right": b,
+            "only_candidate_right": w,
+            "p_value": p,
+            "p_min": evidence.smallest_p(b + w),
+        }
+    return rows
+
+
+def _judge(row: dict, rejected: bool, margin: float) -> str:
+    drop = -row["difference"]
+    if drop > margin + 1e-12:
+        return Verdict.WORSE if rejected else Verdict.NOT_ENOUGH_EVIDENCE
+    return Verdict.NOT_WORSE
+
+
+def _plan(row: dict, level: float, margin: float) -> None:
+    """Add what this class's test images can detect, and what would settle an open question."""
+    recall = row["current_recall"]
+    row["detectable_drop"] = evidence.detectable_drop(row["n"], recall, level, margin)
+    if row["verdict"] == Verdict.NOT_ENOUGH_EVIDENCE:
+        needed = evidence.images_needed(recall, -row["difference"], level, margin)
+        row["more_images"] = None if needed is None else max(needed - row["n"], 1)
+
+
+def compare(
+    paired: evidence.Paired,
+    current_metrics: dict,
+    metric: str,
+    tolerance: float,
+    max_recall_drop: float,
+    alpha: float,
+    resamples: int = evidence.RESAMPLES,
+    plan: bool = True,
+) -> tuple[list[dict], dict]:
+    """Checks 2 and 3: every class the current model knows, and the overall metric.
+
+    Returns:
+        ``(rows, overall)``: a row per compared class and one for the metric, each with its
+        verdict (``Verdict``) and the level its p-value was held to.
+    """
+    boot = evidence.bootstrap(paired, metric, resamples)
+    unseen = set(current_metrics.get("unseen_classes", []))
+    support = paired.support()
+    compared = [
+        name
+        for index, name in enumerate(paired.class_names)
+        if support[index] and name not in unseen
+    ]
+    rows = _class_rows(paired, boot, compared)
+    low, high = boot.interval(boot.difference)
+    overall = {
+        "metric": metric,
+        "candidate": boot.candidate,
+        "current": boot.current,
+        "difference": boot.candidate - boot.current,
+        "ci_low": low,
+        "ci_high": high,
+        "p_value": boot.p_worse(),
+        "p_min": 1 / (resamples + 1),
+    }
+    everything = {**{f"class:{n}": r for n, r in rows.items()}, OVERALL: overall}
+    rejected, levels = evidence.step_down(
+        {k: r["p_value"] for k, r in everything.items()},
+        {k: r["p_min"] for k, r in everything.items()},
+        alpha,
+    )
+    planning_level = alpha / len(everything)  # the strictest step: sizes planned for it
+    for key, row in everything.items():
+        row["level"] = levels[key]
+        margin = tolerance if key == OVERALL else max_recall_drop
+        row["verdict"] = _judge(row, key in rejected, margin).value
+        if plan and key != OVERALL:
+            _plan(row, planning_level, margin)
+    return list(rows.values()), overall
+
+
+def _describe(row: dict, what: str) -> str:
+    """``what`` of both models, the difference with its interval, the p-value and its level."""
+    candidate = row.get("candidate_recall", row.get("candidate"))
+    current = row.get("current_recall", row.get("current"))
+    return (
+        f"{what} {candidate:.4f} against {current:.4f} (difference {row['difference']:+.4f}, "
+        f"95 % interval {row['ci_low']:+.4f} to {row['ci_high']:+.4f}; "
+        f"p={row['p_value']:.2g}, level {row['level']:.2g})"
+    )
+
+
+def _block_worse(decision: GateDecision) -> str:
+    """Fill ``blocked`` for the comparisons that show the candidate worse; the reason."""
+    worse = []
+    for row in decision.comparisons:
+        if row["verdict"] == Verdict.WORSE:
+            decision.blocked[row["class"]] = _describe(row, "recall")
+            worse.append(f"{row['class']!r}: {_describe(row, 'recall')}")
+    if decision.overall.get("verdict") == Verdict.WORSE:
+        worse.append(_describe(decision.overall, decision.metric))
+    if not worse:
+        return ""
+    return "the candidate is worse with confidence, by more than the margin: " + "; ".join(worse)
+
+
+def _note_inconclusive(decision: GateDecision) -> str:
+    """Fill ``inconclusive`` with what would settle each unconfirmed difference; a sentence."""
+    for row in decision.comparisons:
+        if row["verdict"] != Verdict.NOT_ENOUGH_EVIDENCE:
+            continue
+        more = row.get("more_images")
+        settle = (
+            f"about {more} more test images of {row['class']!r} would settle a drop this size"
+            if more
+            else f"more test images of {row['class']!r} would settle it"
+        )
+        decision.inconclusive[row["class"]] = f"{_describe(row, 'recall')}: {settle}"
+    if decision.overall.get("verdict") == Verdict.NOT_ENOUGH_EVIDENCE:
+        decision.inconclusive[OVERALL] = _describe(decision.overall, decision.metric)
+    if not decision.inconclusive:
+        return ""
+    return (
+        "not enough evidence to tell for "
+        + ", ".join(repr(name) for name in decision.inconclusive)
+        + " (a difference beyond the margin that this test set cannot confirm)"
+    )
+
+
 def gate(
     candidate_metrics: dict,
     current_metrics: dict | None,
+    paired: evidence.Paired | None = None,
     metric: str = GATE_METRIC,
     tolerance: float = 0.0,
     min_test_images: int = 0,
-    max_recall_drop: float = 1.0,
+    max_recall_drop: float = 0.05,
     min_new_class_recall: float = 0.0,
+    alpha: float = evidence.ALPHA,
+    resamples: int = evidence.RESAMPLES,
+    plan: bool = True,
 ) -> GateDecision:
     """Decide whether a candidate may be promoted over the current model (see the module).
 
-    Both metric dicts must come from the same test set (``evaluation.classification_metrics``).
+    Args:
+        candidate_metrics, current_metrics: ``evaluation.classification_metrics`` of both on
+            the same test set (current None: no comparable current model).
+        paired: both models' answers on that test set; required with ``current_metrics``.
+        plan: work out the detectable drops and the test images that would settle open
+            questions (``make bench-gate`` leaves it out: it changes no decision).
 
     Raises:
-        ValueError: unknown metric, a negative tolerance or minimum, a drop outside 0 to 1, or
-            a metric missing from a dict.
+        ValueError: unknown metric, a figure out of range, a metric missing from a dict, or a
+            current model without paired answers.
     """
-    check_arguments(metric, tolerance, min_test_images, max_recall_drop, min_new_class_recall)
-    candidate = float(candidate_metrics[metric])
+    check_arguments(
+        metric,
+        tolerance=tolerance,
+        min_test_images=min_test_images,
+        max_recall_drop=max_recall_drop,
+        min_new_class_recall=min_new_class_recall,
+        alpha=alpha,
+    )
     current = float(current_metrics[metric]) if current_metrics is not None else None
     decision = GateDecision(
         promote=True,
         metric=metric,
-        candidate=candidate,
+        candidate=float(candidate_metrics[metric]),
         current=current,
         tolerance=tolerance,
         reason="",
         min_test_images=min_test_images,
         max_recall_drop=max_recall_drop,
         min_new_class_recall=min_new_class_recall,
+        alpha=alpha,
     )
     untested = _block_untested(decision, candidate_metrics)
-    if current is None:
+    if current_metrics is None:
         decision.promote = not untested
+        decision.verdict = (Verdict.BLOCKED if untested else Verdict.FIRST).value
         decision.reason = untested or "no current model: the candidate becomes the first"
         return decision
-    worse = (
-        f"candidate {metric} {candidate:.4f} is worse than current {current:.4f} by more "
-        f"than the tolerance {tolerance:g}"
-        if candidate < current - tolerance
-        else ""
+    if paired is None:
+        raise ValueError("the gate needs both models' answers on the test set (paired)")
+    decision.comparisons, decision.overall = compare(
+        paired, current_metrics, metric, tolerance, max_recall_drop, alpha, resamples, plan
     )
-    reasons = [
-        untested,
-        worse,
-        _block_recall_drops(decision, candidate_metrics, current_metrics),
-        _block_weak_new_classes(decision, candidate_metrics, current_metrics),
-    ]
-    if any(reasons):
+    drops = [row["detectable_drop"] for row in decision.comparisons if "detectable_drop" in row]
+    if plan and drops:
+        decision.detectable_drop = None if None in drops else max(drops)
+    return _conclude(decision, candidate_metrics, current_metrics, untested)
+
+
+def _conclude(decision: GateDecision, candidate_metrics, current_metrics, untested: str):
+    worse = _block_worse(decision)
+    weak = _block_weak_new_classes(decision, candidate_metrics, current_metrics)
+    open_questions = _note_inconclusive(decision)
+    reasons = [r for r in (untested, worse, weak) if r]
+    if reasons:
         decision.promote = False
-        decision.reason = "; ".join(r for r in reasons if r) + "; the current model stays"
+        decision.verdict = (Verdict.WORSE if worse else Verdict.BLOCKED).value
+        decision.reason = "; ".join(reasons) + "; the current model stays"
         return decision
-    verdict = "better than" if candidate > current else "not worse than"
+    overall = decision.overall
+    decision.verdict = (Verdict.NOT_ENOUGH_EVIDENCE if open_questions else Verdict.NOT_WORSE).value
     new = current_metrics.get("unseen_classes")
     decision.reason = (
-        f"candidate {metric} {candidate:.4f} is {verdict} current {current:.4f} "
-        f"(tolerance {tolerance:g}); every class tested, no class lost more than "
-        f"{max_recall_drop:g} recall"
-        + (f", new classes recognised (recall at least {min_new_class_recall:g})" if new else "")
+        f"candidate {decision.metric} {overall['candidate']:.4f} against current "
+        f"{overall['current']:.4f} (difference {overall['difference']:+.4f}, 95 % interval "
+        f"{overall['ci_low']:+.4f} to {overall['ci_high']:+.4f}); no class shown worse by more "
+        f"than {decision.max_recall_drop:g} recall (family-wise level {decision.alpha:g})"
+        + (
+            f"; new classes recognised (recall at least {decision.min_new_class_recall:g})"
+            if new
+            else ""
+        )
+        + (f"; {open_questions}" if open_questions else "")
     )
     return decision
+
+
+def min_detectable(decision: GateDecision) -> str:
+    """A sentence: the smallest recall drop the test set can detect, and in which class."""
+    rows = [row for row in decision.comparisons if "detectable_drop" in row]
+    if not rows:
+        return ""
+    sizes = np.array([row["n"] for row in rows])
+    typical = rows[int(np.argsort(sizes)[len(sizes) // 2])]
+    weakest = max(rows, key=lambda row: row["detectable_drop"] or 2)
+    worst = weakest["detectable_drop"]
+    return (
+        f"With {typical['n']} test images (the median class), a recall drop of "
+        f"{typical['detectable_drop'] or 'more than the recall'} is caught 80 % of the time; "
+        f"the least-tested comparable class, {weakest['class']!r} ({weakest['n']} images), "
+        f"needs a drop of {worst if worst is not None else 'more than its recall'}. Add test "
+        "images to see smaller drops."
+    )

@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgclf import gate, registry, training
+import numpy as np
+
+from imgclf import evidence, gate, registry, training
 from imgclf import model as modelling
 from imgclf.evaluation import GATE_METRIC
 from imgclf.store import JobState
@@ -70,37 +72,43 @@ class Outcome:
             "candidate": decision.candidate,
             "current": decision.current,
             "blocked": decision.blocked,
+            "verdict": decision.verdict,
+            "inconclusive": decision.inconclusive,
         }
 
 
-def score_current(models_dir: Path, dataset: training.Dataset) -> tuple[str | None, dict | None]:
+def score_current(
+    models_dir: Path, dataset: training.Dataset
+) -> tuple[str | None, dict | None, np.ndarray | None]:
     """Score the current model on the candidate's test set.
 
     Returns:
-        ``(version, metrics)``; metrics are None when there is no current model, or when its
-        classes are not the first classes of the data set (then the two cannot be compared on
-        the same labels). A current model that lacks classes the data brought scores zero on
-        them (see ``training.evaluate``).
+        ``(version, metrics, answers)``: metrics and the answer (class index) for each test
+        image are None when there is no current model, or when its classes are not the first
+        classes of the data set (then the two cannot be compared on the same labels). A
+        current model that lacks classes the data brought scores zero on them (see
+        ``training.evaluate``).
     """
     version = registry.current_version(models_dir)
     if version is None:
-        return None, None
+        return None, None, None
     classes = registry.metadata(models_dir, version)["class_names"]
     if dataset.class_names[: len(classes)] != classes:
-        return version, None
+        return version, None, None
     current_model = modelling.load_model(registry.model_path(models_dir, version))
-    metrics, _ = training.evaluate(current_model, dataset.test)
-    return version, metrics
+    metrics, probabilities = training.evaluate(current_model, dataset.test)
+    return version, metrics, probabilities.argmax(axis=1)
 
 
 def _decide(
     candidate_metrics: dict,
     current: str | None,
     current_metrics: dict | None,
+    paired: evidence.Paired | None,
     policy: str,
     checks: dict,
 ) -> gate.GateDecision:
-    decision = gate.gate(candidate_metrics, current_metrics, **checks)
+    decision = gate.gate(candidate_metrics, current_metrics, paired, **checks)
     if policy != "if-not-worse":
         decision.promote = policy == "always"
         decision.reason = f"promote={policy!r}: the gate was not asked ({decision.reason})"
@@ -124,16 +132,24 @@ def register_and_decide(
     metric: str = GATE_METRIC,
     tolerance: float = 0.0,
     min_test_images: int = 0,
-    max_recall_drop: float = 1.0,
+    max_recall_drop: float = 0.05,
     min_new_class_recall: float = 0.0,
+    alpha: float = evidence.ALPHA,
+    candidate_answers: np.ndarray | None = None,
 ) -> tuple[Outcome, dict | None]:
     """Register a trained candidate, gate it against the current model, promote if it passes.
 
     The candidate is always registered (a rejected one too, with the gate's decision in its
-    metadata, so that a person can still promote it by hand). The checks are the gate's
-    (``gate.gate``): every class tested by ``min_test_images``, the overall ``metric`` within
-    ``tolerance``, no class losing more than ``max_recall_drop`` recall, every class new to the
-    current model recognised with at least ``min_new_class_recall``.
+    metadata, so that a person can still promote it by hand), with both models' answers on
+    each test image and the test set's fingerprint (``gate_evidence``), so the decision can be
+    checked later. The checks are the gate's (``gate.gate``): every class tested by
+    ``min_test_images``, no class shown worse by more than ``max_recall_drop`` and the overall
+    ``metric`` not shown worse by more than ``tolerance`` (paired tests at family-wise level
+    ``alpha``), every class new to the current model recognised with ``min_new_class_recall``.
+
+    Args:
+        candidate_answers: the candidate's class index for each test image (default: computed
+            again from the model).
 
     Returns:
         ``(outcome, current_metrics)``: the outcome, and the current model's metrics on the
@@ -144,21 +160,33 @@ def register_and_decide(
     """
     if policy not in POLICIES:
         raise ValueError(f"promote={policy!r}: expected one of {', '.join(POLICIES)}")
-    checks = {
-        "metric": metric,
+    figures = {
         "tolerance": tolerance,
         "min_test_images": min_test_images,
         "max_recall_drop": max_recall_drop,
         "min_new_class_recall": min_new_class_recall,
+        "alpha": alpha,
     }
-    gate.check_arguments(  # before the current model is scored: a bad figure fails at once
-        metric, tolerance, min_test_images, max_recall_drop, min_new_class_recall
+    gate.check_arguments(metric, **figures)  # before the current model is scored
+    current, current_metrics, current_answers = score_current(models_dir, dataset)
+    paired = None
+    if current_answers is not None:
+        if candidate_answers is None:
+            candidate_answers = training.evaluate(model, dataset.test)[1].argmax(axis=1)
+        paired = evidence.Paired(
+            dataset.test.labels,
+            candidate_answers,
+            current_answers,
+            dataset.class_names,
+            training.test_fingerprint(dataset),
+        )
+    decision = _decide(
+        candidate_metrics, current, current_metrics, paired, policy, {"metric": metric, **figures}
     )
-    current, current_metrics = score_current(models_dir, dataset)
-    decision = _decide(candidate_metrics, current, current_metrics, policy, checks)
-    version = training.register(
-        models_dir, model, dataset, candidate_metrics, record, extra={"gate": decision.as_dict()}
-    )
+    extra = {"gate": decision.as_dict()}
+    if paired is not None:
+        extra["gate_evidence"] = {"current_version": current, **paired.as_dict()}
+    version = training.register(models_dir, model, dataset, candidate_metrics, record, extra)
     if decision.promote:
         registry.promote(models_dir, version)
     return Outcome(version, decision.promote, decision, record.parent_version), current_metrics

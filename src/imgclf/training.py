@@ -6,6 +6,7 @@ train, evaluate and register the result with everything needed to reproduce it.
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -92,6 +93,15 @@ def test_set(data_dir: Path, class_names: list[str]) -> data.Split:
     split = data.discover(data_dir / "test", class_names=class_names)
     uploaded = data.discover_uploads(data_dir / "uploads", "test", classes=class_names)
     return data.merge_splits(split, uploaded)
+
+
+def test_fingerprint(dataset: Dataset) -> str:
+    """What identifies the test set two models were compared on: its files' content, their
+    labels, the class names and the input format (the decoded cache's key), as SHA-256."""
+    digest = hashlib.sha256(dataset.test.key.encode())
+    digest.update(np.asarray(dataset.test.labels, dtype=np.int64).tobytes())
+    digest.update("\0".join(dataset.class_names).encode())
+    return digest.hexdigest()
 
 
 def _writable_cache(folder: Path) -> Path:
