@@ -5,6 +5,7 @@ from __future__ import annotations
 from dashboard.client import ApiError
 from dashboard.components import DataView, RetrainView, ReviewView
 from dashboard.components.base import Notices
+from dashboard.components.curation import CurationView
 from dashboard.components.insights import drift_frame
 from dashboard.components.retrain import job_text
 
@@ -112,3 +113,98 @@ def test_insights_show_the_drift_verdict_and_one_row_per_test():
     frame = drift_frame(report)
     assert list(frame["test"]) == ["brightness", "predicted classes"]
     assert list(frame["drift"]) == ["yes", ""]
+
+
+LISTING = {
+    "classes": [
+        {"name": "junk", "images": 3, "train": 2, "test": 1, "batches": ["b1"]},
+        {"name": "sevn", "images": 6, "train": 4, "test": 2, "batches": ["b1", "b2"]},
+    ],
+    "batches": [
+        {
+            "id": "b1",
+            "stored_at": "2026-12-03T07:00:00+00:00",
+            "images": 5,
+            "train": 3,
+            "test": 2,
+            "classes": {"junk": {"images": 3}, "sevn": {"images": 2}},
+        },
+        {
+            "id": "b2",
+            "stored_at": "2026-12-03T08:00:00+00:00",
+            "images": 4,
+            "train": 3,
+            "test": 1,
+            "classes": {"sevn": {"images": 4}},
+        },
+    ],
+}
+
+
+def test_data_tab_lists_uploaded_classes_and_batches():
+    entry = {"created_at": 0, "operation": "delete-class", "target": "junk", "outcome": "done"}
+    entry.update(images=3, actor="1a2b3c4d", client="127.0.0.1")
+    client = StubClient(
+        data_summary={"train": {"1": 5}, "uploads": {}}, uploads=LISTING, upload_audit=[entry]
+    )
+    view = DataView(client, Notices())
+    view.refresh()
+    curation = view.curation
+    assert list(curation.classes.value["class"]) == ["junk", "sevn"]
+    assert list(curation.batches.value["stored"]) == [
+        "2026-12-03 07:00:00 UTC",
+        "2026-12-03 08:00:00 UTC",
+    ]
+    assert curation.batches.value["classes"][0] == "junk (3), sevn (2)"
+    assert curation.class_select.options == ["junk", "sevn"]
+    assert curation.batch_select.options == ["b1", "b2"]
+    assert list(curation.audit.value["by"]) == ["1a2b3c4d @ 127.0.0.1"]
+
+
+def test_a_class_is_deleted_only_after_the_second_click():
+    deleted = {
+        "operation": "delete-class",
+        "target": "junk",
+        "images": 3,
+        "train": 2,
+        "test": 1,
+        "batches": ["b1"],
+        "batches_removed": [],
+    }
+    client = StubClient(uploads=LISTING, upload_audit=[], delete_upload_class=deleted)
+    view = CurationView(client, Notices())
+    view.refresh()
+    view.class_select.value = "junk"
+    view.on_delete_class()
+    assert "delete_upload_class" not in client.calls
+    assert view.confirm_button.visible and "**junk**" in view.confirm_text.object
+    view.on_cancel()  # changing one's mind: nothing happens
+    view.confirm_button.clicks += 1
+    assert "delete_upload_class" not in client.calls
+    view.on_delete_class()
+    view.confirm_button.clicks += 1
+    assert client.calls.count("delete_upload_class") == 1 and not view.confirm_button.visible
+    assert "Deleted class **junk**: 3 image(s) (2 train, 1 test)" in view.result.object
+
+
+def test_a_rename_into_an_existing_class_says_merge_and_a_refusal_shows_in_the_banner():
+    refused = ApiError("retrain job abc is running: ... (HTTP 409)", 409, {"job": JOB})
+    client = StubClient(uploads=LISTING, upload_audit=[], rename_upload_class=refused)
+    view = CurationView(client, Notices())
+    view.refresh()
+    view.class_select.value, view.new_name.value = "sevn", "junk"
+    view.on_rename_class()
+    assert view.confirm_text.object.startswith("Merge class **sevn** into **junk**")
+    view.on_confirm()
+    assert view.notices.alert.visible and "retrain job abc" in view.notices.alert.object
+    view.new_name.value = ""
+    view.on_rename_class()
+    assert "type its new name" in view.result.object and not view.confirm_button.visible
+
+
+def test_curation_asks_for_the_token_before_calling_the_api():
+    client = StubClient(uploads=LISTING)
+    client.token = ""
+    view = CurationView(client, Notices())
+    view.refresh()
+    assert client.calls == [] and "admin token" in view.result.object

@@ -6,6 +6,7 @@ Every call has a timeout; failures become ``ApiError`` with a sentence a person 
 from __future__ import annotations
 
 import os
+from urllib.parse import quote
 
 import requests
 
@@ -101,6 +102,25 @@ class ApiClient:
 
     def data_summary(self) -> dict:
         return self._call("GET", "/data/summary")
+
+    def uploads(self) -> dict:
+        """Uploaded classes and batches with their counts (admin)."""
+        return self._call("GET", "/uploads", admin=True, timeout=30)
+
+    def delete_upload_batch(self, batch_id: str) -> dict:
+        path = f"/uploads/batches/{quote(batch_id, safe='')}"
+        return self._call("DELETE", path, admin=True, timeout=60)
+
+    def delete_upload_class(self, name: str) -> dict:
+        path = f"/uploads/classes/{quote(name, safe='')}"
+        return self._call("DELETE", path, admin=True, timeout=60)
+
+    def rename_upload_class(self, name: str, new_name: str) -> dict:
+        path = f"/uploads/classes/{quote(name, safe='')}"
+        return self._call("PATCH", path, admin=True, json={"name": new_name}, timeout=60)
+
+    def upload_audit(self, limit: int = 20) -> list[dict]:
+        return self._call("GET", "/uploads/audit", admin=True, params={"limit": limit})
 
     def samples(self, per_class: int = 6) -> dict:
         return self._call("GET", "/data/samples", params={"per_class": per_class})

@@ -349,6 +349,9 @@ def store_upload(
         return report
     uploads_dir.mkdir(parents=True, exist_ok=True)
     with lock(uploads_dir):
+        from imgclf import curation  # it imports this module
+
+        curation.recover(uploads_dir)  # what a killed upload or curation left
         known = index.hashes()
         fresh = {}
         for digest, candidate in candidates.items():

@@ -1,4 +1,5 @@
-"""Data: bulk upload of labelled images (files + label, or a zip), and images per class."""
+"""Data: bulk upload of labelled images (files + label, or a zip), images per class, and the
+curation of uploads (``components.curation``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import panel as pn
 
 from dashboard import charts
 from dashboard.components.base import Component, table
+from dashboard.components.curation import CurationView
 
 OUTCOME_COLUMNS = ["file", "label", "outcome", "detail"]
 
@@ -35,6 +37,7 @@ class DataView(Component):
         self.result = pn.pane.Markdown("")
         self.outcomes = table(pd.DataFrame(columns=OUTCOME_COLUMNS), height=220)
         self.distribution = pn.Column()
+        self.curation = CurationView(client, notices, token_source, on_change=self.refresh)
 
     def __panel__(self):
         files = pn.Column(
@@ -52,6 +55,7 @@ class DataView(Component):
                 "### Images per class: training set and uploads waiting for a retrain"
             ),
             self.distribution,
+            self.curation,
         )
 
     def _use_token(self) -> None:
@@ -97,3 +101,4 @@ class DataView(Component):
         if summary["uploads"]:
             counts["uploads (pending)"] = summary["uploads"]
         self.distribution.objects = [pn.pane.Bokeh(charts.bars(counts, "images per class"))]
+        self.curation.refresh()

@@ -1,0 +1,143 @@
+"""Curation of uploaded data (admin): list, delete a batch, delete or rename (merge) a class.
+
+Every change is atomic (``imgclf.curation``) and recorded in the audit table
+(``imgclf.audit``: who by token fingerprint and address, never the token). While a retrain job
+is queued or running the uploads are its input, so changes are refused with 409 and the job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from filelock import Timeout
+from flask import Response, request
+from flask_smorest import Blueprint, abort
+
+from imgclf import audit, curation, jobs
+from serve import errors, schemas, state
+from serve.auth import ADMIN, require_token
+
+blueprint = Blueprint("uploads", __name__, description="Curation of uploaded data (admin)")
+REFUSED = {curation.NotFound: 404, curation.InvalidName: 422, curation.Conflict: 409}
+
+
+def _client() -> str:
+    """The request's address, and X-Forwarded-For as sent when a proxy added it."""
+    address = request.remote_addr or "unknown"
+    forwarded = request.headers.get("X-Forwarded-For")
+    return f"{address} (X-Forwarded-For: {forwarded})" if forwarded else address
+
+
+def _retrain_conflict(worker) -> Response | None:
+    """A 409 naming the job while a retrain is queued or running (it reads the uploads)."""
+    job = worker.store.live_job(jobs.KIND)
+    if job is None:
+        return None
+    message = (
+        f"retrain job {job['id']} is {job['state']}: the uploads are its input, so they "
+        f"cannot change until it ends; wait, or cancel it (POST /retrain/{job['id']}/cancel)"
+    )
+    return errors.json_error(409, message, job=jobs.describe(job, log_lines=0))
+
+
+def _curate(operation: str, target: str, change: Callable[[], dict], new_name=None):
+    """Run one curation under the audit: started, then done, refused or failed."""
+    worker = state.current()
+    conflict = _retrain_conflict(worker)
+    if conflict is not None:
+        return conflict
+    log = audit.AuditLog(worker.store.engine)
+    actor = audit.token_id(worker.service.admin_token)
+    entry = log.start(operation, target, new_name, actor=actor, client=_client())
+    try:
+        result = change()
+    except curation.CurationError as error:
+        log.finish(entry, "refused", error=str(error))
+        abort(REFUSED.get(type(error), 409), message=str(error))
+    except Timeout:
+        message = "the uploads are locked by another upload or curation; try again shortly"
+        log.finish(entry, "failed", error=message)
+        abort(503, message=message, headers={"Retry-After": "5"})
+    except OSError as error:
+        message = f"{operation} {target!r} failed ({error}); the uploads were left as they were"
+        log.finish(entry, "failed", error=message)
+        abort(500, message=message)
+    log.finish(entry, "done", result)
+    return {**result, "audit_id": entry}
+
+
+@blueprint.route("/uploads")
+@require_token
+@blueprint.doc(security=ADMIN)
+@blueprint.response(200, schemas.UploadInventory)
+@blueprint.alt_response(401, description="no or a wrong admin token")
+def inventory():
+    """Uploaded classes and batches: images, when stored, how they split into train and test."""
+    return curation.inventory(state.current().settings.uploads_dir)
+
+
+@blueprint.route("/uploads/audit")
+@require_token
+@blueprint.arguments(schemas.AuditQuery, location="query")
+@blueprint.doc(security=ADMIN)
+@blueprint.response(200, schemas.AuditEntry(many=True))
+@blueprint.alt_response(401, description="no or a wrong admin token")
+def audit_trail(query):
+    """The latest curation operations, newest first: what, when, by whom, how it ended."""
+    return audit.AuditLog(state.current().store.engine).recent(query["limit"])
+
+
+@blueprint.route("/uploads/batches/<batch_id>", methods=["DELETE"])
+@require_token
+@blueprint.doc(security=ADMIN)
+@blueprint.response(200, schemas.CurationResult)
+@blueprint.alt_response(401, description="no or a wrong admin token")
+@blueprint.alt_response(404, description="no such batch")
+@blueprint.alt_response(409, description="a retrain job is queued or running")
+def delete_batch(batch_id):
+    """Delete one upload batch: its images and its manifest."""
+    uploads_dir = state.current().settings.uploads_dir
+    return _curate("delete-batch", batch_id, lambda: curation.delete_batch(uploads_dir, batch_id))
+
+
+@blueprint.route("/uploads/classes/<name>", methods=["DELETE"])
+@require_token
+@blueprint.doc(security=ADMIN)
+@blueprint.response(200, schemas.CurationResult)
+@blueprint.alt_response(401, description="no or a wrong admin token")
+@blueprint.alt_response(404, description="no uploaded class of that name")
+@blueprint.alt_response(409, description="a retrain job is queued or running")
+def delete_class(name):
+    """Delete every uploaded image of a class, in every batch (a batch left empty goes too).
+
+    The base data set (`train/`, `test/`) is never touched.
+    """
+    uploads_dir = state.current().settings.uploads_dir
+    return _curate("delete-class", name, lambda: curation.delete_class(uploads_dir, name))
+
+
+@blueprint.route("/uploads/classes/<name>", methods=["PATCH"])
+@require_token
+@blueprint.arguments(schemas.RenameClass)
+@blueprint.doc(security=ADMIN)
+@blueprint.response(200, schemas.CurationResult)
+@blueprint.alt_response(401, description="no or a wrong admin token")
+@blueprint.alt_response(404, description="no uploaded class of that name")
+@blueprint.alt_response(409, description="a retrain job is queued or running, or a file clash")
+@blueprint.alt_response(422, description="the new name breaks the class-name rule")
+def rename_class(body, name):
+    """Rename an uploaded class; to an existing class's name, the images merge into it.
+
+    Each image keeps its train/test share; the batches' manifests follow the moved files.
+    """
+    try:
+        new_name = curation.check_name(body["name"])
+    except curation.InvalidName as error:
+        abort(422, message=str(error))
+    uploads_dir = state.current().settings.uploads_dir
+    return _curate(
+        "rename-class",
+        name,
+        lambda: curation.rename_class(uploads_dir, name, new_name),
+        new_name=new_name,
+    )
