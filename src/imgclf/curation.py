@@ -97,14 +97,20 @@ def stored_at(batch: Path) -> str:
 
 
 def inventory(uploads_dir: Path) -> dict:
-    """The uploaded classes and batches, with counts and each batch's train/test split."""
+    """The uploaded classes and batches, with counts and each batch's train/test split.
+
+    Read without the lock: a batch that an operation moves away meanwhile is left out.
+    """
     listed, classes = [], {}
     for batch in batches(uploads_dir):
-        counts = batch_counts(batch)
+        try:
+            counts, when = batch_counts(batch), stored_at(batch)
+        except FileNotFoundError:
+            continue
         listed.append(
             {
                 "id": batch.name,
-                "stored_at": stored_at(batch),
+                "stored_at": when,
                 "images": sum(sum(c.values()) for c in counts.values()),
                 "train": sum(c["train"] for c in counts.values()),
                 "test": sum(c["test"] for c in counts.values()),
