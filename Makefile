@@ -20,7 +20,7 @@ WORKERS ?= 2
 DASHBOARD_PORT ?= 5006
 export PORT WORKERS DASHBOARD_PORT
 
-.PHONY: help setup lock lock-cuda bench-train data eda train evaluate retrain pipeline run model db serve worker \
+.PHONY: help setup lock lock-cuda bench-gate bench-train data eda train evaluate retrain pipeline run model db serve worker \
         cluster dashboard token bench loadtest reports lab test lint format clean
 
 # make run / make serve start one job worker beside the API; WORKER=0 leaves it out
@@ -105,6 +105,9 @@ token: setup ## print the admin token (created in .env on first use)
 bench: model db ## /predict over HTTP (hey): this API against a plain Flask server, both gunicorn
 	@command -v hey >/dev/null || { echo "make bench needs hey: apt-get install hey"; exit 1; }
 	$(PY) -m devkit.bench
+
+bench-gate: setup ## simulate the promotion gate: false rejections and power by test-set size
+	$(PY) -m devkit.bench_gate
 
 bench-train: setup ## decode and training speed, peak memory (BENCH_IMAGES, BENCH_SIZE, BENCH_DATA)
 	$(PY) -m devkit.bench_train

@@ -17,6 +17,8 @@ from PIL import Image, ImageChops, ImageEnhance
 from imgclf import data
 from imgclf.prediction import Predictor
 
+pytestmark = pytest.mark.training
+
 
 @pytest.fixture(scope="module")
 def predictor(trained_root) -> Predictor:

@@ -11,6 +11,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import TEST_SEED
 from PIL import Image
 
 from imgclf import config, data, evaluation, evidence, gate, training, uploads
@@ -314,9 +315,17 @@ def cross_image(i: int) -> Image.Image:
 
 
 @pytest.mark.slow
+@pytest.mark.training
 def test_a_new_class_of_a_few_images_is_learned_and_passes_the_default_gate(
     trained_root, tmp_path
 ):
+    """8 training images of a new class beside about 140 of each digit, fine-tuned 3 epochs.
+
+    Margins: the crosses are unlike any digit, and repeated up to half the median class they
+    are learned (5 of 5 test images with seeds 1, 2 and 3); at least 4 of 5 are asked. The
+    gate's checks of the digits are paired tests (a few images more or less wrong is not
+    evidence), so a fine-tune that keeps the digits is promoted on any CPU.
+    """
     from imgclf import augment, registry
 
     shutil.copytree(trained_root / "data", tmp_path / "data")
@@ -330,26 +339,36 @@ def test_a_new_class_of_a_few_images_is_learned_and_passes_the_default_gate(
         tmp_path / "data", 16, "grayscale", base_classes=info["class_names"]
     )
     current = modelling.load_model(registry.model_path(models, info["version"]))
-    current_metrics, _ = training.evaluate(current, dataset.test)
+    current_metrics, current_probabilities = training.evaluate(current, dataset.test)
 
-    def fine_tuned(balance: float) -> dict:
-        modelling.set_seed(42)
-        candidate = modelling.load_model(registry.model_path(models, info["version"]))
-        candidate = modelling.widen_head(candidate, info["class_names"], dataset.class_names)
-        modelling.compile_model(candidate, 3e-4)
-        params = modelling.TrainParams(epochs=3, patience=3, learning_rate=3e-4, balance=balance)
-        augmentation = augment.Augmentation(0.05, 0.1, 0.1, False, seed=42)
-        training.fit(candidate, dataset, params, augmentation, seed=42, verbose=0)
-        return training.evaluate(candidate, dataset.test)[0]
+    modelling.set_seed(TEST_SEED)
+    candidate = modelling.load_model(registry.model_path(models, info["version"]))
+    candidate = modelling.widen_head(candidate, info["class_names"], dataset.class_names)
+    modelling.compile_model(candidate, 3e-4)
+    params = modelling.TrainParams(epochs=3, patience=3, learning_rate=3e-4, balance=0.5)
+    augmentation = augment.Augmentation(0.05, 0.1, 0.1, False, seed=TEST_SEED)
+    training.fit(candidate, dataset, params, augmentation, seed=TEST_SEED, verbose=0)
+    metrics, probabilities = training.evaluate(candidate, dataset.test)
 
     assert current_metrics["unseen_classes"] == ["cross"]
-    defaults = {"min_test_images": 5, "max_recall_drop": 0.05}
-    balanced, plain = fine_tuned(0.5), fine_tuned(0.0)
-    assert balanced["per_class"]["cross"]["recall"] >= 0.8
-    assert gate.gate(balanced, current_metrics, **defaults, min_new_class_recall=0.5).promote
-    # without repeating it, the class is drowned by the digits (recall 0 when measured), and
-    # only the new-class check keeps that candidate (better overall: 0.89 against 0.88) out
-    assert plain["per_class"]["cross"]["recall"] < balanced["per_class"]["cross"]["recall"]
-    assert gate.gate(plain, current_metrics, **defaults, min_new_class_recall=0.0).promote
-    refused = gate.gate(plain, current_metrics, **defaults, min_new_class_recall=0.5)
-    assert not refused.promote and "cross" in refused.blocked
+    assert metrics["per_class"]["cross"]["recall"] >= 0.8, metrics["per_class"]["cross"]
+    paired = evidence.Paired(
+        dataset.test.labels,
+        probabilities.argmax(axis=1),
+        current_probabilities.argmax(axis=1),
+        dataset.class_names,
+    )
+    defaults = {"min_test_images": 5, "max_recall_drop": 0.05, "min_new_class_recall": 0.5}
+    decision = gate.gate(metrics, current_metrics, paired, **defaults)
+    assert decision.promote, decision.reason
+    # the same candidate had it never answered 'cross' (as one trained without repeating the
+    # class did: recall 0, yet a little better on the digits): the new-class check refuses it
+    cross = dataset.class_names.index("cross")
+    blind = np.where(paired.candidate == cross, paired.current, paired.candidate)
+    blind[(paired.labels == cross) & (blind == cross)] = 0
+    blind_metrics = evaluation.classification_metrics(
+        paired.labels, np.eye(len(dataset.class_names))[blind], dataset.class_names
+    )
+    blind_pair = evidence.Paired(paired.labels, blind, paired.current, paired.class_names)
+    refused = gate.gate(blind_metrics, current_metrics, blind_pair, **defaults)
+    assert not refused.promote and list(refused.blocked) == ["cross"], refused.reason

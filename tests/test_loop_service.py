@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 import yaml
-from conftest import wait_for
+from conftest import TEST_SEED, wait_for
 from PIL import Image
 from test_worker import alive, children
 
@@ -129,12 +129,22 @@ def test_cancel_a_queued_job_ends_it_at_once(client):
 
 
 @pytest.mark.slow
+@pytest.mark.training
 def test_a_new_class_is_served_only_once_tested_and_feedback_becomes_training_data(
     client, project, worker
 ):
+    """Margins: 14 bright-noise images, unlike any digit, repeated in training up to half the
+    median class, are learned in 3 epochs (seeds 1, 2 and 3); the default gate blocks only a
+    digit shown worse by paired tests, not one that lost an image or two."""
     first = upload(client, "probe", [noise_png(0)])
     assert first["accepted"][0]["split"] == "train"  # a class's first image trains
-    fast = {"epochs": 3, "patience": 3, "tolerance": 0.2, "max_recall_drop": 1.0}
+    fast = {
+        "epochs": 3,
+        "patience": 3,
+        "tolerance": 0.2,
+        "max_recall_drop": 1.0,
+        "seed": TEST_SEED,
+    }
     job = client.post("/retrain", json=fast, headers=AUTH).get_json()
     rejected = finished(client, job["id"])
     assert rejected["state"] == "rejected", rejected
@@ -160,9 +170,11 @@ def test_a_new_class_is_served_only_once_tested_and_feedback_becomes_training_da
     assert summary["uploads"]["probe"] == 14
     assert summary["uploads_test"]["probe"] == len(tests) + (training_row["split"] == "test")
 
-    # the default gate (no tolerance, at most 0.05 recall lost by any class): the class is
-    # learned from its few images because rare classes are repeated (``balance``)
-    job = client.post("/retrain", json={"epochs": 3, "patience": 3}, headers=AUTH).get_json()
+    # the default gate (no class or overall drop shown beyond its margin, new classes at
+    # least 0.5 recall): the class is learned from its few images because rare classes are
+    # repeated (``balance``)
+    default_gate = {"epochs": 3, "patience": 3, "seed": TEST_SEED}
+    job = client.post("/retrain", json=default_gate, headers=AUTH).get_json()
     promoted = finished(client, job["id"])
     assert promoted["state"] == "promoted", promoted
     result = promoted["result"]
@@ -172,6 +184,45 @@ def test_a_new_class_is_served_only_once_tested_and_feedback_becomes_training_da
     assert (
         info["test_metrics"]["per_class"]["probe"]["support"] == summary["uploads_test"]["probe"]
     )
+
+
+def altered(payload: bytes, seed: int) -> bytes:
+    """The same image with noise of one grey level: other bytes, the same digit to a model (a
+    systematic change, a shift or a darker copy, would be learned as what tells them apart)."""
+    with Image.open(io.BytesIO(payload)) as image:
+        pixels = np.asarray(image.convert("L"), dtype=int)
+    noise = np.random.default_rng(seed).integers(-1, 2, pixels.shape)
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(pixels + noise, 0, 255).astype(np.uint8), mode="L").save(
+        buffer, format="PNG"
+    )
+    return buffer.getvalue()
+
+
+@pytest.mark.slow
+@pytest.mark.training
+def test_a_class_harmed_by_mislabelled_uploads_is_rejected_and_named(client, project, worker):
+    """Every training image of '3', slightly altered, uploaded as '8': the candidate can no
+    longer tell a 3 from an '8' of the same look, and the gate must say that '3' was harmed.
+
+    Margin: with both labels on the same images, about half the 3s go to '8' (recall of '3'
+    from about 0.97 to 0.5 or less on its 36 test images: some 15 images only the current
+    model gets right and none the other way, p near 0.5 ** 15, far below 0.05 / 11).
+    """
+    threes = sorted((project.data_dir / "train" / "3").glob("*.png"))
+    assert len(threes) > 100
+    upload(client, "8", [altered(path.read_bytes(), i) for i, path in enumerate(threes)])
+    job = client.post(
+        "/retrain", json={"epochs": 3, "patience": 3, "seed": TEST_SEED}, headers=AUTH
+    ).get_json()
+    rejected = finished(client, job["id"])
+    assert rejected["state"] == "rejected", rejected["result"]
+    result = rejected["result"]
+    assert "3" in result["blocked"] and "'3': recall" in result["reason"], result["reason"]
+    rows = {row["class"]: row for row in result["outcome"]["decision"]["comparisons"]}
+    print({key: rows["3"][key] for key in ("n", "current_recall", "candidate_recall", "p_value")})
+    assert rows["3"]["verdict"] == "worse" and rows["3"]["ci_high"] < 0
+    assert registry.current_version(project.models_dir) == "v0001"
 
 
 def test_feedback_errors_are_clear_and_the_review_queue_lists_unsure_predictions(client, project):

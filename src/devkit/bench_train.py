@@ -191,8 +191,11 @@ def table(record: dict) -> str:
     return "\n".join(lines)
 
 
-def update_readme(text: str, readme: Path = PROJECT_ROOT / "README.md") -> bool:
-    start, end = README_MARKERS
+def update_readme(
+    text: str, markers: tuple[str, str] = README_MARKERS, readme: Path = PROJECT_ROOT / "README.md"
+) -> bool:
+    """Replace what lies between ``markers`` in the README with ``text``; False if absent."""
+    start, end = markers
     content = readme.read_text()
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     if not pattern.search(content):

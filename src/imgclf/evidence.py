@@ -102,6 +102,18 @@ def mcnemar_worse(
     return b, w, p
 
 
+def discordant_counts(paired: Paired) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per class: images only the current model got right (b), only the candidate (w), and
+    the exact one-sided McNemar p-value of each class (as ``mcnemar_worse``)."""
+    k = len(paired.class_names)
+    right_cand = paired.candidate == paired.labels
+    right_cur = paired.current == paired.labels
+    b = np.bincount(paired.labels[right_cur & ~right_cand], minlength=k)
+    w = np.bincount(paired.labels[right_cand & ~right_cur], minlength=k)
+    p = np.where(b + w > 0, stats.binom.sf(b - 1, np.maximum(b + w, 1), 0.5), 1.0)
+    return b, w, p
+
+
 def smallest_p(discordant: int) -> float:
     """The smallest p-value an exact McNemar test can reach with ``discordant`` disagreements."""
     return 0.5**discordant
@@ -126,10 +138,10 @@ def step_down(
     thresholds: dict[str, float] = {}
     stopped = False
     while remaining:
-        minima = sorted(p_min[name] for name in remaining)
-        count = next(
-            k for k in range(1, len(minima) + 1) if sum(m <= alpha / k for m in minima) <= k
-        )
+        minima = np.sort([p_min[name] for name in remaining])
+        ks = np.arange(1, len(minima) + 1)
+        testable = np.searchsorted(minima, alpha / ks, side="right")  # reach alpha / k at all
+        count = int(ks[np.argmax(testable <= ks)])  # the first k that holds (k = all does)
         level = alpha / count
         name = remaining.pop(0)
         thresholds[name] = level
@@ -199,14 +211,19 @@ def bootstrap(paired: Paired, metric: str, resamples: int = RESAMPLES, seed: int
     if metric not in METRICS:
         raise ValueError(f"metric={metric!r}: expected one of {', '.join(METRICS)}")
     k = len(paired.class_names)
-    triples = np.stack([paired.labels, paired.candidate, paired.current], axis=1)
-    types, counts = np.unique(triples, axis=0, return_counts=True)
+    codes, counts = np.unique(
+        (paired.labels * k + paired.candidate) * k + paired.current, return_counts=True
+    )
+    types = np.stack([codes // (k * k), codes // k % k, codes % k], axis=1)  # sorted by class
     rng = np.random.default_rng(seed)
     weights = np.zeros((resamples, len(types)))
-    for cls in np.unique(types[:, 0]):
-        rows = np.flatnonzero(types[:, 0] == cls)
-        size = counts[rows].sum()
-        weights[:, rows] = rng.multinomial(size, counts[rows] / size, size=resamples)
+    bounds = np.searchsorted(types[:, 0], np.arange(k + 1))
+    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+        if stop > start:
+            size = counts[start:stop].sum()
+            weights[:, start:stop] = rng.multinomial(
+                size, counts[start:stop] / size, size=resamples
+            )
     observed = counts[None, :].astype(np.float64)
     cand_obs, _ = _scores(observed, types[:, 0], types[:, 1], k)
     cur_obs, _ = _scores(observed, types[:, 0], types[:, 2], k)

@@ -161,25 +161,27 @@ def _block_weak_new_classes(decision: GateDecision, candidate_metrics, current_m
 
 def _class_rows(paired: evidence.Paired, boot: evidence.Bootstrap, compared: list[str]) -> dict:
     """One row per compared class: n, both recalls, the difference and its interval, p."""
+    only_current, only_candidate, p_values = evidence.discordant_counts(paired)
+    k = len(paired.class_names)
+    support = np.bincount(paired.labels, minlength=k)
+    right_cand = np.bincount(paired.labels[paired.candidate == paired.labels], minlength=k)
+    right_cur = np.bincount(paired.labels[paired.current == paired.labels], minlength=k)
+    low, high = np.percentile(boot.recall_difference, [2.5, 97.5], axis=0)
     rows = {}
     for name in compared:
-        index = paired.class_names.index(name)
-        mine = paired.labels == index
-        right_cand = paired.candidate[mine] == index
-        right_cur = paired.current[mine] == index
-        b, w, p = evidence.mcnemar_worse(right_cand, right_cur)
-        low, high = boot.interval(boot.recall_difference[:, index])
+        i = paired.class_names.index(name)
+        b, w = int(only_current[i]), int(only_candidate[i])
         rows[name] = {
             "class": name,
-            "n": int(mine.sum()),
-            "current_recall": float(right_cur.mean()),
-            "candidate_recall": float(right_cand.mean()),
-            "difference": float(right_cand.mean() - right_cur.mean()),
-            "ci_low": low,
-            "ci_high": high,
+            "n": int(support[i]),
+            "current_recall": float(right_cur[i] / support[i]),
+            "candidate_recall": float(right_cand[i] / support[i]),
+            "difference": float((right_cand[i] - right_cur[i]) / support[i]),
+            "ci_low": float(low[i]),
+            "ci_high": float(high[i]),
             "only_current_right": b,
             "only_candidate_right": w,
-            "p_value": p,
+            "p_value": float(p_values[i]),
             "p_min": evidence.smallest_p(b + w),
         }
     return rows

@@ -10,6 +10,10 @@ from dashboard.components.base import Component, clock, table
 from imgclf.store import LIVE_STATES, JobState
 
 JOB_COLUMNS = ["job", "state", "started", "by", "why", "version", "report"]
+EVIDENCE_COLUMNS = [
+    "class", "test images", "current recall", "candidate recall", "change", "95% interval",
+    "p", "level", "verdict",
+]  # fmt: skip
 VERSION_COLUMNS = ["version", "current", "accuracy", "macro F1", "parent", "gate"]
 
 
@@ -28,6 +32,8 @@ def job_text(job: dict, base_url: str) -> str:
             f"candidate {result.get('metric', 'f1_macro')} {result.get('candidate', 0):.4f} "
             f"against current {against} · new version **{result.get('version')}**"
         )
+        if result.get("verdict"):
+            text += f" · gate verdict: **{result['verdict']}**"
     if job["state"] in (JobState.FAILED, JobState.CANCELLED):
         text += f"\n\n**{job['state'].upper()}**: {job.get('error')}"
     elif job.get("cancel_requested_at") and job["state"] in LIVE_STATES:
@@ -35,6 +41,42 @@ def job_text(job: dict, base_url: str) -> str:
     if job.get("report"):
         text += f" · [report]({base_url}{job['report']})"
     return text
+
+
+def evidence_frame(result: dict | None) -> pd.DataFrame:
+    """The gate's evidence from a finished job's result: one row a compared class, then the
+    overall metric (empty before the gate ran, or with no current model to compare)."""
+    decision = ((result or {}).get("outcome") or {}).get("decision") or {}
+    rows = [
+        (
+            row["class"],
+            row["n"],
+            row["current_recall"],
+            row["candidate_recall"],
+            row["difference"],
+            f"{row['ci_low']:+.3f} to {row['ci_high']:+.3f}",
+            row["p_value"],
+            row["level"],
+            row["verdict"],
+        )
+        for row in decision.get("comparisons", [])
+    ]
+    overall = decision.get("overall")
+    if overall:
+        rows.append(
+            (
+                f"overall ({overall['metric']})",
+                None,
+                overall["current"],
+                overall["candidate"],
+                overall["difference"],
+                f"{overall['ci_low']:+.3f} to {overall['ci_high']:+.3f}",
+                overall["p_value"],
+                overall["level"],
+                overall["verdict"],
+            )
+        )
+    return pd.DataFrame(rows, columns=EVIDENCE_COLUMNS).round(4)
 
 
 def policy_text(policy: dict) -> str:
@@ -107,15 +149,18 @@ class RetrainView(Component):
         self.progress = pn.indicators.Progress(value=0, max=100, visible=False)
         self.job_text = pn.pane.Markdown("No retrain job started from this page yet.")
         self.job_log = pn.pane.Str("", styles={"font-size": "11px"}, max_height=220)
+        self.evidence = table(pd.DataFrame(columns=EVIDENCE_COLUMNS), visible=False)
         self.jobs = table(pd.DataFrame(columns=JOB_COLUMNS), formatters={"report": "html"})
         self.versions = table(pd.DataFrame(columns=VERSION_COLUMNS))
 
     def __panel__(self):
         return pn.Column(
             pn.pane.Markdown(
-                "### Retrain on training data plus uploads\nThe candidate is promoted only if "
-                "every class it predicts has enough test images, it is not worse overall than "
-                "the current model on the same test set, and no class loses too much recall."
+                "### Retrain on training data plus uploads\nThe candidate is promoted unless "
+                "a class it predicts lacks test images, a new class is not recognised, or "
+                "paired tests on the same test images show it worse than the current model "
+                "(overall, or in a class by more than the margin). Each comparison is shown "
+                "below with its interval, p-value and verdict."
             ),
             pn.Row(
                 self.token_input,
@@ -126,6 +171,7 @@ class RetrainView(Component):
             ),
             self.progress,
             self.job_text,
+            self.evidence,
             self.job_log,
             pn.pane.Markdown("### Automatic retraining"),
             self.policy_text,
@@ -180,6 +226,8 @@ class RetrainView(Component):
         self.job_text.object = job_text(job, self.client.base_url)
         self.job_log.object = "\n".join(job.get("log_tail", [])[-12:])
         self.cancel_button.visible = job["state"] in LIVE_STATES
+        evidence = evidence_frame(job.get("result"))
+        self.evidence.value, self.evidence.visible = evidence, not evidence.empty
         if job["state"] not in LIVE_STATES:
             self.job_id = None
             self.progress.value = 100
