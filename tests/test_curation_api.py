@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -62,7 +63,14 @@ def client(project):
     from serve.app import create_app
 
     service = replace(config.get_service_settings(), admin_token=TOKEN, reload_poll_s=0.1)
-    return create_app(project, service).test_client()
+    client = create_app(project, service).test_client()
+    # the worker loads the model in a background thread: let it finish, so that no test ends
+    # (and no interpreter exits) in the middle of an XLA compilation
+    deadline = time.monotonic() + 60
+    while client.get("/health").get_json()["status"] == "loading":
+        assert time.monotonic() < deadline, "the model did not load within 60 s"
+        time.sleep(0.1)
+    return client
 
 
 def api_upload(client, label: str, values: list[int]) -> str:
