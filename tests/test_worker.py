@@ -94,6 +94,31 @@ def test_a_worker_killed_mid_job_fails_it_keeps_the_model_and_frees_the_queue(
         second.wait()
 
 
+def test_the_installed_console_script_runs_a_retrain_with_no_backend_set(project, tmp_path):
+    """``imgclf worker --once`` as installed, with only PATH, HOME and the project's settings:
+    the package picks Keras' backend itself (before, every job failed on 'tensorflow')."""
+    script = Path(sys.executable).parent / "imgclf"
+    assert script.is_file(), "make setup installs the imgclf console script"
+    store = Store(project.database_url)
+    job = jobs.queue_retrain(
+        store, project, {"epochs": 1, "patience": 1, "tolerance": 0.2, "max_recall_drop": 1.0}
+    )
+    bare = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), **project.as_environment()}
+    assert "KERAS_BACKEND" not in bare
+    result = subprocess.run(
+        [str(script), "worker", "--once"],
+        env=bare,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        cwd=tmp_path,
+    )
+    done = store.job(job["id"])
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert done["state"] in (JobState.PROMOTED, JobState.REJECTED), done
+    assert "tensorflow" not in (done.get("error") or "")
+
+
 def memory_cgroup(limit_bytes: int) -> Path | None:
     """A fresh memory cgroup (v1 or v2) limited to ``limit_bytes``, or None where this process
     cannot make one (not root, no writable cgroup file system)."""

@@ -29,10 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("KERAS_BACKEND", "jax")
-
-from imgclf.config import PROJECT_ROOT, get_settings  # noqa: E402
-from imgclf.files import write_json_atomic, write_text_atomic  # noqa: E402
+from imgclf.config import PROJECT_ROOT, get_settings
+from imgclf.files import write_json_atomic, write_text_atomic
 
 README_MARKERS = ("<!-- bench-train -->", "<!-- /bench-train -->")
 

@@ -7,11 +7,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.setdefault("KERAS_BACKEND", "jax")
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from keras import layers, regularizers  # noqa: E402
+import keras  # the backend is chosen by importing the package (imgclf/__init__.py)
+import numpy as np
+from keras import layers, regularizers
 
 from imgclf.config import DISTRIBUTIONS  # noqa: E402
 

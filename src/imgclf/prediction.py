@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -94,7 +93,6 @@ class Predictor:
         Raises:
             registry.RegistryError: no such version, or no current model.
         """
-        os.environ.setdefault("KERAS_BACKEND", "jax")
         from imgclf.model import load_model
 
         version = version or registry.current_version(models_dir)
