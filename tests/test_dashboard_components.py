@@ -7,7 +7,7 @@ from dashboard.components import DataView, RetrainView, ReviewView
 from dashboard.components.base import Notices
 from dashboard.components.curation import CurationView
 from dashboard.components.insights import drift_frame
-from dashboard.components.retrain import job_text
+from dashboard.components.retrain import evidence_frame, job_text
 
 
 class StubClient:
@@ -208,3 +208,30 @@ def test_curation_asks_for_the_token_before_calling_the_api():
     view = CurationView(client, Notices())
     view.refresh()
     assert client.calls == [] and "admin token" in view.result.object
+
+
+def test_a_finished_job_shows_the_gate_evidence_class_by_class():
+    row = {
+        "class": "3", "n": 36, "current_recall": 0.97, "candidate_recall": 0.5,
+        "difference": -0.47, "ci_low": -0.64, "ci_high": -0.31, "p_value": 1e-5,
+        "level": 0.0045, "verdict": "worse",
+    }  # fmt: skip
+    overall = {
+        "metric": "f1_macro", "current": 0.98, "candidate": 0.93, "difference": -0.05,
+        "ci_low": -0.07, "ci_high": -0.03, "p_value": 0.0005, "level": 0.005, "verdict": "worse",
+    }  # fmt: skip
+    result = {
+        "reason": "worse", "verdict": "worse", "version": "v0002", "candidate": 0.93,
+        "current": 0.98, "outcome": {"decision": {"comparisons": [row], "overall": overall}},
+    }  # fmt: skip
+    rejected = {**JOB, "state": "rejected", "result": result}
+    view = RetrainView(StubClient(job=rejected, jobs=[], policy=None, models=None), Notices())
+    view.job_id = "abc"
+    view.follow_job()
+    assert view.evidence.visible and "gate verdict: **worse**" in view.job_text.object
+    frame = view.evidence.value
+    assert frame["class"].tolist() == ["3", "overall (f1_macro)"]
+    assert (
+        frame.loc[0, "95% interval"] == "-0.640 to -0.310" and frame.loc[0, "verdict"] == "worse"
+    )
+    assert evidence_frame({}).empty  # before the gate ran: nothing to show

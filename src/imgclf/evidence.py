@@ -8,8 +8,9 @@ disagree. This module gives the promotion gate (``imgclf.gate``) its evidence:
   only the candidate; if both had the same recall, ``b`` would be Binomial(b + w, 1/2).
 - ``bootstrap``: a paired bootstrap, stratified by class (each class keeps its number of
   images), of the overall metric (macro F1, accuracy, ...) and of each class's recall, for
-  both models at once; its percentiles give intervals of the differences and a one-sided
-  p-value for the overall metric.
+  both models at once; its percentiles give intervals of the differences.
+- ``permutation_worse``: a paired randomisation test of the overall metric (each image's two
+  answers swapped at random), whose p-value is exact at any size of test set.
 - ``step_down``: Holm's step-down correction for testing several classes at once, with
   Tarone's refinement for discrete tests: a class with too few disagreements to ever reach
   significance (``b + w`` small) is not counted among the comparisons. The chance of calling
@@ -195,26 +196,29 @@ class Bootstrap:
         low, high = np.percentile(values, [tail, 100 - tail])
         return float(low), float(high)
 
-    def p_worse(self) -> float:
-        """One-sided p-value that the candidate's metric is lower (percentile bootstrap)."""
-        return float((1 + np.sum(self.difference >= 0)) / (len(self.difference) + 1))
+
+def _types(paired: Paired) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (true class, candidate answer, current answer) of the test images, sorted
+    by class, and how many images each has: images of one type are interchangeable."""
+    k = len(paired.class_names)
+    codes, counts = np.unique(
+        (paired.labels * k + paired.candidate) * k + paired.current, return_counts=True
+    )
+    return np.stack([codes // (k * k), codes // k % k, codes % k], axis=1), counts
 
 
 def bootstrap(paired: Paired, metric: str, resamples: int = RESAMPLES, seed: int = 0) -> Bootstrap:
     """A paired bootstrap stratified by class: the metric and every class's recall, both models.
 
     Images are resampled within their class (each class keeps its size), the same images for
-    both models. Images that agree in (true class, candidate answer, current answer) are
-    interchangeable, so each class is resampled as a multinomial over those few types, which
-    keeps this fast on large test sets. Seeded: the same inputs give the same result.
+    both models. Images of one type (``_types``) are interchangeable, so each class is
+    resampled as a multinomial over its few types, which keeps this fast on large test sets.
+    Seeded: the same inputs give the same result.
     """
     if metric not in METRICS:
         raise ValueError(f"metric={metric!r}: expected one of {', '.join(METRICS)}")
     k = len(paired.class_names)
-    codes, counts = np.unique(
-        (paired.labels * k + paired.candidate) * k + paired.current, return_counts=True
-    )
-    types = np.stack([codes // (k * k), codes // k % k, codes % k], axis=1)  # sorted by class
+    types, counts = _types(paired)
     rng = np.random.default_rng(seed)
     weights = np.zeros((resamples, len(types)))
     bounds = np.searchsorted(types[:, 0], np.arange(k + 1))
@@ -236,6 +240,38 @@ def bootstrap(paired: Paired, metric: str, resamples: int = RESAMPLES, seed: int
         difference=cand[metric] - cur[metric],
         recall_difference=cand_recall - cur_recall,
     )
+
+
+def permutation_worse(
+    paired: Paired, metric: str, resamples: int = RESAMPLES, seed: int = 0
+) -> float:
+    """One-sided p-value that the candidate's ``metric`` is lower: a paired randomisation test.
+
+    If the two models were interchangeable, swapping their answers on any image would change
+    nothing in law; each resample swaps each image's pair of answers with chance 1/2, and the
+    p-value is the share of resamples whose difference (candidate minus current) is at most the
+    observed one (counting the observed one). Exact at any size of test set, unlike bootstrap
+    p-values, which reject too often on small ones. Seeded.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric={metric!r}: expected one of {', '.join(METRICS)}")
+    k = len(paired.class_names)
+    types, counts = _types(paired)
+    kept = np.random.default_rng(seed).binomial(counts, 0.5, size=(resamples, len(types)))
+    weights = np.concatenate([kept, counts - kept], axis=1).astype(np.float64)
+    truth = np.concatenate([types[:, 0], types[:, 0]])
+    first = np.concatenate([types[:, 1], types[:, 2]])  # the candidate's seat
+    second = np.concatenate([types[:, 2], types[:, 1]])
+    observed = counts[None, :].astype(np.float64)
+    difference = (
+        _scores(observed, types[:, 0], types[:, 1], k)[0][metric][0]
+        - _scores(observed, types[:, 0], types[:, 2], k)[0][metric][0]
+    )
+    resampled = (
+        _scores(weights, truth, first, k)[0][metric]
+        - _scores(weights, truth, second, k)[0][metric]
+    )
+    return float((1 + np.sum(resampled <= difference + 1e-12)) / (resamples + 1))
 
 
 # --- planning: what a test set of a given size can show -----------------------------------

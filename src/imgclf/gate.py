@@ -11,9 +11,10 @@ by image, not by two point estimates that differ by noise. The checks:
    lower. The class blocks only when the candidate is worse *with confidence* (the test is
    significant after correcting for the number of comparisons) *and* by more than
    ``max_recall_drop``, the practical margin.
-3. **Overall.** The same for ``metric`` (macro F1 by default): a paired bootstrap, stratified
-   by class, gives its difference with a 95 % interval and a one-sided p-value; it blocks
-   only when significant and worse by more than ``tolerance``. The overall test is one more
+3. **Overall.** The same for ``metric`` (macro F1 by default): a paired randomisation test
+   (each image's two answers swapped at random) gives a one-sided p-value, a paired bootstrap
+   stratified by class the 95 % interval of the difference; it blocks only when significant
+   and worse by more than ``tolerance``. The overall test is one more
    member of the family the correction covers (Holm's step-down with Tarone's count of
    testable comparisons, ``evidence.step_down``): the chance of rejecting a candidate that is
    as good as the current model is at most ``alpha``, whatever the number of classes.
@@ -236,7 +237,7 @@ def compare(
         "difference": boot.candidate - boot.current,
         "ci_low": low,
         "ci_high": high,
-        "p_value": boot.p_worse(),
+        "p_value": evidence.permutation_worse(paired, metric, resamples),
         "p_min": 1 / (resamples + 1),
     }
     everything = {**{f"class:{n}": r for n, r in rows.items()}, OVERALL: overall}
