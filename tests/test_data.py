@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from conftest import write_image
 
-from imgclf import data
+from imgclf import cache, data
 
 
 def make_split(root: Path, classes: dict[str, int]) -> Path:
@@ -56,8 +56,8 @@ def test_discover_rejects_test_class_unknown_to_training(tmp_path):
 def test_corrupt_image_is_skipped_and_listed(tmp_path):
     make_split(tmp_path, {"a": 2, "b": 2})
     (tmp_path / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    loaded = data.load_split(data.discover(tmp_path), 16, "grayscale")
-    assert loaded.images.shape == (4, 16, 16, 1)
+    loaded = cache.load(data.discover(tmp_path), 16, "grayscale", tmp_path / ".cache", workers=1)
+    assert loaded.images[:].shape == (4, 16, 16, 1)
     assert [Path(p).name for p, _ in loaded.skipped] == ["broken.png"]
 
 

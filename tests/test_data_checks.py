@@ -7,8 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from imgclf import data
-from imgclf.preprocessing import load_images
+from imgclf import cache, data
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +29,12 @@ def test_every_class_has_enough_images_and_the_split_is_stratified(splits):
     assert np.allclose(shares, 0.2, atol=0.02), shares
 
 
-def test_every_image_is_readable_and_grayscale_8_by_8(splits):
-    for split in splits:
-        images, kept, failures = load_images(split.paths, 8, "grayscale")
-        assert not failures and len(kept) == len(split.paths)
-        assert images.shape[1:] == (8, 8, 1) and 0 <= images.min() <= images.max() <= 1
+def test_every_image_is_readable_and_grayscale_8_by_8(splits, tmp_path):
+    for split in splits:  # decoded as training and serving decode them (the cache)
+        decoded = cache.load(split, 8, "grayscale", tmp_path)
+        assert not decoded.skipped and len(decoded) == len(split.paths)
+        assert decoded.images[:].shape == (len(split.paths), 8, 8, 1)
+        assert decoded.images[:].max() > 0
 
 
 def test_no_test_image_is_also_a_training_image(splits):

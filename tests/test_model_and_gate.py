@@ -68,7 +68,8 @@ def test_training_is_reproducible_and_registered_model_serves(digits_dir, tmp_pa
     version = training.register(tmp_path, model, dataset, results[1], record)
     predictor = Predictor.load(tmp_path, version)
     image = (digits_dir / "test" / "3").glob("*.png").__next__().read_bytes()
-    [prediction] = predictor.predict_bytes([image])
+    [result] = predictor.classify([image])
+    prediction = result.prediction
     assert prediction.label in dataset.class_names
     assert abs(sum(prediction.probabilities.values()) - 1) < 1e-4
 

@@ -44,7 +44,6 @@ def test_the_cache_holds_exactly_what_the_decoder_gives_as_uint8_and_lists_skipp
         expected = decode(path, 16, "rgb").array
         assert np.array_equal(cached.images[row], np.rint(expected * 255).astype(np.uint8))
         assert cached.labels[row] == split.labels[split.paths.index(path)]
-    assert np.allclose(cached.floats([0]), decode(cached.paths[0], 16, "rgb").array[None])
 
 
 def test_the_cache_is_reused_and_rebuilt_when_partial_corrupt_or_from_another_decoder(

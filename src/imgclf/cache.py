@@ -140,11 +140,6 @@ class CachedSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def floats(self, indices=None) -> np.ndarray:
-        """Images (all, or at ``indices``) as float32 in [0, 1], as the model takes them."""
-        chosen = self.images[:] if indices is None else self.images[np.sort(indices)]
-        return np.asarray(chosen, dtype=np.float32) / 255.0
-
 
 def _root(split: data.Split) -> Path:
     """The folder all of a split's files are under (train/ and uploads/ for a merged split)."""

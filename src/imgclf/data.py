@@ -13,13 +13,12 @@ import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from imgclf.config import IGNORED_FILE_NAMES, IMAGE_EXTENSIONS
-from imgclf.preprocessing import load_images
 
 
 class DataError(ValueError):
@@ -39,17 +38,6 @@ class Split:
         """Return the number of files per class name, in class order."""
         tally = Counter(self.labels)
         return {name: tally.get(index, 0) for index, name in enumerate(self.class_names)}
-
-
-@dataclass
-class LoadedSplit:
-    """Decoded images of a split, with the files that could not be decoded."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    paths: list[Path]
-    class_names: list[str]
-    skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _is_ignored(path: Path) -> bool:
@@ -118,20 +106,6 @@ def discover(split_dir: str | Path, class_names: list[str] | None = None) -> Spl
         paths.extend(files)
         labels.extend([class_names.index(folder.name)] * len(files))
     return Split(split_dir, list(class_names), paths, labels)
-
-
-def load_split(split: Split, image_size: int, color_mode: str) -> LoadedSplit:
-    """Decode every image of a split; corrupt images are skipped and listed, not fatal.
-
-    Raises:
-        DataError: no image of the split could be decoded.
-    """
-    images, kept, skipped = load_images(split.paths, image_size, color_mode)
-    if not kept:
-        raise DataError(f"{split.root}: none of the {len(split.paths)} images could be read")
-    labels = np.asarray([split.labels[i] for i in kept], dtype=np.int32)
-    paths = [split.paths[i] for i in kept]
-    return LoadedSplit(images, labels, paths, split.class_names, skipped)
 
 
 def fingerprint(files: Iterable[Path], root: Path) -> str:

@@ -91,7 +91,7 @@ def sample_indices(
 
 def sample_grid(split, per_class: int = 8, max_classes: int = 20, seed: int = 0):
     """Figure with ``per_class`` sample images in a row for each class (up to ``max_classes``)
-    of a decoded split (``cache.CachedSplit`` or ``data.LoadedSplit``)."""
+    of a decoded split (``cache.CachedSplit``)."""
     from imgclf.evaluation import plot_image_grid
 
     num_classes = min(len(split.class_names), max_classes)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclf import imagestats, registry
-from imgclf.preprocessing import ImageDecodeError, decode, load_image
+from imgclf.preprocessing import ImageDecodeError, decode
 
 
 @dataclass
@@ -113,10 +113,6 @@ class Predictor:
     def color_mode(self) -> str:
         return self.metadata["color_mode"]
 
-    def preprocess(self, source: bytes | str | Path) -> np.ndarray:
-        """Decode one image exactly as training did (see ``preprocessing.load_image``)."""
-        return load_image(source, self.image_size, self.color_mode)
-
     def predict_images(self, images: np.ndarray) -> np.ndarray:
         """Return probabilities for preprocessed images ``(n, h, w, c)``.
 
@@ -159,18 +155,6 @@ class Predictor:
             for (result, _), row in zip(decoded, rows, strict=True):
                 result.prediction = self.describe(row)
         return results
-
-    def predict_bytes(self, payloads: list[bytes]) -> list[Prediction]:
-        """Decode and classify encoded images.
-
-        Raises:
-            preprocessing.ImageDecodeError: one of the payloads is not a readable image.
-        """
-        results = self.classify(payloads)
-        for result in results:
-            if result.error:
-                raise ImageDecodeError(result.error)
-        return [result.prediction for result in results]
 
     def describe(self, probabilities: np.ndarray) -> Prediction:
         """Turn one row of probabilities into a ``Prediction``."""

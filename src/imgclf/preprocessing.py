@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,25 +127,3 @@ def load_image(
         ValueError: an unknown ``color_mode``.
     """
     return decode(source, image_size, color_mode, max_pixels).array
-
-
-def load_images(
-    paths: Iterable[str | Path], image_size: int, color_mode: str = "grayscale"
-) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
-    """Decode many files with ``load_image``, skipping the unreadable ones.
-
-    Returns:
-        ``(images, kept, failures)``: a stacked float32 array, the indices (into ``paths``) of
-        the images that were decoded, and ``(path, reason)`` for each one that was skipped.
-    """
-    channels = 1 if color_mode == "grayscale" else 3
-    images, kept, failures = [], [], []
-    for index, path in enumerate(paths):
-        try:
-            images.append(load_image(path, image_size, color_mode))
-            kept.append(index)
-        except ImageDecodeError as error:
-            failures.append((str(path), str(error)))
-    if not images:
-        return np.zeros((0, image_size, image_size, channels), np.float32), kept, failures
-    return np.stack(images), kept, failures

@@ -56,7 +56,6 @@ class JobState(StrEnum):
 LIVE_STATES = (JobState.QUEUED, JobState.RUNNING)
 FINAL_STATES = (JobState.PROMOTED, JobState.REJECTED, JobState.FAILED, JobState.CANCELLED)
 #: Who started a job: a person (through the API) or the automatic retraining policy.
-TRIGGERS = ("manual", "auto")
 _LIVE_SQL = "state IN (" + ", ".join(f"'{state.value}'" for state in LIVE_STATES) + ")"
 
 #: A running job whose worker has not written a heartbeat for this long is dead.

@@ -245,8 +245,8 @@ def fit(
 
 
 def evaluate(model, split) -> tuple[dict, np.ndarray]:
-    """Return ``(metrics, probabilities)`` of a model on a decoded split (``cache.CachedSplit``
-    or ``data.LoadedSplit``), read batch by batch.
+    """Return ``(metrics, probabilities)`` of a model on a decoded split (``cache.CachedSplit``),
+    read batch by batch.
 
     A model that knows fewer classes than the split (the current model, when uploads brought
     new classes) gets zero probability for the classes it has never seen, so that it is scored

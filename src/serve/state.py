@@ -11,7 +11,7 @@ import time
 from flask import current_app
 from flask_smorest import abort
 
-from imgclf import config, drift, registry, uploads
+from imgclf import config, drift, uploads
 from imgclf.prediction import LiveModel, Predictor
 from imgclf.retention import ImageKeeper
 from imgclf.store import PredictionLogWriter, Store
@@ -63,13 +63,6 @@ class WorkerState:
                 or "no model has been trained yet: run `make train` (or `make run`)",
             )
         return predictor
-
-    def current_input_format(self) -> tuple[int, str]:
-        """Image size and colour mode of the current model (the settings' without one)."""
-        version = registry.current_version(self.settings.models_dir)
-        info = registry.metadata(self.settings.models_dir, version) if version else {}
-        size = info.get("image_size", [self.settings.image_size])[0]
-        return size, info.get("color_mode", self.settings.color_mode)
 
 
 def current() -> WorkerState:
