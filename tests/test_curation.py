@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import io
-import json
 import shutil
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclf import curation, data, training, uploads
+from imgclf import curation, data, manifest, training, uploads
 
 
 def png(value: int, size=(12, 12)) -> bytes:
@@ -51,8 +50,8 @@ def snapshot(root: Path) -> dict[str, bytes]:
     }
 
 
-def manifest(batch_dir: Path) -> list[dict]:
-    return json.loads((batch_dir / data.MANIFEST).read_text())
+def rows_of(batch_dir: Path) -> list[dict]:
+    return manifest.read(batch_dir)
 
 
 @pytest.fixture
@@ -86,7 +85,7 @@ def test_inventory_lists_classes_and_batches_with_their_split(store):
     assert first["images"] == 10 and first["manifest"] and first["stored_at"].endswith("+00:00")
     assert first["classes"]["cat"]["images"] == 8
     # the split is the one the manifest records, image by image
-    splits = data.batch_splits(data_dir / "uploads" / names["a"])
+    splits = manifest.splits(data_dir / "uploads" / names["a"])
     assert first["test"] == sum(split == "test" for split in splits.values()) > 0
     assert first["train"] + first["test"] == first["images"]
     assert curation.inventory(data_dir / "nowhere") == {"classes": [], "batches": []}
@@ -107,14 +106,14 @@ def test_delete_a_batch_removes_its_files_and_manifest_and_its_images_can_come_b
 def test_delete_a_class_in_every_batch_and_a_batch_left_empty(store):
     data_dir, index, names = store
     uploads_dir = data_dir / "uploads"
-    before = manifest(uploads_dir / names["a"])
+    before = rows_of(uploads_dir / names["a"])
     result = curation.delete_class(uploads_dir, "junk")
     assert (result["images"], result["train"] + result["test"]) == (3, 3)
     assert result["batches"] == sorted([names["a"], names["b"]])
     assert result["batches_removed"] == [names["b"]]
     assert not (uploads_dir / names["b"]).exists()
     assert not (uploads_dir / names["a"] / "junk").exists()
-    rows = manifest(uploads_dir / names["a"])
+    rows = rows_of(uploads_dir / names["a"])
     assert rows == [row for row in before if row["label"] != "junk"] and len(rows) == 8
     assert {c["name"] for c in curation.inventory(uploads_dir)["classes"]} == {"cat", "sevn"}
     assert data.discover_uploads(uploads_dir, None).class_names == ["cat", "sevn"]
@@ -125,13 +124,13 @@ def test_delete_a_class_in_every_batch_and_a_batch_left_empty(store):
 def test_rename_a_misspelt_class_moves_files_and_manifest_rows_keeping_their_split(store):
     data_dir, index, names = store
     uploads_dir, batch = data_dir / "uploads", data_dir / "uploads" / names["c"]
-    splits = {k.split("/")[1]: v for k, v in data.batch_splits(batch).items() if "sevn/" in k}
+    splits = {k.split("/")[1]: v for k, v in manifest.splits(batch).items() if "sevn/" in k}
     result = curation.rename_class(uploads_dir, "sevn", "seven")
     assert result["images"] == 7 and not result["merged"] and result["new_name"] == "seven"
     assert not (batch / "sevn").exists() and len(list((batch / "seven").iterdir())) == 7
-    moved = {k.split("/")[1]: v for k, v in data.batch_splits(batch).items() if "seven/" in k}
+    moved = {k.split("/")[1]: v for k, v in manifest.splits(batch).items() if "seven/" in k}
     assert moved == splits
-    for row in manifest(batch):
+    for row in rows_of(batch):
         assert row["stored_as"].split("/")[2] == row["label"] and row["label"] != "sevn"
         assert (data_dir / row["stored_as"]).is_file()
     duplicate = uploads.store_upload([("x", "y.png", png(200))], uploads_dir, index)
@@ -145,7 +144,7 @@ def test_rename_into_an_existing_class_merges_the_images(store):
     assert result["merged"] and result["images"] == 7
     merged = uploads_dir / names["c"] / "cat"
     assert len(list(merged.iterdir())) == 9 and not (uploads_dir / names["c"] / "sevn").exists()
-    assert {row["label"] for row in manifest(uploads_dir / names["c"])} == {"cat"}
+    assert {row["label"] for row in rows_of(uploads_dir / names["c"])} == {"cat"}
     classes = {c["name"]: c["images"] for c in curation.inventory(uploads_dir)["classes"]}
     assert classes == {"cat": 17, "junk": 3}
 
@@ -169,7 +168,7 @@ def test_unknown_targets_are_not_found_and_bad_names_are_refused_by_the_rule(sto
         ("a/b", uploads.LABEL_RULE),
         ("..", uploads.LABEL_RULE),
         (" cat", uploads.LABEL_RULE),  # spaces around a name are refused, not trimmed
-        (data.MANIFEST, uploads.LABEL_RULE),  # a class folder named like the manifest
+        (manifest.FILE, uploads.LABEL_RULE),  # a class folder named like the manifest
         ("", "a label is required"),
         ("x" * 65, "at most 64"),
         ("sevn", "already named 'sevn'"),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import shutil
 
@@ -14,7 +13,7 @@ import pytest
 from conftest import TEST_SEED
 from PIL import Image
 
-from imgclf import config, data, evaluation, evidence, gate, training, uploads
+from imgclf import config, data, evaluation, evidence, gate, manifest, training, uploads
 from imgclf import model as modelling
 
 
@@ -197,8 +196,8 @@ def test_uploaded_test_share_joins_the_test_set_and_never_moves(digits_dir, tmp_
     report = uploads.store_upload(files, tmp_path / "uploads", index, test_share=0.2, min_test=5)
     by_split = {row["stored_as"]: row["split"] for row in report.accepted}
     assert sorted(set(by_split.values())) == ["test", "train"]
-    manifest = json.loads((tmp_path / "uploads" / report.batch / data.MANIFEST).read_text())
-    assert {row["stored_as"]: row["split"] for row in manifest} == by_split
+    rows = manifest.read(tmp_path / "uploads" / report.batch)
+    assert {row["stored_as"]: row["split"] for row in rows} == by_split
     test_share = data.discover_uploads(tmp_path / "uploads", "test")
     assert len(test_share.paths) == list(by_split.values()).count("test") >= 5
     dataset = training.load_dataset(tmp_path, 8, "grayscale", include_uploads=True)
@@ -210,7 +209,7 @@ def test_uploaded_test_share_joins_the_test_set_and_never_moves(digits_dir, tmp_
     # more uploads of the class later: the earlier images keep their shares
     more = [("probe", f"q{seed}.png", png(seed)) for seed in range(13, 40)]
     uploads.store_upload(more, tmp_path / "uploads", index, test_share=0.2, min_test=5)
-    first = data.batch_splits(tmp_path / "uploads" / report.batch)
+    first = manifest.splits(tmp_path / "uploads" / report.batch)
     assert {f"uploads/{report.batch}/{name}": s for name, s in first.items()} == by_split
     counts = uploads.class_counts(tmp_path)
     assert counts["uploads"]["probe"] == 40
@@ -372,3 +371,17 @@ def test_a_new_class_of_a_few_images_is_learned_and_passes_the_default_gate(
     blind_pair = evidence.Paired(paired.labels, blind, paired.current, paired.class_names)
     refused = gate.gate(blind_metrics, current_metrics, blind_pair, **defaults)
     assert not refused.promote and list(refused.blocked) == ["cross"], refused.reason
+
+
+def test_the_upload_manifest_has_one_owner():
+    """Only ``imgclf/manifest.py`` names the manifest's file or parses it: the others call it."""
+    rows = [manifest.row("a.png", "cat", "ab" * 32, "b1", "ab.png", "test")]
+    assert manifest.class_and_name(rows[0]) == ("cat", "ab.png")
+    with pytest.raises(ValueError, match="split"):
+        manifest.row("a.png", "cat", "ab" * 32, "b1", "ab.png", "validation")
+    source = config.PROJECT_ROOT / "src"
+    for path in source.rglob("*.py"):
+        if path.name != "manifest.py":
+            text = path.read_text()
+            assert '"manifest.json"' not in text, f"{path} names the manifest's file itself"
+            assert "MANIFEST" not in text, f"{path} keeps its own name for the manifest"

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from imgclf import data, uploads
+from imgclf import data, manifest, uploads
 
 WORK_PREFIX = ".curation-"
 COMMIT = "COMMIT"
@@ -75,7 +75,7 @@ def _image_names(folder: Path) -> list[str]:
 
 def batch_counts(batch: Path) -> dict[str, dict[str, int]]:
     """Images per class of one batch, split into ``train`` and ``test`` as its manifest says."""
-    splits = data.batch_splits(batch)
+    splits = manifest.splits(batch)
     counts = {}
     for folder in data.class_folders(batch):
         tally = dict.fromkeys(data.SPLITS, 0)
@@ -114,7 +114,7 @@ def inventory(uploads_dir: Path) -> dict:
                 "images": sum(sum(c.values()) for c in counts.values()),
                 "train": sum(c["train"] for c in counts.values()),
                 "test": sum(c["test"] for c in counts.values()),
-                "manifest": (batch / data.MANIFEST).is_file(),
+                "manifest": (batch / manifest.FILE).is_file(),
                 "classes": {name: {**c, "images": sum(c.values())} for name, c in counts.items()},
             }
         )
@@ -189,7 +189,7 @@ def check_name(name: str) -> str:
         checked = uploads.validate_label(name)
     except uploads.UploadError as error:
         raise InvalidName(str(error)) from None
-    if checked != name or name == data.MANIFEST:
+    if checked != name or name == manifest.FILE:
         raise InvalidName(f"label {name!r} is not allowed: {uploads.LABEL_RULE}")
     return name
 
@@ -269,7 +269,7 @@ def _builder(name: str, new_name: str | None) -> Builder:
 
     def build(source: Path, target: Path) -> bool:
         merge = new_name is not None and (source / new_name).is_dir()
-        skip = {data.MANIFEST, name, new_name if merge else None}
+        skip = {manifest.FILE, name, new_name if merge else None}
         for entry in sorted(source.iterdir()):
             if entry.name in skip:
                 continue
@@ -320,26 +320,14 @@ def _write_manifest(
 
     A batch without a manifest gets none; one whose manifest cannot be read keeps it as is.
     """
-    path = source / data.MANIFEST
+    path = source / manifest.FILE
     if not path.is_file():
         return
-    try:
-        rows = json.loads(path.read_text())
-    except ValueError:
-        rows = None
-    if not isinstance(rows, list):
-        _link(str(path), str(target / data.MANIFEST))
+    rows = manifest.read(source)
+    if rows is None:
+        _link(str(path), str(target / manifest.FILE))
         return
-    kept = []
-    for row in rows:
-        stored = row.get("stored_as") if isinstance(row, dict) else None
-        parts = stored.split("/") if isinstance(stored, str) else []
-        if len(parts) < 2 or parts[-2] != name:
-            kept.append(row)
-        elif new_name is not None and parts[-1] not in dropped:
-            moved = "/".join([*parts[:-2], new_name, parts[-1]])
-            kept.append({**row, "label": new_name, "stored_as": moved})
-    (target / data.MANIFEST).write_text(json.dumps(kept, indent=2))
+    manifest.write(target, manifest.relabelled(rows, name, new_name, dropped))
 
 
 def _apply(uploads_dir: Path, plan: dict[str, Builder | None]) -> set[str]:

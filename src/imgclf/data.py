@@ -7,7 +7,6 @@ labelled images live in ``<data_dir>/uploads/<batch>/<class>/<image>``.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imgclf import manifest
 from imgclf.config import IGNORED_FILE_NAMES, IMAGE_EXTENSIONS
 
 
@@ -127,27 +127,7 @@ def dataset_fingerprint(*splits: Split) -> str:
     return fingerprint([p.resolve() for split in splits for p in split.paths], root)
 
 
-#: The manifest each upload batch holds: one row per stored image, with its split.
-MANIFEST = "manifest.json"
-SPLITS = ("train", "test")
-
-
-def batch_splits(batch_dir: Path) -> dict[str, str]:
-    """``<class>/<file>`` -> ``train`` or ``test`` for the images of one upload batch.
-
-    Images of batches stored before uploads were split have no entry (they are training data).
-    """
-    path = batch_dir / MANIFEST
-    try:
-        rows = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    found = {}
-    for row in rows if isinstance(rows, list) else []:
-        stored, split = row.get("stored_as"), row.get("split")
-        if isinstance(stored, str) and split in SPLITS:
-            found["/".join(stored.split("/")[-2:])] = split
-    return found
+SPLITS = manifest.SPLITS
 
 
 def discover_uploads(
@@ -170,7 +150,7 @@ def discover_uploads(
         return None
     by_class: dict[str, list[Path]] = {}
     for batch in sorted(p for p in uploads_dir.iterdir() if p.is_dir() and not _is_ignored(p)):
-        splits = batch_splits(batch)
+        splits = manifest.splits(batch)
         for folder in class_folders(batch):
             if classes is not None and folder.name not in classes:
                 continue

@@ -11,13 +11,12 @@ shows it (``GET /policy``).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from imgclf import data, jobs, registry
+from imgclf import jobs, manifest, registry
 from imgclf.config import LoopSettings, Settings
 from imgclf.store import JobConflict, JobState, Store
 
@@ -35,13 +34,12 @@ def new_images(uploads_dir: Path, since: float) -> int:
     for batch in uploads_dir.iterdir():
         if batch.name.startswith(".") or not batch.is_dir():
             continue
-        manifest = batch / data.MANIFEST
         try:
-            if manifest.stat().st_mtime <= since:
+            if (batch / manifest.FILE).stat().st_mtime <= since:
                 continue
-            count += len(json.loads(manifest.read_text()))
-        except (OSError, ValueError):
+        except OSError:
             continue
+        count += len(manifest.read(batch) or [])
     return count
 
 

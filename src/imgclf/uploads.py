@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import re
 import shutil
@@ -32,7 +31,7 @@ from pathlib import Path, PurePosixPath
 from filelock import FileLock
 from PIL import Image
 
-from imgclf import data
+from imgclf import data, manifest
 from imgclf.config import UploadLimits
 from imgclf.preprocessing import ImageDecodeError, load_image
 
@@ -301,17 +300,14 @@ def _write_batch(
     batch = f"{stamp}-{uuid.uuid4().hex[:6]}"
     staging = Path(tempfile.mkdtemp(prefix=f".{batch}-", dir=uploads_dir))
     try:
-        manifest = []
+        rows = []
         for digest, (label, name, ending, content) in fresh.items():
             target = staging / label / f"{digest[:16]}.{ending}"
             target.parent.mkdir(exist_ok=True)
             target.write_bytes(content)
-            stored = f"uploads/{batch}/{label}/{target.name}"
-            row = {"file": name, "label": label, "sha256": digest, "stored_as": stored}
-            row["split"] = splits[digest]
-            report.accepted.append(row)
-            manifest.append(row)
-        (staging / data.MANIFEST).write_text(json.dumps(manifest, indent=2))
+            rows.append(manifest.row(name, label, digest, batch, target.name, splits[digest]))
+            report.accepted.append(rows[-1])
+        manifest.write(staging, rows)
         staging.chmod(0o755)
         os.rename(staging, uploads_dir / batch)
     finally:
