@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,14 @@ from imgclf.config import LoopSettings
 FEATURES = ("brightness", "contrast", "width", "height", "aspect_ratio")
 #: Training images sampled for the reference (seeded, so every process draws the same ones).
 REFERENCE_SAMPLE = 2000
-NOT_ENOUGH = "not-enough-data"
+
+
+class DriftVerdict(StrEnum):
+    """The drift report's verdict: the one list every reader compares against."""
+
+    NOT_ENOUGH_DATA = "not-enough-data"  # fewer than DRIFT_MIN_SAMPLE production inputs
+    NO_DRIFT = "no-drift"
+    DRIFT = "drift"
 
 
 @dataclass
@@ -181,7 +189,7 @@ def assess(reference: Reference, recent: list[dict], loop: LoopSettings) -> dict
     threshold = loop.drift_p_value / len(tests)
     report["threshold"] = threshold
     if count < loop.drift_min_sample:
-        report["verdict"] = NOT_ENOUGH
+        report["verdict"] = DriftVerdict.NOT_ENOUGH_DATA.value
         report["message"] = (
             f"not enough production data yet: {count} prediction(s), a verdict needs at least "
             f"{loop.drift_min_sample} (DRIFT_MIN_SAMPLE)"
@@ -192,14 +200,14 @@ def assess(reference: Reference, recent: list[dict], loop: LoopSettings) -> dict
         if test["drift"]:
             report["drifted"].append(name)
     if report["drifted"]:
-        report["verdict"] = "drift"
+        report["verdict"] = DriftVerdict.DRIFT.value
         report["message"] = (
             f"drift in {', '.join(report['drifted'])}: the latest {count} production inputs "
             f"differ from the training data (p < {threshold:.2g} each); expect worse accuracy, "
             "label some of them (the review queue) and retrain"
         )
     else:
-        report["verdict"] = "no-drift"
+        report["verdict"] = DriftVerdict.NO_DRIFT.value
         report["message"] = (
             f"no drift: the latest {count} production inputs are like the training data "
             f"(every p-value at least {threshold:.2g})"

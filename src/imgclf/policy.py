@@ -18,6 +18,7 @@ from pathlib import Path
 
 from imgclf import jobs, manifest, registry
 from imgclf.config import LoopSettings, Settings
+from imgclf.drift import DriftVerdict
 from imgclf.store import JobConflict, JobState, Store
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def status(
             f"{arrived} new labelled images since the last retrain "
             f"(AUTO_RETRAIN_MIN_IMAGES={loop.auto_min_images})"
         )
-    if verdict == "drift":
+    if verdict == DriftVerdict.DRIFT:
         reasons.append("drift detected in production inputs (AUTO_RETRAIN_ON_DRIFT=1)")
     waiting = []
     if not loop.auto_retrain:

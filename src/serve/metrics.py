@@ -23,6 +23,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 
 from imgclf import registry
+from imgclf.drift import DriftVerdict
 from imgclf.store import FINAL_STATES, JobState
 
 REQUESTS = Counter(
@@ -103,7 +104,7 @@ def _drift_metrics(report: dict):
         "-1 while there are too few production inputs for a verdict.",
     )
     verdict = report["verdict"]
-    detected.add_metric([], {"drift": 1, "no-drift": 0}.get(verdict, -1))
+    detected.add_metric([], {DriftVerdict.DRIFT: 1, DriftVerdict.NO_DRIFT: 0}.get(verdict, -1))
     yield detected
     sample = GaugeMetricFamily(
         "imgclf_drift_production_sample", "Production inputs the drift verdict is based on."

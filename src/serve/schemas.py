@@ -5,7 +5,9 @@ from __future__ import annotations
 from marshmallow import INCLUDE, RAISE, Schema, fields, post_dump, validate
 
 from imgclf.config import GATE_RANGES
+from imgclf.drift import DriftVerdict
 from imgclf.gate import GATE_METRICS
+from imgclf.registry import VERSION_PATTERN
 from imgclf.store import JobState
 from imgclf.uploads import LABEL_PATTERN, MAX_LABEL_LENGTH
 
@@ -125,7 +127,7 @@ class Feedback(StrictSchema):
 
 
 class Promote(StrictSchema):
-    version = fields.String(required=True, validate=validate.Regexp(r"^v\d{4,}$"))
+    version = fields.String(required=True, validate=validate.Regexp(VERSION_PATTERN))
 
 
 class SamplesQuery(StrictSchema):
@@ -340,7 +342,7 @@ class DriftTest(OpenSchema):
 
 class Drift(OpenSchema):
     verdict = fields.String(
-        validate=validate.OneOf(["not-enough-data", "no-drift", "drift"]),
+        validate=validate.OneOf([verdict.value for verdict in DriftVerdict]),
         metadata={"description": "not-enough-data below DRIFT_MIN_SAMPLE production inputs"},
     )
     message = fields.String()

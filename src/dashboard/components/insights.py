@@ -9,6 +9,7 @@ import panel as pn
 from dashboard import charts
 from dashboard.components.base import Component, table
 from imgclf import eda, evaluation
+from imgclf.drift import DriftVerdict
 
 DRIFT_COLUMNS = ["test", "training", "production", "statistic", "p-value", "drift"]
 
@@ -92,12 +93,12 @@ class InsightsView(Component):
         report = self.call(self.client.drift)
         if not report:
             return []
-        icon = {"drift": "⚠️ ", "no-drift": "✅ "}.get(report["verdict"], "")
+        icon = {DriftVerdict.DRIFT: "⚠️ ", DriftVerdict.NO_DRIFT: "✅ "}.get(report["verdict"], "")
         panes = [
             pn.pane.Markdown("#### Drift: are production inputs like the training data?"),
             pn.pane.Markdown(f"{icon}**{report['verdict']}**: {report['message']}"),
         ]
-        if report["verdict"] != "not-enough-data":
+        if report["verdict"] != DriftVerdict.NOT_ENOUGH_DATA:
             panes.append(table(drift_frame(report)))
         return panes
 

@@ -1,0 +1,64 @@
+"""Contracts between modules, each with one owner: a test fails when a user drifts from it."""
+
+from __future__ import annotations
+
+import ast
+import json
+
+import pytest
+from marshmallow import fields, validate
+
+from imgclf import config, drift, registry
+from imgclf.config import PROJECT_ROOT
+from serve import schemas
+
+
+def notebook_parameters(name: str) -> dict[str, object]:
+    """The parameters cell of a notebook: name -> default value."""
+    notebook = json.loads((PROJECT_ROOT / "notebooks" / name).read_text())
+    cell = next(c for c in notebook["cells"] if "parameters" in c["metadata"].get("tags", []))
+    tree = ast.parse("".join(cell["source"]))
+    return {
+        node.targets[0].id: ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+    }
+
+
+KINDS = {fields.Integer: int, fields.Float: float, fields.Boolean: bool, fields.String: str}
+#: Notebook parameters the API does not let a client set: where files go is the server's choice.
+SERVER_ONLY = {"data_dir", "models_dir", "run_dir"}
+
+
+def test_every_retrain_parameter_the_api_accepts_is_a_parameter_of_the_retrain_notebook():
+    cell = notebook_parameters("04_retrain.ipynb")
+    accepted = schemas.RetrainParameters().fields
+    for name, field in accepted.items():
+        assert name in cell, (
+            f"POST /retrain accepts {name!r}; 04_retrain.ipynb has no such parameter"
+        )
+        kind = KINDS[type(field)]
+        default = cell[name]
+        assert isinstance(default, kind) or (kind is float and type(default) is int), (
+            f"{name}: the API takes {kind.__name__}, the notebook's default is {default!r}"
+        )
+    assert set(cell) - set(accepted) <= SERVER_ONLY, set(cell) - set(accepted) - SERVER_ONLY
+
+
+def test_the_gate_figures_have_one_list_of_ranges():
+    accepted = schemas.RetrainParameters().fields
+    for name, (low, high) in config.GATE_RANGES.items():
+        [rule] = [v for v in accepted[name].validators if isinstance(v, validate.Range)]
+        assert (rule.min, rule.max) == (low, high), name
+    for name in ("GATE_MAX_RECALL_DROP", "GATE_ALPHA"):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv(name, "5")
+            with pytest.raises(config.ConfigError, match=name):
+                config.get_loop_settings()
+
+
+def test_version_names_and_drift_verdicts_come_from_their_owners():
+    [rule] = schemas.Promote().fields["version"].validators
+    assert rule.regex.pattern == registry.VERSION_PATTERN.pattern
+    [choices] = schemas.Drift().fields["verdict"].validators
+    assert list(choices.choices) == [verdict.value for verdict in drift.DriftVerdict]
