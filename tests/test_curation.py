@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclf import curation, data, manifest, training, uploads
+from imgclf import curation, data, manifest, training, uploadrules, uploads
 
 
 def png(value: int, size=(12, 12)) -> bytes:
@@ -46,7 +46,7 @@ def snapshot(root: Path) -> dict[str, bytes]:
     return {
         p.relative_to(root).as_posix(): p.read_bytes()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != uploads.LOCK_FILE
+        if p.is_file() and p.name != uploadrules.LOCK_FILE
     }
 
 
@@ -156,7 +156,7 @@ def test_unknown_targets_are_not_found_and_bad_names_are_refused_by_the_rule(sto
     for call, words in [
         (lambda: curation.delete_batch(uploads_dir, "20990101-000000-abcdef"), "no upload batch"),
         (lambda: curation.delete_batch(uploads_dir, ".."), "no upload batch"),
-        (lambda: curation.delete_batch(uploads_dir, uploads.LOCK_FILE), "no upload batch"),
+        (lambda: curation.delete_batch(uploads_dir, uploadrules.LOCK_FILE), "no upload batch"),
         (lambda: curation.delete_class(uploads_dir, "dog"), "no uploaded class 'dog'"),
         (lambda: curation.delete_class(uploads_dir, "../train"), "no uploaded class"),
         (lambda: curation.rename_class(uploads_dir, "dog", "cat"), "no uploaded class 'dog'"),
@@ -216,7 +216,7 @@ def test_a_failure_at_any_step_leaves_files_and_manifests_as_before(store, failp
         curation.delete_class(uploads_dir, "junk")
     assert snapshot(uploads_dir) == before
     assert sorted(p.name for p in uploads_dir.iterdir()) == sorted(
-        [*names.values(), uploads.LOCK_FILE]
+        [*names.values(), uploadrules.LOCK_FILE]
     )
 
 
@@ -329,7 +329,9 @@ def test_a_process_killed_after_the_commit_is_completed_by_the_next_operation(st
     curation.rename_class(uploads_dir, "sevn", "seven")  # the next curation finishes the first
     classes = {c["name"] for c in curation.inventory(uploads_dir)["classes"]}
     assert classes == {"cat", "seven"} and not (uploads_dir / names["b"]).exists()
-    assert [p.name for p in uploads_dir.iterdir() if p.name.startswith(".")] == [uploads.LOCK_FILE]
+    assert [p.name for p in uploads_dir.iterdir() if p.name.startswith(".")] == [
+        uploadrules.LOCK_FILE
+    ]
 
 
 # ------------------------------------------------------------------------- training sees it

@@ -8,7 +8,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from imgclf import migrations, store
+from imgclf import database, migrations, store
 from imgclf.config import ConfigError
 from imgclf.store import JobConflict, JobState, Store
 
@@ -29,7 +29,7 @@ def test_one_live_job_per_kind_is_enforced_by_the_database(db, database_url):
     assert conflict.value.job["id"] == job["id"]
     with pytest.raises(sa.exc.IntegrityError), db.engine.begin() as connection:
         connection.execute(  # even a write that goes around the store's code is refused
-            store.jobs.insert().values(
+            database.jobs.insert().values(
                 id="x", kind="retrain", state="running", parameters="{}", created_at=0
             )
         )

@@ -22,7 +22,7 @@ import time
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from imgclf.store import metadata
+from imgclf.database import metadata
 
 OUTCOMES = ("started", "done", "refused", "failed")
 OPERATIONS = ("delete-batch", "delete-class", "rename-class")

@@ -28,7 +28,7 @@ def _data(args) -> int:
 
 def _db(args) -> int:
     from imgclf import migrations
-    from imgclf.store import describe_url
+    from imgclf.database import describe_url
 
     url = get_settings().database_url
     before, after = migrations.upgrade(url)

@@ -2,7 +2,7 @@
 
 Uploads live in ``data/uploads/<batch>/<class>/<file>`` with a ``manifest.json`` per batch
 (``uploads.store_upload``). Every change here is atomic, files and manifests together, and
-holds the same file lock as uploads (``uploads.lock``):
+holds the same file lock as uploads (``uploadrules.lock``):
 
 1. *prepare*: the new state of each affected batch is built in a hidden work folder beside
    the batches (``.curation-*/new/<batch>``): the files that stay are hard links (a copy where
@@ -35,7 +35,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from imgclf import data, manifest, uploads
+from imgclf import data, manifest, uploadrules
 
 WORK_PREFIX = ".curation-"
 COMMIT = "COMMIT"
@@ -54,7 +54,7 @@ class NotFound(CurationError):
 
 
 class InvalidName(CurationError):
-    """The new class name breaks the class-name rule (``uploads.LABEL_RULE``)."""
+    """The new class name breaks the class-name rule (``uploadrules.LABEL_RULE``)."""
 
 
 class Conflict(CurationError):
@@ -179,18 +179,18 @@ def rename_class(uploads_dir: Path, name: str, new_name: str) -> dict:
 
 
 def check_name(name: str) -> str:
-    """Return ``name`` if it may name a class (``uploads.validate_label``, as given: no
+    """Return ``name`` if it may name a class (``uploadrules.validate_label``, as given: no
     spaces around it).
 
     Raises:
         InvalidName: the message states the rule.
     """
     try:
-        checked = uploads.validate_label(name)
-    except uploads.UploadError as error:
+        checked = uploadrules.validate_label(name)
+    except uploadrules.UploadError as error:
         raise InvalidName(str(error)) from None
     if checked != name or name == manifest.FILE:
-        raise InvalidName(f"label {name!r} is not allowed: {uploads.LABEL_RULE}")
+        raise InvalidName(f"label {name!r} is not allowed: {uploadrules.LABEL_RULE}")
     return name
 
 
@@ -235,7 +235,7 @@ class _locked:
         if not self.uploads_dir.is_dir():
             what = "upload batch" if self.kind == "batch" else "uploaded class"
             raise NotFound(f"no {what} {self.name!r}: nothing has been uploaded")
-        self.lock = uploads.lock(self.uploads_dir)
+        self.lock = uploadrules.lock(self.uploads_dir)
         self.lock.acquire()
         try:
             recover(self.uploads_dir)

@@ -330,27 +330,17 @@ def gate(
         ValueError: unknown metric, a figure out of range, a metric missing from a dict, or a
             current model without paired answers.
     """
-    check_arguments(
-        metric,
-        tolerance=tolerance,
-        min_test_images=min_test_images,
-        max_recall_drop=max_recall_drop,
-        min_new_class_recall=min_new_class_recall,
-        alpha=alpha,
-    )
+    figures = {
+        "tolerance": tolerance,
+        "min_test_images": min_test_images,
+        "max_recall_drop": max_recall_drop,
+        "min_new_class_recall": min_new_class_recall,
+        "alpha": alpha,
+    }
+    check_arguments(metric, **figures)
     current = float(current_metrics[metric]) if current_metrics is not None else None
-    decision = GateDecision(
-        promote=True,
-        metric=metric,
-        candidate=float(candidate_metrics[metric]),
-        current=current,
-        tolerance=tolerance,
-        reason="",
-        min_test_images=min_test_images,
-        max_recall_drop=max_recall_drop,
-        min_new_class_recall=min_new_class_recall,
-        alpha=alpha,
-    )
+    candidate = float(candidate_metrics[metric])
+    decision = GateDecision(True, metric, candidate, current, reason="", **figures)
     untested = _block_untested(decision, candidate_metrics)
     if current_metrics is None:
         decision.promote = not untested

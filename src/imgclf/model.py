@@ -260,6 +260,30 @@ class Batches(keras.utils.PyDataset):
         self._ahead = None
 
 
+def _stopping(params: TrainParams, warmup: int, checkpoint_path) -> list:
+    """Early stopping on validation loss (best weights restored, not before ``warmup``
+    epochs), the step size halved on plateaus, and the best model kept (if a path is given)."""
+    callbacks = [
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss",
+            patience=params.patience,
+            restore_best_weights=True,
+            start_from_epoch=warmup,
+        ),
+        # halving the step size when validation loss stalls is what gets the last half percent
+        keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=0.5, patience=max(1, params.patience // 3), min_lr=1e-5
+        ),
+    ]
+    if checkpoint_path is not None:
+        callbacks.append(
+            keras.callbacks.ModelCheckpoint(
+                str(checkpoint_path), monitor="val_loss", save_best_only=True
+            )
+        )
+    return callbacks
+
+
 def train(
     model: keras.Model,
     images,
@@ -298,25 +322,7 @@ def train(
     # Small data sets give few steps an epoch, and batch-norm statistics need about
     # WARMUP_STEPS to settle: judging (and keeping "best" weights) earlier stops on a fluke.
     warmup = min(params.epochs, -(-WARMUP_STEPS // len(batches)))
-    callbacks = [
-        *(callbacks or []),
-        keras.callbacks.EarlyStopping(
-            monitor="val_loss",
-            patience=params.patience,
-            restore_best_weights=True,
-            start_from_epoch=warmup,
-        ),
-        # halving the step size when validation loss stalls is what gets the last half percent
-        keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=0.5, patience=max(1, params.patience // 3), min_lr=1e-5
-        ),
-    ]
-    if checkpoint_path is not None:
-        callbacks.append(
-            keras.callbacks.ModelCheckpoint(
-                str(checkpoint_path), monitor="val_loss", save_best_only=True
-            )
-        )
+    callbacks = [*(callbacks or []), *_stopping(params, warmup, checkpoint_path)]
     history = model.fit(
         batches,
         validation_data=validation,

@@ -54,6 +54,25 @@ def update_index(settings: Settings) -> Path:
     )
 
 
+def _execute(notebook: Path, run_dir: Path, parameters: dict, log_output: bool) -> str | None:
+    """Run ``notebook`` with papermill into ``run_dir``; the error of the cell that raised."""
+    import papermill
+
+    try:
+        papermill.execute_notebook(
+            str(notebook),
+            str(run_dir / runs.NOTEBOOK_FILE),
+            parameters=parameters,
+            kernel_name="python3",
+            cwd=str(notebook.parent),
+            progress_bar=False,
+            log_output=log_output,
+        )
+    except papermill.PapermillExecutionError as failure:
+        return f"{failure.ename}: {failure.evalue}"
+    return None
+
+
 def run_notebook(
     name: str,
     parameters: dict | None = None,
@@ -76,8 +95,6 @@ def run_notebook(
         PipelineError: unknown notebook, or a cell raised (the report is still written and
             the message says where it is).
     """
-    import papermill
-
     if name not in NOTEBOOKS:
         raise PipelineError(f"unknown notebook {name!r}; expected one of {sorted(NOTEBOOKS)}")
     settings = settings or get_settings()
@@ -92,19 +109,8 @@ def run_notebook(
         "status": "running",
     }
     runs.write_record(run_dir, record)
-    started, error = time.monotonic(), None
-    try:
-        papermill.execute_notebook(
-            str(settings.notebooks_dir / NOTEBOOKS[name]),
-            str(run_dir / runs.NOTEBOOK_FILE),
-            parameters=parameters,
-            kernel_name="python3",
-            cwd=str(settings.notebooks_dir),
-            progress_bar=False,
-            log_output=log_output,
-        )
-    except papermill.PapermillExecutionError as failure:
-        error = f"{failure.ename}: {failure.evalue}"
+    started = time.monotonic()
+    error = _execute(settings.notebooks_dir / NOTEBOOKS[name], run_dir, parameters, log_output)
     record.update(
         status="failed" if error else "succeeded",
         error=error,

@@ -66,26 +66,8 @@ def status(
     arrived = new_images(settings.uploads_dir, since)
     verdict = drift()["verdict"] if loop.auto_on_drift and drift else None
     next_allowed = last_auto["created_at"] + loop.auto_min_interval_s if last_auto else now
-    reasons = []
-    if arrived >= loop.auto_min_images:
-        reasons.append(
-            f"{arrived} new labelled images since the last retrain "
-            f"(AUTO_RETRAIN_MIN_IMAGES={loop.auto_min_images})"
-        )
-    if verdict == DriftVerdict.DRIFT:
-        reasons.append("drift detected in production inputs (AUTO_RETRAIN_ON_DRIFT=1)")
-    waiting = []
-    if not loop.auto_retrain:
-        waiting.append("the policy is off (AUTO_RETRAIN=0)")
-    if registry.current_version(settings.models_dir) is None:
-        waiting.append("there is no current model to retrain")
-    if live:
-        waiting.append(f"retrain job {live['id']} is {live['state']}")
-    if now < next_allowed:
-        waiting.append(
-            f"the last automatic retrain was {now - last_auto['created_at']:.0f} s ago "
-            f"(AUTO_RETRAIN_MIN_INTERVAL_S={loop.auto_min_interval_s:g})"
-        )
+    reasons = _reasons(loop, arrived, verdict)
+    waiting = _waiting(settings, loop, live, last_auto, next_allowed, now)
     if not reasons:
         waiting.append(
             f"{arrived} of {loop.auto_min_images} new labelled images"
@@ -106,6 +88,36 @@ def status(
         "waiting_for": waiting,
         "next": _next(loop, waiting, reasons, next_allowed, now),
     }
+
+
+def _reasons(loop: LoopSettings, arrived: int, verdict: str | None) -> list[str]:
+    """What makes a retrain due: enough new labelled images, or drift."""
+    reasons = []
+    if arrived >= loop.auto_min_images:
+        reasons.append(
+            f"{arrived} new labelled images since the last retrain "
+            f"(AUTO_RETRAIN_MIN_IMAGES={loop.auto_min_images})"
+        )
+    if verdict == DriftVerdict.DRIFT:
+        reasons.append("drift detected in production inputs (AUTO_RETRAIN_ON_DRIFT=1)")
+    return reasons
+
+
+def _waiting(settings, loop, live, last_auto, next_allowed: float, now: float) -> list[str]:
+    """What holds a retrain back: the policy off, no model, a live job, the interval."""
+    waiting = []
+    if not loop.auto_retrain:
+        waiting.append("the policy is off (AUTO_RETRAIN=0)")
+    if registry.current_version(settings.models_dir) is None:
+        waiting.append("there is no current model to retrain")
+    if live:
+        waiting.append(f"retrain job {live['id']} is {live['state']}")
+    if now < next_allowed:
+        waiting.append(
+            f"the last automatic retrain was {now - last_auto['created_at']:.0f} s ago "
+            f"(AUTO_RETRAIN_MIN_INTERVAL_S={loop.auto_min_interval_s:g})"
+        )
+    return waiting
 
 
 def _next(loop: LoopSettings, waiting: list, reasons: list, next_allowed: float, now) -> str:

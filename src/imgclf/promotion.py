@@ -15,7 +15,7 @@ import numpy as np
 from imgclf import evidence, gate, registry, training
 from imgclf import model as modelling
 from imgclf.evaluation import GATE_METRIC
-from imgclf.store import JobState
+from imgclf.jobstates import JobState
 
 #: What a caller may ask for: the gate decides, or the candidate is (never) promoted regardless.
 POLICIES = ("if-not-worse", "always", "never")
@@ -122,6 +122,21 @@ def _decide(
     return decision
 
 
+def _pair(model, dataset: training.Dataset, candidate_answers, current_answers):
+    """Both models' answers on the test set, with its fingerprint (None without a current)."""
+    if current_answers is None:
+        return None
+    if candidate_answers is None:
+        candidate_answers = training.evaluate(model, dataset.test)[1].argmax(axis=1)
+    return evidence.Paired(
+        dataset.test.labels,
+        candidate_answers,
+        current_answers,
+        dataset.class_names,
+        training.test_fingerprint(dataset),
+    )
+
+
 def register_and_decide(
     models_dir: Path,
     model,
@@ -169,17 +184,7 @@ def register_and_decide(
     }
     gate.check_arguments(metric, **figures)  # before the current model is scored
     current, current_metrics, current_answers = score_current(models_dir, dataset)
-    paired = None
-    if current_answers is not None:
-        if candidate_answers is None:
-            candidate_answers = training.evaluate(model, dataset.test)[1].argmax(axis=1)
-        paired = evidence.Paired(
-            dataset.test.labels,
-            candidate_answers,
-            current_answers,
-            dataset.class_names,
-            training.test_fingerprint(dataset),
-        )
+    paired = _pair(model, dataset, candidate_answers, current_answers)
     decision = _decide(
         candidate_metrics, current, current_metrics, paired, policy, {"metric": metric, **figures}
     )

@@ -28,37 +28,23 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
-from filelock import FileLock
 from PIL import Image
 
-from imgclf import data, manifest
+from imgclf import curation, data, manifest
 from imgclf.config import UploadLimits
 from imgclf.preprocessing import ImageDecodeError, load_image
+from imgclf.uploadrules import (  # noqa: F401  (the upload API's names)
+    LABEL_PATTERN,
+    LABEL_RULE,
+    MAX_LABEL_LENGTH,
+    UploadError,
+    lock,
+    validate_label,
+)
 
-#: Class names: letters, digits, space, ``_ - .``, starting with a letter or digit, never two
-#: dots in a row (so never ``..``). The API's OpenAPI document states the same pattern.
-LABEL_PATTERN = re.compile(r"^[A-Za-z0-9](\.?[A-Za-z0-9 _-])*\.?$")
-MAX_LABEL_LENGTH = 64
 ARCHIVE_ENDINGS = (".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".jar")
 FORMAT_ENDINGS = {"PNG": "png", "JPEG": "jpg", "MPO": "jpg", "BMP": "bmp", "GIF": "gif"}
 FORMAT_ENDINGS["WEBP"] = "webp"
-#: The class-name rule in words (``LABEL_PATTERN``), for messages.
-LABEL_RULE = (
-    "use letters, digits, spaces, '_', '-' and '.', starting with a letter or digit "
-    "(no '/', '\\' or '..')"
-)
-#: The file lock every change of ``data/uploads/`` holds: uploads and curation alike.
-LOCK_FILE = ".upload.lock"
-LOCK_TIMEOUT_S = 120
-
-
-def lock(uploads_dir: Path) -> FileLock:
-    """The lock under which a batch is added, changed or removed (``uploads_dir`` must exist)."""
-    return FileLock(str(uploads_dir / LOCK_FILE), timeout=LOCK_TIMEOUT_S)
-
-
-class UploadError(ValueError):
-    """The upload as a whole is refused; nothing was stored. The message says why."""
 
 
 @dataclass
@@ -92,20 +78,29 @@ def _count_by_class(rows: list[dict]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def validate_label(label: str | None) -> str:
-    """Return a cleaned class name.
-
-    Raises:
-        UploadError: missing, too long, or holding characters that could form a path.
-    """
-    label = (label or "").strip()
-    if not label:
-        raise UploadError("a label is required: the class of the uploaded images")
-    if len(label) > MAX_LABEL_LENGTH:
-        raise UploadError(f"label is {len(label)} characters long; at most {MAX_LABEL_LENGTH}")
-    if not LABEL_PATTERN.match(label):
-        raise UploadError(f"label {label!r} is not allowed: {LABEL_RULE}")
-    return label
+def _check_entry(info: zipfile.ZipInfo, limits: UploadLimits) -> None:
+    """Refuse a hostile zip entry: an absolute or Windows path, '..', a link, a nested archive,
+    a file too large or compressed beyond ``max_ratio`` (a zip bomb)."""
+    name = info.filename
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or "\\" in name:
+        raise UploadError(f"zip entry {name!r}: absolute or Windows paths are not allowed")
+    if ".." in PurePosixPath(name).parts:
+        raise UploadError(f"zip entry {name!r}: '..' in a path is not allowed")
+    if stat.S_ISLNK(info.external_attr >> 16):
+        raise UploadError(f"zip entry {name!r}: links are not allowed")
+    if name.lower().endswith(ARCHIVE_ENDINGS):
+        raise UploadError(f"zip entry {name!r}: nested archives are not allowed")
+    if info.file_size > limits.max_file_bytes:
+        raise UploadError(
+            f"zip entry {name!r}: {info.file_size} bytes uncompressed; "
+            f"at most {limits.max_file_bytes} per file"
+        )
+    ratio = info.file_size / max(info.compress_size, 1)
+    if info.file_size > 1024 and ratio > limits.max_ratio:
+        raise UploadError(
+            f"zip entry {name!r}: compression ratio {ratio:.0f} is above "
+            f"{limits.max_ratio:.0f} (a zip bomb?)"
+        )
 
 
 def read_zip(payload: bytes, limits: UploadLimits) -> list[tuple[str, str, bytes]]:
@@ -124,32 +119,13 @@ def read_zip(payload: bytes, limits: UploadLimits) -> list[tuple[str, str, bytes
     total = 0
     paths = []
     for info in entries:
-        name = info.filename
-        path = PurePosixPath(name)
-        if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or "\\" in name:
-            raise UploadError(f"zip entry {name!r}: absolute or Windows paths are not allowed")
-        if ".." in path.parts:
-            raise UploadError(f"zip entry {name!r}: '..' in a path is not allowed")
-        if stat.S_ISLNK(info.external_attr >> 16):
-            raise UploadError(f"zip entry {name!r}: links are not allowed")
-        if name.lower().endswith(ARCHIVE_ENDINGS):
-            raise UploadError(f"zip entry {name!r}: nested archives are not allowed")
-        if info.file_size > limits.max_file_bytes:
-            raise UploadError(
-                f"zip entry {name!r}: {info.file_size} bytes uncompressed; "
-                f"at most {limits.max_file_bytes} per file"
-            )
-        ratio = info.file_size / max(info.compress_size, 1)
-        if info.file_size > 1024 and ratio > limits.max_ratio:
-            raise UploadError(
-                f"zip entry {name!r}: compression ratio {ratio:.0f} is above "
-                f"{limits.max_ratio:.0f} (a zip bomb?)"
-            )
+        _check_entry(info, limits)
         total += info.file_size
         if total > limits.max_total_bytes:
             raise UploadError(
                 f"the zip holds more than {limits.max_total_bytes} bytes uncompressed"
             )
+        path = PurePosixPath(info.filename)
         parts = [p for p in path.parts if p]
         if any(p.startswith(".") or p == "__MACOSX" for p in parts):
             continue  # operating-system clutter (.DS_Store, __MACOSX/)
@@ -345,8 +321,6 @@ def store_upload(
         return report
     uploads_dir.mkdir(parents=True, exist_ok=True)
     with lock(uploads_dir):
-        from imgclf import curation  # it imports this module
-
         curation.recover(uploads_dir)  # what a killed upload or curation left
         known = index.hashes()
         fresh = {}

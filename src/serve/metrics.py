@@ -24,7 +24,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from imgclf import registry
 from imgclf.drift import DriftVerdict
-from imgclf.store import FINAL_STATES, JobState
+from imgclf.jobstates import FINAL_STATES, JobState
 
 REQUESTS = Counter(
     "imgclf_http_requests_total",

@@ -7,8 +7,8 @@ from marshmallow import INCLUDE, RAISE, Schema, fields, post_dump, validate
 from imgclf.config import GATE_RANGES
 from imgclf.drift import DriftVerdict
 from imgclf.gate import GATE_METRICS
+from imgclf.jobstates import JobState
 from imgclf.registry import VERSION_PATTERN
-from imgclf.store import JobState
 from imgclf.uploads import LABEL_PATTERN, MAX_LABEL_LENGTH
 
 _BINARY = {"type": "string", "format": "binary"}
@@ -371,81 +371,3 @@ class Policy(OpenSchema):
     reasons = fields.List(fields.String())
     waiting_for = fields.List(fields.String())
     next = fields.String(metadata={"description": "when it will fire next, in words"})
-
-
-# ------------------------------------------------------------- curation of uploads (admin)
-from imgclf.audit import OPERATIONS as CURATION_OPERATIONS  # noqa: E402
-from imgclf.uploads import LABEL_RULE  # noqa: E402
-
-
-class SplitCounts(OpenSchema):
-    images = fields.Integer()
-    train = fields.Integer(metadata={"description": "images given to the training share"})
-    test = fields.Integer(metadata={"description": "images given to the test share"})
-
-
-class UploadedClass(SplitCounts):
-    name = fields.String()
-    batches = fields.List(fields.String(), metadata={"description": "batches holding it"})
-
-
-class UploadBatch(SplitCounts):
-    id = fields.String()
-    stored_at = fields.String(metadata={"description": "when it was stored (UTC, ISO 8601)"})
-    manifest = fields.Boolean(metadata={"description": "whether it has a manifest.json"})
-    classes = fields.Dict(keys=fields.String(), values=fields.Nested(SplitCounts))
-
-
-class UploadInventory(OpenSchema):
-    classes = fields.List(fields.Nested(UploadedClass))
-    batches = fields.List(fields.Nested(UploadBatch))
-
-
-class RenameClass(StrictSchema):
-    name = fields.String(
-        required=True,
-        metadata={
-            "description": "the new name; an existing class's name merges the two. "
-            f"Rule: {LABEL_RULE}",
-            "pattern": LABEL_PATTERN.pattern,
-            "maxLength": MAX_LABEL_LENGTH,
-            "example": "seven",
-        },
-    )
-
-
-class CurationResult(OpenSchema):
-    operation = fields.String(validate=validate.OneOf(CURATION_OPERATIONS))
-    target = fields.String(metadata={"description": "the batch or class changed"})
-    images = fields.Integer(metadata={"description": "images removed or moved"})
-    train = fields.Integer()
-    test = fields.Integer()
-    batches = fields.List(fields.String(), metadata={"description": "batches changed"})
-    batches_removed = fields.List(fields.String(), metadata={"description": "left empty"})
-    new_name = fields.String()
-    merged = fields.Boolean(metadata={"description": "renamed into an existing class"})
-    audit_id = fields.Integer(metadata={"description": "its row in GET /uploads/audit"})
-
-
-class AuditQuery(StrictSchema):
-    limit = fields.Integer(load_default=50, validate=validate.Range(1, 1000))
-
-
-class AuditEntry(OpenSchema):
-    id = fields.Integer()
-    created_at = fields.Float()
-    finished_at = fields.Float(allow_none=True)
-    operation = fields.String()
-    target = fields.String()
-    new_name = fields.String(allow_none=True)
-    outcome = fields.String(
-        metadata={"description": "started, done, refused (404, 409, 422) or failed"}
-    )
-    images = fields.Integer(allow_none=True)
-    batches = fields.Integer(allow_none=True)
-    detail = fields.Dict(metadata={"description": "the result, or {error}"})
-    actor = fields.String(
-        allow_none=True,
-        metadata={"description": "first 8 hex digits of the admin token's SHA-256"},
-    )
-    client = fields.String(allow_none=True, metadata={"description": "the request's address"})

@@ -18,6 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from imgclf.config import ConfigError
+from imgclf.database import create_engine, describe_url
 
 FIRST_REVISION = "0001"
 
@@ -41,8 +42,6 @@ def current(connection: sa.Connection) -> str | None:
 
 
 def _connect(engine: sa.Engine, database_url: str) -> sa.Connection:
-    from imgclf.store import describe_url
-
     try:
         return engine.connect()
     except sa.exc.OperationalError as error:
@@ -58,8 +57,6 @@ def check_current(engine: sa.Engine, database_url: str) -> None:
     Raises:
         ConfigError: the message says which, and what to run.
     """
-    from imgclf.store import describe_url
-
     with _connect(engine, database_url) as connection:
         revision = current(connection)
     if revision != head():
@@ -76,8 +73,6 @@ def upgrade(database_url: str) -> tuple[str | None, str]:
     Raises:
         ConfigError: a malformed URL or a database that cannot be reached.
     """
-    from imgclf.store import create_engine
-
     engine = create_engine(database_url)
     try:
         with _connect(engine, database_url) as connection:

@@ -3,7 +3,7 @@
 from alembic import context
 
 from imgclf import audit  # noqa: F401  (its table is on the store's metadata)
-from imgclf.store import metadata
+from imgclf.database import metadata
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)

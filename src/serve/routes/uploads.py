@@ -14,7 +14,8 @@ from flask import Response, request
 from flask_smorest import Blueprint, abort
 
 from imgclf import audit, curation, jobs
-from serve import errors, schemas, state
+from serve import curation_schemas as schemas
+from serve import errors, state
 from serve.auth import ADMIN, require_token
 
 blueprint = Blueprint("uploads", __name__, description="Curation of uploaded data (admin)")

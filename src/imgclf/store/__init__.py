@@ -1,0 +1,38 @@
+"""The service's store: the prediction log and feedback, and the job queue, in one database.
+
+``Store`` is both (``predictions.PredictionLog`` and ``queue.JobQueue`` over one connection,
+``base.Connected``); the engine and the schema are ``imgclf.database``'s, the job states
+``imgclf.jobstates``'. Create a ``Store`` in the process that uses it (after gunicorn forks):
+it holds a connection pool, and refuses a database whose schema is behind rather than changing
+it from every worker (``imgclf db upgrade`` does).
+"""
+
+from __future__ import annotations
+
+from imgclf.database import create_engine, describe_url, metadata
+from imgclf.jobstates import FINAL_STATES, LIVE_STATES, JobState
+from imgclf.store.base import JobConflict, JobFinished, JobNotFound, StoreError
+from imgclf.store.predictions import PredictionLog, PredictionLogWriter
+from imgclf.store.queue import HEARTBEAT_TIMEOUT_S, HOST, QUEUE_TIMEOUT_S, JobQueue
+
+__all__ = [
+    "FINAL_STATES",
+    "HEARTBEAT_TIMEOUT_S",
+    "HOST",
+    "LIVE_STATES",
+    "QUEUE_TIMEOUT_S",
+    "JobConflict",
+    "JobFinished",
+    "JobNotFound",
+    "JobState",
+    "PredictionLogWriter",
+    "Store",
+    "StoreError",
+    "create_engine",
+    "describe_url",
+    "metadata",
+]
+
+
+class Store(PredictionLog, JobQueue):
+    """Prediction log, feedback and jobs in one database (see the module docstring)."""

@@ -1,0 +1,82 @@
+"""Request and response schemas of the curation endpoints (``routes/uploads.py``)."""
+
+from __future__ import annotations
+
+from marshmallow import fields, validate
+
+from imgclf.audit import OPERATIONS as CURATION_OPERATIONS
+from imgclf.uploadrules import LABEL_PATTERN, LABEL_RULE, MAX_LABEL_LENGTH
+from serve.schemas import OpenSchema, StrictSchema
+
+
+class SplitCounts(OpenSchema):
+    images = fields.Integer()
+    train = fields.Integer(metadata={"description": "images given to the training share"})
+    test = fields.Integer(metadata={"description": "images given to the test share"})
+
+
+class UploadedClass(SplitCounts):
+    name = fields.String()
+    batches = fields.List(fields.String(), metadata={"description": "batches holding it"})
+
+
+class UploadBatch(SplitCounts):
+    id = fields.String()
+    stored_at = fields.String(metadata={"description": "when it was stored (UTC, ISO 8601)"})
+    manifest = fields.Boolean(metadata={"description": "whether it has a manifest.json"})
+    classes = fields.Dict(keys=fields.String(), values=fields.Nested(SplitCounts))
+
+
+class UploadInventory(OpenSchema):
+    classes = fields.List(fields.Nested(UploadedClass))
+    batches = fields.List(fields.Nested(UploadBatch))
+
+
+class RenameClass(StrictSchema):
+    name = fields.String(
+        required=True,
+        metadata={
+            "description": "the new name; an existing class's name merges the two. "
+            f"Rule: {LABEL_RULE}",
+            "pattern": LABEL_PATTERN.pattern,
+            "maxLength": MAX_LABEL_LENGTH,
+            "example": "seven",
+        },
+    )
+
+
+class CurationResult(OpenSchema):
+    operation = fields.String(validate=validate.OneOf(CURATION_OPERATIONS))
+    target = fields.String(metadata={"description": "the batch or class changed"})
+    images = fields.Integer(metadata={"description": "images removed or moved"})
+    train = fields.Integer()
+    test = fields.Integer()
+    batches = fields.List(fields.String(), metadata={"description": "batches changed"})
+    batches_removed = fields.List(fields.String(), metadata={"description": "left empty"})
+    new_name = fields.String()
+    merged = fields.Boolean(metadata={"description": "renamed into an existing class"})
+    audit_id = fields.Integer(metadata={"description": "its row in GET /uploads/audit"})
+
+
+class AuditQuery(StrictSchema):
+    limit = fields.Integer(load_default=50, validate=validate.Range(1, 1000))
+
+
+class AuditEntry(OpenSchema):
+    id = fields.Integer()
+    created_at = fields.Float()
+    finished_at = fields.Float(allow_none=True)
+    operation = fields.String()
+    target = fields.String()
+    new_name = fields.String(allow_none=True)
+    outcome = fields.String(
+        metadata={"description": "started, done, refused (404, 409, 422) or failed"}
+    )
+    images = fields.Integer(allow_none=True)
+    batches = fields.Integer(allow_none=True)
+    detail = fields.Dict(metadata={"description": "the result, or {error}"})
+    actor = fields.String(
+        allow_none=True,
+        metadata={"description": "first 8 hex digits of the admin token's SHA-256"},
+    )
+    client = fields.String(allow_none=True, metadata={"description": "the request's address"})
