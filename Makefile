@@ -21,7 +21,7 @@ DASHBOARD_PORT ?= 5006
 export PORT WORKERS DASHBOARD_PORT
 
 .PHONY: help setup lock lock-cuda bench-gate bench-train data eda train evaluate retrain pipeline run model db serve worker \
-        cluster dashboard token bench loadtest reports lab test lint format clean
+        cluster dashboard token bench loadtest reports lab test test-fast lint format clean
 
 # make run / make serve start one job worker beside the API; WORKER=0 leaves it out
 WORKER ?= 1
@@ -130,6 +130,9 @@ lab: setup ## open JupyterLab on the notebooks (installs it on first use)
 
 test: setup ## run every test: unit, integration and the notebooks under nbval
 	$(PY) -m pytest
+
+test-fast: setup ## the fast loop: no process-starting or training test (the session model is kept)
+	$(PY) -m pytest -m "not slow and not training" -q
 
 lint: setup ## check formatting and lint with ruff
 	$(VENV)/bin/ruff check src tests locustfile.py

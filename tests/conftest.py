@@ -6,6 +6,7 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
+import hashlib  # noqa: E402
 import shutil  # noqa: E402
 import struct  # noqa: E402
 import subprocess  # noqa: E402
@@ -70,15 +71,34 @@ def png_with_header(width: int, height: int) -> bytes:
     )
 
 
-@pytest.fixture(scope="session")
-def trained_root(digits_dir, tmp_path_factory) -> Path:
-    """A project folder with the digits data and one small trained, promoted model (16 px)."""
+#: The code a trained session model depends on: a change to any of them trains it anew.
+MODEL_SOURCES = (
+    "model.py",
+    "training.py",
+    "augment.py",
+    "cache.py",
+    "preprocessing.py",
+    "data.py",
+)
+
+
+def session_model_key() -> str:
+    """What the session model is a function of: seed, training code, library versions."""
+    import jax
+    import keras
+    import sklearn
+
+    digest = hashlib.sha256(f"{TEST_SEED} {keras.__version__} {jax.__version__}".encode())
+    digest.update(sklearn.__version__.encode())  # the digits data set comes from it
+    for name in MODEL_SOURCES:
+        digest.update((PROJECT_ROOT / "src" / "imgclf" / name).read_bytes())
+    return digest.hexdigest()[:20]
+
+
+def _train_session_model(root: Path) -> None:
     from imgclf import model as modelling
     from imgclf import registry, training
 
-    root = tmp_path_factory.mktemp("project")
-    shutil.copytree(digits_dir / "train", root / "data" / "train")
-    shutil.copytree(digits_dir / "test", root / "data" / "test")
     modelling.set_seed(TEST_SEED)
     dataset = training.load_dataset(root / "data", 16, "grayscale")
     model = modelling.compile_model(modelling.build_model(10, dataset.input_shape))
@@ -88,6 +108,29 @@ def trained_root(digits_dir, tmp_path_factory) -> Path:
     record = training.TrainingRecord(training.params_dict(params), history, "grayscale")
     version = training.register(root / "models", model, dataset, metrics, record)
     registry.promote(root / "models", version)
+
+
+@pytest.fixture(scope="session")
+def trained_root(digits_dir, tmp_path_factory) -> Path:
+    """A project folder with the digits data and one small trained, promoted model (16 px).
+
+    The model is trained once per seed and version of the training code, then kept in
+    ``.pytest_cache/imgclf-session-model/`` for later runs (the fast loop trains nothing).
+    """
+    root = tmp_path_factory.mktemp("project")
+    shutil.copytree(digits_dir / "train", root / "data" / "train")
+    shutil.copytree(digits_dir / "test", root / "data" / "test")
+    kept = PROJECT_ROOT / ".pytest_cache" / "imgclf-session-model" / session_model_key()
+    if (kept / "current.json").is_file():
+        shutil.copytree(kept, root / "models")
+        return root
+    _train_session_model(root)
+    partial = kept.with_name(f".{kept.name}-{os.getpid()}")
+    shutil.copytree(root / "models", partial, dirs_exist_ok=True)
+    try:
+        partial.rename(kept)
+    except OSError:  # another run kept the same model first
+        shutil.rmtree(partial, ignore_errors=True)
     return root
 
 

@@ -17,7 +17,9 @@ from serve.app import create_app
 
 TOKEN = "test-token-123"
 #: Every test here runs against SQLite and against a real PostgreSQL server.
-pytestmark = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+#: Tests of the database layer through the API run on both engines; the rest (input handling,
+#: routing, uploads, the registry) do not touch the database and run on SQLite only.
+BOTH_DATABASES = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -128,6 +130,7 @@ def test_predict_batch_reports_errors_per_image(client, project):
     assert client.post("/predict/batch", data={}).status_code == 400
 
 
+@BOTH_DATABASES
 def test_prediction_log_feedback_and_stats(client, project):
     first = client.post("/predict", data=digit(project), content_type="image/png").get_json()
     client.post("/predict", data=b"junk", content_type="image/png")
@@ -162,6 +165,7 @@ def scrape(client) -> dict[tuple, float]:
     }
 
 
+@BOTH_DATABASES
 def test_metrics_are_prometheus_text(client, project):
     request = (
         "imgclf_http_requests_total",
@@ -381,6 +385,7 @@ def test_retrain_parameters_are_validated(client):
     assert client.get("/retrain/doesnotexist").status_code == 404
 
 
+@BOTH_DATABASES
 @pytest.mark.slow
 def test_retrain_job_is_queued_by_the_api_and_run_by_the_worker(client, project, worker):
     uploaded = client.post(
