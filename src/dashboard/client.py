@@ -5,12 +5,11 @@ Every call has a timeout; failures become ``ApiError`` with a sentence a person 
 
 from __future__ import annotations
 
-import os
 from urllib.parse import quote
 
 import requests
 
-DEFAULT_URL = "http://127.0.0.1:8000"
+from imgclf.config import get_server_settings, get_service_settings
 
 
 class ApiError(RuntimeError):
@@ -26,8 +25,11 @@ class ApiClient:
     """The REST API's calls; each raises ``ApiError`` (with the HTTP status, if any)."""
 
     def __init__(self, base_url: str | None = None, token: str | None = None, timeout=10.0):
-        self.base_url = (base_url or os.environ.get("IMGCLF_API_URL") or DEFAULT_URL).rstrip("/")
-        self.token = token if token is not None else os.environ.get("IMGCLF_ADMIN_TOKEN", "")
+        if base_url is None or token is None:
+            base_url = base_url or get_server_settings().api_url
+            token = token if token is not None else get_service_settings().admin_token
+        self.base_url = base_url.rstrip("/")
+        self.token = token
         self.timeout = timeout
         self.session = requests.Session()
 

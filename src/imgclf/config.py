@@ -239,12 +239,17 @@ class ServerSettings:
     dashboard_port: int
     api_url: str
     dashboard_refresh_ms: int
+    access_log: str | None = "-"
+    log_level: str = "info"
+    metrics_dir: str | None = None
 
 
 def get_server_settings() -> ServerSettings:
     """Return ``HOST`` (127.0.0.1), ``PORT`` (8000), ``WORKERS`` (cores, at most 4),
     ``THREADS`` (4 per worker), ``TIMEOUT`` (60 s), ``DASHBOARD_PORT`` (5006),
-    ``IMGCLF_API_URL`` (the API's own address) and ``IMGCLF_DASHBOARD_REFRESH_MS`` (5000).
+    ``IMGCLF_API_URL`` (the API's own address), ``IMGCLF_DASHBOARD_REFRESH_MS`` (5000),
+    ``ACCESS_LOG`` (``-``: standard output; empty: none), ``LOG_LEVEL`` (info) and
+    ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's folder of the workers' samples).
 
     Raises:
         ConfigError: a value of the wrong kind or out of range, naming the variable.
@@ -269,6 +274,9 @@ def get_server_settings() -> ServerSettings:
         dashboard_port=values["DASHBOARD_PORT"],
         api_url=os.environ.get("IMGCLF_API_URL") or f"http://{host}:{values['PORT']}",
         dashboard_refresh_ms=values["IMGCLF_DASHBOARD_REFRESH_MS"],
+        access_log=os.environ.get("ACCESS_LOG", "-") or None,
+        log_level=os.environ.get("LOG_LEVEL", "info"),
+        metrics_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None,
     )
 
 

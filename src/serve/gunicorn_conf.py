@@ -29,9 +29,9 @@ timeout = _server.timeout_s
 graceful_timeout = 30
 preload_app = False  # JAX must be initialised in each worker, after the fork
 wsgi_app = "serve.wsgi:app"
-accesslog = os.environ.get("ACCESS_LOG", "-") or None
+accesslog = _server.access_log
 errorlog = "-"
-loglevel = os.environ.get("LOG_LEVEL", "info")
+loglevel = _server.log_level
 
 _threads_per_worker = max(1, _cores // max(workers, 1))
 if "XLA_FLAGS" not in os.environ and _threads_per_worker == 1:
@@ -39,7 +39,6 @@ if "XLA_FLAGS" not in os.environ and _threads_per_worker == 1:
     os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false"
 for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, str(_threads_per_worker))
-os.environ.setdefault("KERAS_BACKEND", "jax")
 # on a GPU, each worker takes the memory its model needs rather than JAX's default 75 % of the
 # card (several workers, and a training job, share it)
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")

@@ -9,7 +9,6 @@ model version, retrain outcomes) are computed when scraped, from the registry an
 
 from __future__ import annotations
 
-import os
 import time
 
 from prometheus_client import (
@@ -23,6 +22,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 
 from imgclf import registry
+from imgclf.config import get_server_settings
 from imgclf.drift import DriftVerdict
 from imgclf.jobstates import FINAL_STATES, JobState
 
@@ -125,7 +125,7 @@ def _drift_metrics(report: dict):
 
 
 def multiprocess_dir() -> str | None:
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    return get_server_settings().metrics_dir
 
 
 def exposition(collector: ServiceCollector) -> tuple[bytes, str]:
