@@ -214,7 +214,7 @@ def test_a_finished_job_shows_the_gate_evidence_class_by_class():
     row = {
         "class": "3", "n": 36, "current_recall": 0.97, "candidate_recall": 0.5,
         "difference": -0.47, "ci_low": -0.64, "ci_high": -0.31, "p_value": 1e-5,
-        "level": 0.0045, "verdict": "worse",
+        "level": 0.0045, "verdict": "worse", "detectable_drop": 0.29,
     }  # fmt: skip
     overall = {
         "metric": "f1_macro", "current": 0.98, "candidate": 0.93, "difference": -0.05,
@@ -234,4 +234,10 @@ def test_a_finished_job_shows_the_gate_evidence_class_by_class():
     assert (
         frame.loc[0, "95% interval"] == "-0.640 to -0.310" and frame.loc[0, "verdict"] == "worse"
     )
+    assert frame.loc[0, "detectable drop"] == 0.29
     assert evidence_frame({}).empty  # before the gate ran: nothing to show
+    settle = {**result, "inconclusive": {"1": "about 40 more test images of '1' would settle"}}
+    view.follow_job.__self__.client.answers["job"] = {**rejected, "result": settle}
+    view.job_id = "abc"
+    view.follow_job()
+    assert "Not enough evidence for '1': about 40 more" in view.job_text.object

@@ -49,8 +49,9 @@ def answers(classes: dict[str, tuple[int, int, int, int]], unseen=()) -> tuple:
 
 
 def test_a_class_without_test_images_blocks_promotion_and_says_how_to_unblock_it():
-    candidate, current, paired = answers({"a": (30, 0, 0, 0), "b": (30, 0, 0, 0)})
-    candidate["per_class"]["new"] = {"precision": 0, "recall": 0, "f1": 0, "support": 0}
+    candidate, current, paired = answers(
+        {"a": (30, 0, 0, 0), "b": (30, 0, 0, 0), "new": (0, 0, 0, 0)}, unseen=["new"]
+    )
     decision = gate.gate(candidate, current, paired, min_test_images=5)
     assert not decision.promote and decision.verdict == "blocked"
     assert decision.needs == {"new": 5}
@@ -131,6 +132,40 @@ def test_one_test_image_in_360_is_no_evidence_against_an_equally_good_candidate(
         evidence.Paired(paired.labels, paired.current, paired.current, paired.class_names),
     )
     assert same.promote and same.verdict == "not-worse"
+
+
+def test_a_small_class_lost_entirely_is_blocked_though_no_paired_test_could_show_it():
+    # 5 of 5 right, then none: p = 0.5 ** 5 = 0.031, above any corrected level; a class this
+    # small is held to the floor every class needs instead (it fell from 1.0 to 0)
+    candidate, current, paired = answers(
+        {"a": (36, 0, 0, 0), "b": (36, 0, 0, 0), "small": (0, 5, 0, 0)}
+    )
+    decision = gate.gate(candidate, current, paired, min_test_images=5, min_new_class_recall=0.5)
+    assert not decision.promote and list(decision.blocked) == ["small"]
+    assert "too few for a paired test" in decision.blocked["small"]
+    row = {r["class"]: r for r in decision.comparisons}["small"]
+    assert row["too_small_to_test"] and row["ci_low"] < row["ci_high"] < 0  # not a point
+    # a small class that keeps its recall is not held back
+    candidate, current, paired = answers(
+        {"a": (36, 0, 0, 0), "b": (36, 0, 0, 0), "small": (4, 1, 0, 0)}
+    )
+    assert gate.gate(
+        candidate, current, paired, min_test_images=5, min_new_class_recall=0.5
+    ).promote
+
+
+def test_answers_and_metrics_of_different_test_sets_are_refused():
+    candidate, current, paired = answers({"a": (30, 0, 0, 0), "b": (30, 0, 0, 0)})
+    swapped = evidence.Paired(paired.labels, paired.candidate, paired.current, ["b", "a"])
+    with pytest.raises(ValueError, match="classes"):
+        gate.gate(candidate, current, swapped)
+    shorter = evidence.Paired(
+        paired.labels[1:], paired.candidate[1:], paired.current[1:], ["a", "b"]
+    )
+    with pytest.raises(ValueError, match="not of the test set"):
+        gate.gate(candidate, current, shorter)
+    with pytest.raises(ValueError, match="not a number"):
+        gate.gate({**candidate, "f1_macro": float("nan")}, current, paired)
 
 
 def test_a_new_class_the_candidate_does_not_recognise_blocks_promotion():

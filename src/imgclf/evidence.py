@@ -115,6 +115,19 @@ def discordant_counts(paired: Paired) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return b, w, p
 
 
+def paired_interval(w: int, b: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Interval of a paired difference of proportions, ``(w - b) / n`` (Bonett and Price's
+    adjusted Wald interval: one added to each discordant count; good coverage even with a
+    handful of images, where a bootstrap collapses to a point)."""
+    if n <= 0:
+        return -1.0, 1.0
+    more, less = (w + 1) / (n + 2), (b + 1) / (n + 2)
+    difference = more - less
+    spread = np.sqrt(max(more + less - difference**2, 0.0) / (n + 2))
+    z = stats.norm.ppf(0.5 + confidence / 2)
+    return float(max(difference - z * spread, -1.0)), float(min(difference + z * spread, 1.0))
+
+
 def smallest_p(discordant: int) -> float:
     """The smallest p-value an exact McNemar test can reach with ``discordant`` disagreements."""
     return 0.5**discordant

@@ -130,8 +130,9 @@ def _block_untested(decision: GateDecision, candidate_metrics: dict) -> str:
     for name, missing in decision.needs.items():
         decision.blocked[name] = (
             f"{least - missing} test image(s); at least {least} needed ({missing} more): "
-            f"upload {missing} more image(s) of it, or remove the class "
-            f"(DELETE /uploads/classes/{name})"
+            f"upload {missing} more image(s) of it; a class uploaded by mistake is removed "
+            f"with DELETE /uploads/classes/{name}, and one the current model already predicts "
+            "needs a model trained without it (make train)"
         )
     if not decision.needs:
         return ""
@@ -160,30 +161,31 @@ def _block_weak_new_classes(decision: GateDecision, candidate_metrics, current_m
     )
 
 
-def _class_rows(paired: evidence.Paired, boot: evidence.Bootstrap, compared: list[str]) -> dict:
+def _class_rows(paired: evidence.Paired, compared: list[str]) -> dict:
     """One row per compared class: n, both recalls, the difference and its interval, p."""
     only_current, only_candidate, p_values = evidence.discordant_counts(paired)
     k = len(paired.class_names)
     support = np.bincount(paired.labels, minlength=k)
     right_cand = np.bincount(paired.labels[paired.candidate == paired.labels], minlength=k)
     right_cur = np.bincount(paired.labels[paired.current == paired.labels], minlength=k)
-    low, high = np.percentile(boot.recall_difference, [2.5, 97.5], axis=0)
     rows = {}
     for name in compared:
         i = paired.class_names.index(name)
-        b, w = int(only_current[i]), int(only_candidate[i])
+        b, w, n = int(only_current[i]), int(only_candidate[i]), int(support[i])
+        low, high = evidence.paired_interval(w, b, n)
         rows[name] = {
             "class": name,
-            "n": int(support[i]),
-            "current_recall": float(right_cur[i] / support[i]),
-            "candidate_recall": float(right_cand[i] / support[i]),
-            "difference": float((right_cand[i] - right_cur[i]) / support[i]),
-            "ci_low": float(low[i]),
-            "ci_high": float(high[i]),
+            "n": n,
+            "current_recall": float(right_cur[i] / n),
+            "candidate_recall": float(right_cand[i] / n),
+            "difference": float((right_cand[i] - right_cur[i]) / n),
+            "ci_low": low,
+            "ci_high": high,
             "only_current_right": b,
             "only_candidate_right": w,
             "p_value": float(p_values[i]),
             "p_min": evidence.smallest_p(b + w),
+            "current_right": int(right_cur[i]),
         }
     return rows
 
@@ -195,21 +197,43 @@ def _judge(row: dict, rejected: bool, margin: float) -> str:
     return Verdict.NOT_WORSE
 
 
+def _too_small(row: dict, level: float, floor: float) -> bool:
+    """A class so small that even losing every image the current model gets right could not
+    be significant, whose recall fell from at least ``floor`` to under it: it blocks (as a new
+    class under the floor does); a paired test could never protect it."""
+    row["too_small_to_test"] = evidence.smallest_p(row["current_right"]) > level
+    return (
+        row["too_small_to_test"]
+        and row["current_recall"] >= floor
+        and row["candidate_recall"] < floor - 1e-12
+    )
+
+
 def _plan(row: dict, level: float, margin: float) -> None:
     """Add what this class's test images can detect, and what would settle an open question."""
     recall = row["current_recall"]
+    row["planning_level"] = level
     row["detectable_drop"] = evidence.detectable_drop(row["n"], recall, level, margin)
     if row["verdict"] == Verdict.NOT_ENOUGH_EVIDENCE:
         needed = evidence.images_needed(recall, -row["difference"], level, margin)
         row["more_images"] = None if needed is None else max(needed - row["n"], 1)
 
 
+@dataclass(frozen=True)
+class Margins:
+    """What a comparison may lose before it counts: overall, per class, and the floor a small
+    class must stay above."""
+
+    tolerance: float
+    max_recall_drop: float
+    floor: float
+
+
 def compare(
     paired: evidence.Paired,
     current_metrics: dict,
     metric: str,
-    tolerance: float,
-    max_recall_drop: float,
+    margins: Margins,
     alpha: float,
     resamples: int = evidence.RESAMPLES,
     plan: bool = True,
@@ -223,12 +247,8 @@ def compare(
     boot = evidence.bootstrap(paired, metric, resamples)
     unseen = set(current_metrics.get("unseen_classes", []))
     support = paired.support()
-    compared = [
-        name
-        for index, name in enumerate(paired.class_names)
-        if support[index] and name not in unseen
-    ]
-    rows = _class_rows(paired, boot, compared)
+    compared = [n for i, n in enumerate(paired.class_names) if support[i] and n not in unseen]
+    rows = _class_rows(paired, compared)
     low, high = boot.interval(boot.difference)
     overall = {
         "metric": metric,
@@ -249,8 +269,10 @@ def compare(
     planning_level = alpha / len(everything)  # the strictest step: sizes planned for it
     for key, row in everything.items():
         row["level"] = levels[key]
-        margin = tolerance if key == OVERALL else max_recall_drop
+        margin = margins.tolerance if key == OVERALL else margins.max_recall_drop
         row["verdict"] = _judge(row, key in rejected, margin).value
+        if key != OVERALL and _too_small(row, planning_level, margins.floor):
+            row["verdict"] = Verdict.WORSE.value
         if plan and key != OVERALL:
             _plan(row, planning_level, margin)
     return list(rows.values()), overall
@@ -267,13 +289,25 @@ def _describe(row: dict, what: str) -> str:
     )
 
 
+def _worse_text(row: dict, floor: float) -> str:
+    if row.get("too_small_to_test") and row["candidate_recall"] < floor:
+        return (
+            f"recall {row['candidate_recall']:.4f} against {row['current_recall']:.4f} on "
+            f"only {row['n']} test images, too few for a paired test to show even the loss of "
+            f"all of them; it fell under the {floor:g} every class needs (upload more test "
+            "images of it)"
+        )
+    return _describe(row, "recall")
+
+
 def _block_worse(decision: GateDecision) -> str:
     """Fill ``blocked`` for the comparisons that show the candidate worse; the reason."""
     worse = []
     for row in decision.comparisons:
         if row["verdict"] == Verdict.WORSE:
-            decision.blocked[row["class"]] = _describe(row, "recall")
-            worse.append(f"{row['class']!r}: {_describe(row, 'recall')}")
+            text = _worse_text(row, decision.min_new_class_recall)
+            decision.blocked[row["class"]] = text
+            worse.append(f"{row['class']!r}: {text}")
     if decision.overall.get("verdict") == Verdict.WORSE:
         worse.append(_describe(decision.overall, decision.metric))
     if not worse:
@@ -288,7 +322,8 @@ def _note_inconclusive(decision: GateDecision) -> str:
             continue
         more = row.get("more_images")
         settle = (
-            f"about {more} more test images of {row['class']!r} would settle a drop this size"
+            f"about {more} more test images of {row['class']!r} would settle a drop this size "
+            f"(80 % power at level {row['planning_level']:.2g}, alpha over every comparison)"
             if more
             else f"more test images of {row['class']!r} would settle it"
         )
@@ -349,13 +384,37 @@ def gate(
         return decision
     if paired is None:
         raise ValueError("the gate needs both models' answers on the test set (paired)")
+    _check_pairing(candidate_metrics, current_metrics, paired, metric)
+    margins = Margins(tolerance, max_recall_drop, min_new_class_recall)
     decision.comparisons, decision.overall = compare(
-        paired, current_metrics, metric, tolerance, max_recall_drop, alpha, resamples, plan
+        paired, current_metrics, metric, margins, alpha, resamples, plan
     )
     drops = [row["detectable_drop"] for row in decision.comparisons if "detectable_drop" in row]
     if plan and drops:
         decision.detectable_drop = None if None in drops else max(drops)
     return _conclude(decision, candidate_metrics, current_metrics, untested)
+
+
+def _check_pairing(candidate_metrics: dict, current_metrics: dict, paired, metric: str) -> None:
+    """Refuse answers and metrics that cannot be of the same test set, and figures not numbers.
+
+    Raises:
+        ValueError: naming what disagrees.
+    """
+    for name, metrics in (("candidate", candidate_metrics), ("current", current_metrics)):
+        if not np.isfinite(float(metrics[metric])):
+            raise ValueError(f"the {name}'s {metric} is {metrics[metric]}: not a number")
+    per_class = candidate_metrics.get("per_class")
+    if per_class is None:
+        return
+    if list(per_class) != list(paired.class_names):
+        raise ValueError(
+            f"the candidate's classes {list(per_class)} are not the paired answers' classes "
+            f"{list(paired.class_names)}"
+        )
+    support = paired.support().tolist()
+    if [int(scores["support"]) for scores in per_class.values()] != support:
+        raise ValueError("the paired answers are not of the test set the metrics were")
 
 
 def _conclude(decision: GateDecision, candidate_metrics, current_metrics, untested: str):
@@ -393,7 +452,7 @@ def min_detectable(decision: GateDecision) -> str:
         return ""
     sizes = np.array([row["n"] for row in rows])
     typical = rows[int(np.argsort(sizes)[len(sizes) // 2])]
-    weakest = max(rows, key=lambda row: row["detectable_drop"] or 2)
+    weakest = min(rows, key=lambda row: (row["n"], -(row["detectable_drop"] or 2)))
     worst = weakest["detectable_drop"]
     return (
         f"With {typical['n']} test images (the median class), a recall drop of "

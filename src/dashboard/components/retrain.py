@@ -12,7 +12,7 @@ from imgclf.jobstates import LIVE_STATES, JobState
 JOB_COLUMNS = ["job", "state", "started", "by", "why", "version", "report"]
 EVIDENCE_COLUMNS = [
     "class", "test images", "current recall", "candidate recall", "change", "95% interval",
-    "p", "level", "verdict",
+    "p", "level", "verdict", "detectable drop",
 ]  # fmt: skip
 VERSION_COLUMNS = ["version", "current", "accuracy", "macro F1", "parent", "gate"]
 
@@ -34,6 +34,8 @@ def job_text(job: dict, base_url: str) -> str:
         )
         if result.get("verdict"):
             text += f" · gate verdict: **{result['verdict']}**"
+        for name, note in (result.get("inconclusive") or {}).items():
+            text += f"  \nNot enough evidence for {name!r}: {note}"
     if job["state"] in (JobState.FAILED, JobState.CANCELLED):
         text += f"\n\n**{job['state'].upper()}**: {job.get('error')}"
     elif job.get("cancel_requested_at") and job["state"] in LIVE_STATES:
@@ -58,6 +60,7 @@ def evidence_frame(result: dict | None) -> pd.DataFrame:
             row["p_value"],
             row["level"],
             row["verdict"],
+            row.get("detectable_drop"),
         )
         for row in decision.get("comparisons", [])
     ]
@@ -74,6 +77,7 @@ def evidence_frame(result: dict | None) -> pd.DataFrame:
                 overall["p_value"],
                 overall["level"],
                 overall["verdict"],
+                None,
             )
         )
     return pd.DataFrame(rows, columns=EVIDENCE_COLUMNS).round(4)
