@@ -454,10 +454,13 @@ def min_detectable(decision: GateDecision) -> str:
     typical = rows[int(np.argsort(sizes)[len(sizes) // 2])]
     weakest = min(rows, key=lambda row: (row["n"], -(row["detectable_drop"] or 2)))
     worst = weakest["detectable_drop"]
-    return (
+    sentence = (
         f"With {typical['n']} test images (the median class), a recall drop of "
-        f"{typical['detectable_drop'] or 'more than the recall'} is caught 80 % of the time; "
-        f"the least-tested comparable class, {weakest['class']!r} ({weakest['n']} images), "
-        f"needs a drop of {worst if worst is not None else 'more than its recall'}. Add test "
-        "images to see smaller drops."
+        f"{typical['detectable_drop'] or 'more than the recall'} is caught 80 % of the time"
     )
+    if weakest["n"] < typical["n"]:
+        sentence += (
+            f"; the least-tested comparable class, {weakest['class']!r} ({weakest['n']} "
+            f"images), needs a drop of {worst if worst is not None else 'more than its recall'}"
+        )
+    return sentence + ". Add test images to see smaller drops."
