@@ -20,8 +20,8 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from devkit.processes import GUNICORN, free_port, wait_until_ready  # noqa: E402
-from imgclf import data  # noqa: E402
 from imgclf.config import PROJECT_ROOT, Settings  # noqa: E402
+from imgclf.data import folders  # noqa: E402
 
 
 def _test_seed() -> int:
@@ -50,7 +50,7 @@ def write_image(path: Path, size=(12, 10), mode="L", value=128, fmt=None) -> Pat
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("digits")
-    data.prepare_digits(root)
+    folders.prepare_digits(root)
     return root
 
 
@@ -73,12 +73,13 @@ def png_with_header(width: int, height: int) -> bytes:
 
 #: The code a trained session model depends on: a change to any of them trains it anew.
 MODEL_SOURCES = (
-    "model.py",
-    "training.py",
-    "augment.py",
-    "cache.py",
-    "preprocessing.py",
-    "data.py",
+    "model/network.py",
+    "model/batches.py",
+    "model/training.py",
+    "data/augment.py",
+    "data/cache.py",
+    "data/preprocessing.py",
+    "data/folders.py",
 )
 
 
@@ -96,13 +97,12 @@ def session_model_key() -> str:
 
 
 def _train_session_model(root: Path) -> None:
-    from imgclf import model as modelling
-    from imgclf import registry, training
+    from imgclf.model import network, registry, training
 
-    modelling.set_seed(TEST_SEED)
+    network.set_seed(TEST_SEED)
     dataset = training.load_dataset(root / "data", 16, "grayscale")
-    model = modelling.compile_model(modelling.build_model(10, dataset.input_shape))
-    params = modelling.TrainParams(epochs=3, patience=3)
+    model = network.compile_model(network.build_model(10, dataset.input_shape))
+    params = network.TrainParams(epochs=3, patience=3)
     history = training.fit(model, dataset, params, None, seed=TEST_SEED, verbose=0)
     metrics, _ = training.evaluate(model, dataset.test)
     record = training.TrainingRecord(training.params_dict(params), history, "grayscale")
@@ -164,7 +164,7 @@ def database_url(request, tmp_path) -> str:
 @pytest.fixture
 def project(trained_root, tmp_path, database_url) -> Settings:
     """A private copy of ``trained_root`` (data, models) with its own reports and database."""
-    from imgclf import migrations
+    from imgclf.store import migrations
 
     root = tmp_path / "project"
     shutil.copytree(trained_root, root)

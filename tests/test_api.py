@@ -12,7 +12,8 @@ import pytest
 from conftest import png_with_header
 from PIL import Image
 
-from imgclf import config, registry
+from imgclf import config
+from imgclf.model import registry
 from serve.app import create_app
 
 TOKEN = "test-token-123"

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageChops, ImageEnhance
 
-from imgclf import data
-from imgclf.prediction import Predictor
+from imgclf.data import folders
+from imgclf.model.prediction import Predictor
 
 pytestmark = pytest.mark.training
 
@@ -26,8 +26,8 @@ def predictor(trained_root) -> Predictor:
 
 
 @pytest.fixture(scope="module")
-def test_split(trained_root) -> data.Split:
-    return data.discover(trained_root / "data" / "test")
+def test_split(trained_root) -> folders.Split:
+    return folders.discover(trained_root / "data" / "test")
 
 
 def encode(image: Image.Image) -> bytes:

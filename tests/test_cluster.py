@@ -19,7 +19,7 @@ from conftest import TOKEN, wait_for
 from PIL import Image
 
 from devkit.cluster import Cluster
-from imgclf import registry
+from imgclf.model import registry
 
 pytestmark = pytest.mark.slow
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -35,7 +35,7 @@ def test_a_bad_setting_is_refused_with_its_name(monkeypatch, name, value):
 def test_a_worker_without_the_shared_folders_is_refused_with_the_setting(tmp_path):
     from dataclasses import replace
 
-    from imgclf import worker
+    from imgclf.loop import worker
 
     (tmp_path / "models").mkdir()
     (tmp_path / "reports").mkdir()

@@ -8,8 +8,10 @@ import json
 import pytest
 from marshmallow import fields, validate
 
-from imgclf import config, drift, registry
+from imgclf import config
 from imgclf.config import PROJECT_ROOT
+from imgclf.loop import drift
+from imgclf.model import registry
 from serve import schemas
 
 

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclf import curation, data, manifest, training, uploadrules, uploads
+from imgclf.data import curation, folders, manifest, uploadrules, uploads
+from imgclf.model import training
 
 
 def png(value: int, size=(12, 12)) -> bytes:
@@ -116,7 +117,7 @@ def test_delete_a_class_in_every_batch_and_a_batch_left_empty(store):
     rows = rows_of(uploads_dir / names["a"])
     assert rows == [row for row in before if row["label"] != "junk"] and len(rows) == 8
     assert {c["name"] for c in curation.inventory(uploads_dir)["classes"]} == {"cat", "sevn"}
-    assert data.discover_uploads(uploads_dir, None).class_names == ["cat", "sevn"]
+    assert folders.discover_uploads(uploads_dir, None).class_names == ["cat", "sevn"]
     again = uploads.store_upload([("junk", "x.png", png(100))], uploads_dir, index)
     assert len(again.accepted) == 1
 
@@ -290,7 +291,7 @@ def test_a_batch_that_cannot_be_moved_undoes_the_batches_already_swapped(store, 
 KILLER = """
 import os, sys
 from pathlib import Path
-from imgclf import curation
+from imgclf.data import curation
 def point(step):
     if step == sys.argv[2]:
         os._exit(9)

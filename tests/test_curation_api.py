@@ -16,8 +16,9 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
-from imgclf import audit, config, migrations, uploads
-from imgclf.store import Store
+from imgclf import config
+from imgclf.data import uploads
+from imgclf.store import Store, audit, migrations
 
 TOKEN = "curation-test-token-5f1c"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from conftest import write_image
 
-from imgclf import cache, data
+from imgclf.data import cache, folders
 
 
 def make_split(root: Path, classes: dict[str, int]) -> Path:
@@ -18,7 +18,7 @@ def test_discover_labels_sorted_classes_with_spaces_hyphens_and_uppercase_ending
     write_image(tmp_path / "brown bear" / "b.webp", mode="RGB", fmt="WEBP")
     write_image(tmp_path / "brown bear" / "c.Bmp", fmt="BMP")
     (tmp_path / "brown bear" / ".DS_Store").write_bytes(b"junk")
-    split = data.discover(tmp_path)
+    split = folders.discover(tmp_path)
     assert split.class_names == ["brown bear", "sea-lion"]
     assert split.counts() == {"brown bear": 2, "sea-lion": 1}
 
@@ -43,49 +43,51 @@ def test_discover_rejects_bad_layouts_naming_the_place(tmp_path, setup, message)
     if setup is not None:
         root.mkdir()
         setup(root)
-    with pytest.raises(data.DataError, match=message):
-        data.discover(root)
+    with pytest.raises(folders.DataError, match=message):
+        folders.discover(root)
 
 
 def test_discover_rejects_test_class_unknown_to_training(tmp_path):
     make_split(tmp_path, {"a": 1, "b": 1, "c": 1})
-    with pytest.raises(data.DataError, match=r"\['c'\]"):
-        data.discover(tmp_path, class_names=["a", "b"])
+    with pytest.raises(folders.DataError, match=r"\['c'\]"):
+        folders.discover(tmp_path, class_names=["a", "b"])
 
 
 def test_corrupt_image_is_skipped_and_listed(tmp_path):
     make_split(tmp_path, {"a": 2, "b": 2})
     (tmp_path / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    loaded = cache.load(data.discover(tmp_path), 16, "grayscale", tmp_path / ".cache", workers=1)
+    loaded = cache.load(
+        folders.discover(tmp_path), 16, "grayscale", tmp_path / ".cache", workers=1
+    )
     assert loaded.images[:].shape == (4, 16, 16, 1)
     assert [Path(p).name for p, _ in loaded.skipped] == ["broken.png"]
 
 
 def test_fingerprint_changes_with_content_and_name_but_not_order(tmp_path):
     make_split(tmp_path, {"a": 2, "b": 2})
-    split = data.discover(tmp_path)
-    first = data.dataset_fingerprint(split)
-    assert data.fingerprint(list(reversed(split.paths)), tmp_path) == first
+    split = folders.discover(tmp_path)
+    first = folders.dataset_fingerprint(split)
+    assert folders.fingerprint(list(reversed(split.paths)), tmp_path) == first
     write_image(split.paths[0], value=99)
-    second = data.dataset_fingerprint(split)
+    second = folders.dataset_fingerprint(split)
     assert second != first
     split.paths[0].rename(split.paths[0].with_name("renamed.png"))
-    assert data.dataset_fingerprint(data.discover(tmp_path)) not in (first, second)
+    assert folders.dataset_fingerprint(folders.discover(tmp_path)) not in (first, second)
 
 
 def test_prepare_digits_is_stratified_and_idempotent(tmp_path):
-    assert data.prepare_digits(tmp_path) is True
-    train, test = data.discover(tmp_path / "train"), data.discover(tmp_path / "test")
+    assert folders.prepare_digits(tmp_path) is True
+    train, test = folders.discover(tmp_path / "train"), folders.discover(tmp_path / "test")
     assert len(train.paths) + len(test.paths) == 1797
     assert min(test.counts().values()) >= 35
-    assert data.prepare_digits(tmp_path) is False
+    assert folders.prepare_digits(tmp_path) is False
     assert not list(tmp_path.glob(".digits-*"))
 
 
 def test_merge_uploads_appends_new_classes_after_existing(tmp_path):
-    base = data.discover(make_split(tmp_path / "train", {"a": 1, "b": 1}))
+    base = folders.discover(make_split(tmp_path / "train", {"a": 1, "b": 1}))
     write_image(tmp_path / "uploads" / "batch1" / "c" / "x.png")
     write_image(tmp_path / "uploads" / "batch2" / "a" / "y.png")
-    merged = data.merge_splits(base, data.discover_uploads(tmp_path / "uploads"))
+    merged = folders.merge_splits(base, folders.discover_uploads(tmp_path / "uploads"))
     assert merged.class_names == ["a", "b", "c"]
     assert merged.counts() == {"a": 2, "b": 1, "c": 1}

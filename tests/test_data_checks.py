@@ -7,13 +7,13 @@ import hashlib
 import numpy as np
 import pytest
 
-from imgclf import cache, data
+from imgclf.data import cache, folders
 
 
 @pytest.fixture(scope="module")
-def splits(digits_dir) -> tuple[data.Split, data.Split]:
-    train = data.discover(digits_dir / "train")
-    return train, data.discover(digits_dir / "test", class_names=train.class_names)
+def splits(digits_dir) -> tuple[folders.Split, folders.Split]:
+    train = folders.discover(digits_dir / "train")
+    return train, folders.discover(digits_dir / "test", class_names=train.class_names)
 
 
 def test_both_splits_have_the_ten_digit_classes(splits):

@@ -9,7 +9,8 @@ from scipy import stats
 from sklearn import metrics as skm
 
 from devkit.bench_gate import simulate
-from imgclf import evaluation, evidence, gate
+from imgclf.loop import evidence, gate
+from imgclf.model import evaluation
 
 
 def test_mcnemar_is_the_exact_binomial_test_on_the_disagreements():

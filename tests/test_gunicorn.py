@@ -13,7 +13,7 @@ import requests
 from conftest import TOKEN
 from PIL import Image
 
-from imgclf import registry
+from imgclf.model import registry
 
 pytestmark = pytest.mark.slow
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -13,8 +13,10 @@ import pytest
 from conftest import TEST_SEED
 from PIL import Image
 
-from imgclf import config, data, evaluation, evidence, gate, manifest, training, uploads
-from imgclf import model as modelling
+from imgclf import config, figures
+from imgclf.data import folders, manifest, uploads
+from imgclf.loop import evidence, gate
+from imgclf.model import evaluation, network, training
 
 
 def answers(classes: dict[str, tuple[int, int, int, int]], unseen=()) -> tuple:
@@ -85,7 +87,7 @@ def test_a_class_shown_worse_blocks_and_the_reason_names_it():
     row = {r["class"]: r for r in decision.comparisons}["c"]
     assert row["verdict"] == "worse" and row["only_current_right"] == 18
     assert row["p_value"] == pytest.approx(0.5**18) and row["ci_high"] < 0
-    table = evaluation.per_class_table(candidate, decision)
+    table = figures.per_class_table(candidate, decision)
     assert table.loc["c", "blocked"] and not table.loc["a", "blocked"]
     assert table.loc["c", "change"] == pytest.approx(-0.5)
     assert table.loc["b", "current recall"] == pytest.approx(30 / 36)
@@ -233,7 +235,7 @@ def test_uploaded_test_share_joins_the_test_set_and_never_moves(digits_dir, tmp_
     assert sorted(set(by_split.values())) == ["test", "train"]
     rows = manifest.read(tmp_path / "uploads" / report.batch)
     assert {row["stored_as"]: row["split"] for row in rows} == by_split
-    test_share = data.discover_uploads(tmp_path / "uploads", "test")
+    test_share = folders.discover_uploads(tmp_path / "uploads", "test")
     assert len(test_share.paths) == list(by_split.values()).count("test") >= 5
     dataset = training.load_dataset(tmp_path, 8, "grayscale", include_uploads=True)
     assert dataset.class_names == ["0", "1", "probe"]
@@ -255,8 +257,8 @@ def test_a_batch_without_splits_in_its_manifest_is_training_data(tmp_path):
     folder = tmp_path / "uploads" / "20250101-000000-abcdef" / "cat"
     folder.mkdir(parents=True)
     (folder / "a.png").write_bytes(png(1))
-    assert data.discover_uploads(tmp_path / "uploads", "train").counts() == {"cat": 1}
-    assert data.discover_uploads(tmp_path / "uploads", "test") is None
+    assert folders.discover_uploads(tmp_path / "uploads", "train").counts() == {"cat": 1}
+    assert folders.discover_uploads(tmp_path / "uploads", "test") is None
 
 
 @pytest.mark.parametrize(
@@ -278,7 +280,7 @@ def test_a_loop_setting_out_of_range_is_refused_naming_it(monkeypatch, name, val
 
 
 def test_kept_images_are_pruned_by_age_then_oldest_first_beyond_the_count(tmp_path):
-    from imgclf.retention import ImageGone, ImageKeeper
+    from imgclf.loop.retention import ImageGone, ImageKeeper
 
     keeper = ImageKeeper(tmp_path / "retained", max_images=3, max_age_s=3600)
     now = 1_000_000.0
@@ -303,16 +305,17 @@ def test_kept_images_are_pruned_by_age_then_oldest_first_beyond_the_count(tmp_pa
 def test_a_failed_job_says_when_it_ran_out_of_memory_or_its_kernel_died():
     from nbclient.exceptions import DeadKernelError
 
-    from imgclf import jobs, pipeline
+    from imgclf import pipeline
+    from imgclf.loop import kernels
 
     oom = pipeline.PipelineError("04_retrain.ipynb failed: MemoryError: Unable to allocate 9 GiB")
-    assert jobs.explain(oom).startswith("out of memory:")
+    assert kernels.explain(oom).startswith("out of memory:")
     xla = pipeline.PipelineError("failed: XlaRuntimeError: RESOURCE_EXHAUSTED: Out of memory")
-    assert jobs.explain(xla).startswith("out of memory:")
+    assert kernels.explain(xla).startswith("out of memory:")
     died = DeadKernelError("Kernel died")
-    assert "kernel died while running" in jobs.explain(died, 0, 0)
-    assert "OOM kill" in jobs.explain(died, 0, 1)
-    assert jobs.explain(pipeline.PipelineError("ValueError: bad")) == "ValueError: bad"
+    assert "kernel died while running" in kernels.explain(died, 0, 0)
+    assert "OOM kill" in kernels.explain(died, 0, 1)
+    assert kernels.explain(pipeline.PipelineError("ValueError: bad")) == "ValueError: bad"
 
 
 def test_a_rare_class_is_repeated_up_to_the_floor_and_a_balanced_one_is_not():
@@ -333,7 +336,7 @@ def test_a_rare_class_is_repeated_up_to_the_floor_and_a_balanced_one_is_not():
 
 def test_validation_images_are_never_repeated():
     labels = np.array([0] * 200 + [1] * 200 + [2] * 20)
-    params = modelling.TrainParams(validation_fraction=0.1, balance=1.0)
+    params = network.TrainParams(validation_fraction=0.1, balance=1.0)
     train, validation, plan = training.training_indices(labels, params, seed=3)
     assert plan and set(plan) == {2}
     assert len(np.unique(validation)) == len(validation) == 42
@@ -360,7 +363,8 @@ def test_a_new_class_of_a_few_images_is_learned_and_passes_the_default_gate(
     gate's checks of the digits are paired tests (a few images more or less wrong is not
     evidence), so a fine-tune that keeps the digits is promoted on any CPU.
     """
-    from imgclf import augment, registry
+    from imgclf.data import augment
+    from imgclf.model import registry
 
     shutil.copytree(trained_root / "data", tmp_path / "data")
     for split, numbers in (("train", range(8)), ("test", range(8, 13))):
@@ -372,14 +376,14 @@ def test_a_new_class_of_a_few_images_is_learned_and_passes_the_default_gate(
     dataset = training.load_dataset(
         tmp_path / "data", 16, "grayscale", base_classes=info["class_names"]
     )
-    current = modelling.load_model(registry.model_path(models, info["version"]))
+    current = network.load_model(registry.model_path(models, info["version"]))
     current_metrics, current_probabilities = training.evaluate(current, dataset.test)
 
-    modelling.set_seed(TEST_SEED)
-    candidate = modelling.load_model(registry.model_path(models, info["version"]))
-    candidate = modelling.widen_head(candidate, info["class_names"], dataset.class_names)
-    modelling.compile_model(candidate, 3e-4)
-    params = modelling.TrainParams(epochs=3, patience=3, learning_rate=3e-4, balance=0.5)
+    network.set_seed(TEST_SEED)
+    candidate = network.load_model(registry.model_path(models, info["version"]))
+    candidate = network.widen_head(candidate, info["class_names"], dataset.class_names)
+    network.compile_model(candidate, 3e-4)
+    params = network.TrainParams(epochs=3, patience=3, learning_rate=3e-4, balance=0.5)
     augmentation = augment.Augmentation(0.05, 0.1, 0.1, False, seed=TEST_SEED)
     training.fit(candidate, dataset, params, augmentation, seed=TEST_SEED, verbose=0)
     metrics, probabilities = training.evaluate(candidate, dataset.test)
@@ -409,7 +413,8 @@ def test_a_new_class_of_a_few_images_is_learned_and_passes_the_default_gate(
 
 
 def test_the_upload_manifest_has_one_owner():
-    """Only ``imgclf/manifest.py`` names the manifest's file or parses it: the others call it."""
+    """Only ``imgclf/data/manifest.py`` names the manifest's file or parses it: the others
+    call it."""
     rows = [manifest.row("a.png", "cat", "ab" * 32, "b1", "ab.png", "test")]
     assert manifest.class_and_name(rows[0]) == ("cat", "ab.png")
     with pytest.raises(ValueError, match="split"):

@@ -19,8 +19,8 @@ from conftest import TEST_SEED, wait_for
 from PIL import Image
 from test_worker import alive, children
 
-from imgclf import registry
 from imgclf.config import PROJECT_ROOT
+from imgclf.model import registry
 from serve.app import create_app
 
 TOKEN = "loop-token"

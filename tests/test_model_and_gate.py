@@ -1,39 +1,39 @@
 import numpy as np
 import pytest
 
-from imgclf import evaluation, gate, training
-from imgclf import model as modelling
-from imgclf.prediction import Predictor
+from imgclf.loop import gate
+from imgclf.model import evaluation, network, training
+from imgclf.model.prediction import Predictor
 
 
 def test_save_load_round_trip_gives_identical_predictions(tmp_path):
-    model = modelling.compile_model(modelling.build_model(3, (16, 16, 1)))
+    model = network.compile_model(network.build_model(3, (16, 16, 1)))
     images = np.random.default_rng(0).random((5, 16, 16, 1), dtype=np.float32)
-    path = modelling.save_model(model, tmp_path / "m.keras")
-    loaded = modelling.load_model(path)
+    path = network.save_model(model, tmp_path / "m.keras")
+    loaded = network.load_model(path)
     np.testing.assert_allclose(
-        modelling.predict_proba(loaded, images), modelling.predict_proba(model, images), atol=1e-6
+        network.predict_proba(loaded, images), network.predict_proba(model, images), atol=1e-6
     )
 
 
 def test_widen_head_keeps_old_class_outputs_and_adds_new_ones():
-    model = modelling.build_model(2, (16, 16, 1))
+    model = network.build_model(2, (16, 16, 1))
     images = np.random.default_rng(1).random((4, 16, 16, 1), dtype=np.float32)
-    before = modelling.predict_proba(model, images)
-    widened = modelling.widen_head(model, ["a", "b"], ["a", "b", "c"])
-    after = modelling.predict_proba(widened, images)
+    before = network.predict_proba(model, images)
+    widened = network.widen_head(model, ["a", "b"], ["a", "b", "c"])
+    after = network.predict_proba(widened, images)
     assert after.shape == (4, 3)
     # logits of the old classes are unchanged, so their ratio is too
     np.testing.assert_allclose(after[:, 0] / after[:, 1], before[:, 0] / before[:, 1], rtol=1e-4)
     with pytest.raises(ValueError, match="drops"):
-        modelling.widen_head(model, ["a", "b"], ["a"])
+        network.widen_head(model, ["a", "b"], ["a"])
 
 
 def test_build_model_rejects_single_class_and_unknown_backbone():
     with pytest.raises(ValueError, match="at least two"):
-        modelling.build_model(1, (16, 16, 1))
+        network.build_model(1, (16, 16, 1))
     with pytest.raises(ValueError, match="backbone"):
-        modelling.build_model(3, (32, 32, 1), backbone="vgg99")
+        network.build_model(3, (32, 32, 1), backbone="vgg99")
 
 
 def test_gate_rejects_unknown_metric_and_negative_tolerance():
@@ -53,12 +53,12 @@ def test_metrics_match_hand_counts():
 
 
 def test_training_is_reproducible_and_registered_model_serves(digits_dir, tmp_path):
-    params = modelling.TrainParams(epochs=2, patience=2)
+    params = network.TrainParams(epochs=2, patience=2)
     results = []
     for _ in range(2):
-        modelling.set_seed(3)
+        network.set_seed(3)
         dataset = training.load_dataset(digits_dir, 16, "grayscale")
-        model = modelling.compile_model(modelling.build_model(10, dataset.input_shape))
+        model = network.compile_model(network.build_model(10, dataset.input_shape))
         training.fit(model, dataset, params, [], seed=3, verbose=0)
         metrics, _ = training.evaluate(model, dataset.test)
         results.append(metrics)
@@ -75,12 +75,13 @@ def test_training_is_reproducible_and_registered_model_serves(digits_dir, tmp_pa
 
 
 def test_register_and_decide_gates_registers_and_promotes(project):
-    from imgclf import promotion, registry
+    from imgclf.loop import promotion
+    from imgclf.model import registry
     from imgclf.store import JobState
 
     models_dir = project.models_dir
     dataset = training.load_dataset(project.data_dir, 16, "grayscale")
-    model = modelling.load_model(registry.model_path(models_dir, "v0001"))
+    model = network.load_model(registry.model_path(models_dir, "v0001"))
     metrics, probabilities = training.evaluate(model, dataset.test)
     record = training.TrainingRecord({}, {}, "grayscale", parent_version="v0001")
 

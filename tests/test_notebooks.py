@@ -15,8 +15,8 @@ import sys
 import papermill
 import pytest
 
-from imgclf import registry
 from imgclf.config import PROJECT_ROOT
+from imgclf.model import registry
 
 FAST = {"epochs": 2, "patience": 2}
 NOTEBOOKS = {

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from imgclf.prediction import Predictor
+from imgclf.model.prediction import Predictor
 
 
 @pytest.fixture(scope="module")

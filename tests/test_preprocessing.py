@@ -5,7 +5,7 @@ import pytest
 from conftest import write_image
 from PIL import Image
 
-from imgclf.preprocessing import ImageDecodeError, load_image
+from imgclf.data.preprocessing import ImageDecodeError, load_image
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@ import stat
 
 import pytest
 
-from imgclf import registry
+from imgclf.model import registry
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from imgclf import database, migrations, store
+from imgclf import store
 from imgclf.config import ConfigError
-from imgclf.store import JobConflict, JobState, Store
+from imgclf.store import JobConflict, JobState, Store, database, migrations
 
 ENGINES = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from conftest import write_image
 
-from imgclf import cache, data
-from imgclf import model as modelling
-from imgclf.augment import Augmentation
 from imgclf.config import PROJECT_ROOT
-from imgclf.preprocessing import decode
+from imgclf.data import cache, folders
+from imgclf.data.augment import Augmentation
+from imgclf.data.preprocessing import decode
+from imgclf.model import batches, network
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def split(tmp_path):
         write_image(tmp_path / "train" / ("a" if index % 2 else "b") / f"{index}.png",
                     size=(20 + index, 14), mode="RGB", value=index)  # fmt: skip
     (tmp_path / "train" / "a" / "broken.png").write_bytes(b"not a png")
-    return data.discover(tmp_path / "train")
+    return folders.discover(tmp_path / "train")
 
 
 def test_the_cache_holds_exactly_what_the_decoder_gives_as_uint8_and_lists_skipped_files(
@@ -122,16 +122,16 @@ def test_augmentation_is_reproducible_varies_by_batch_and_keeps_the_range():
 def test_batches_read_by_index_split_evenly_over_devices_and_repeat_with_the_seed():
     images = np.arange(10 * 2 * 2, dtype=np.uint8).reshape(10, 2, 2, 1)
     labels = np.arange(10)
-    batches = modelling.Batches(images, labels, np.arange(9), 4, seed=1, multiple=2)
-    sizes = [len(batches[i][1]) for i in range(len(batches))]
+    made = batches.Batches(images, labels, np.arange(9), 4, seed=1, multiple=2)
+    sizes = [len(made[i][1]) for i in range(len(made))]
     assert sizes == [4, 4]  # the ninth image waits: 1 does not split over 2 devices
-    again = modelling.Batches(images, labels, np.arange(9), 4, seed=1, multiple=2)
-    assert [list(again[i][1]) for i in range(2)] == [list(batches[i][1]) for i in range(2)]
-    batches.on_epoch_end()
-    assert {int(v) for i in range(2) for v in batches[i][1]} <= set(range(9))
-    x, y = batches[0]
+    again = batches.Batches(images, labels, np.arange(9), 4, seed=1, multiple=2)
+    assert [list(again[i][1]) for i in range(2)] == [list(made[i][1]) for i in range(2)]
+    made.on_epoch_end()
+    assert {int(v) for i in range(2) for v in made[i][1]} <= set(range(9))
+    x, y = made[0]
     assert x.dtype == np.float32 and np.allclose(x[:, 0, 0, 0] * 255, images[y, 0, 0, 0])
-    odd = modelling.Batches(images, labels, np.arange(10), 3, shuffle=False, multiple=2)
+    odd = batches.Batches(images, labels, np.arange(10), 3, shuffle=False, multiple=2)
     assert odd.batch_size == 2 and len(odd) == 5
 
 
@@ -163,13 +163,13 @@ def test_make_train_with_two_forced_devices_trains_data_parallel(digits_dir, tmp
 
 
 def test_predictions_over_devices_pad_the_last_batch_and_drop_the_padding():
-    model = modelling.compile_model(modelling.build_model(3, (8, 8, 1), filters=(4,)))
+    model = network.compile_model(network.build_model(3, (8, 8, 1), filters=(4,)))
     images = np.random.default_rng(1).integers(0, 256, (7, 8, 8, 1), dtype=np.uint8)
-    one = modelling.predict_proba(model, images, batch_size=4, multiple=1)
-    padded = modelling.predict_proba(model, images, batch_size=4, multiple=3)
+    one = network.predict_proba(model, images, batch_size=4, multiple=1)
+    padded = network.predict_proba(model, images, batch_size=4, multiple=3)
     assert one.shape == padded.shape == (7, 3)
     assert np.allclose(one, padded, atol=1e-6)
-    assert np.allclose(one, modelling.predict_proba(model, images / 255.0), atol=1e-6)
+    assert np.allclose(one, network.predict_proba(model, images / 255.0), atol=1e-6)
 
 
 def test_the_cache_file_reads_rows_like_an_array_without_mapping_it(tmp_path):

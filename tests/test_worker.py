@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import wait_for
 
-from imgclf import jobs, registry
+from imgclf.loop import jobs
+from imgclf.model import registry
 from imgclf.store import JobState, Store
 
 pytestmark = pytest.mark.slow

@@ -35,9 +35,11 @@ import requests
 from PIL import Image
 
 from devkit.processes import GUNICORN, free_port, wait_until_ready
-from imgclf import config, migrations, registry
+from imgclf import config
+from imgclf.data.preprocessing import load_image
 from imgclf.files import write_json_atomic
-from imgclf.preprocessing import load_image
+from imgclf.model import registry
+from imgclf.store import migrations
 
 
 def phone_jpeg(width: int = 4000, height: int = 3000, seed: int = 0) -> bytes:

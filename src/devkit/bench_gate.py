@@ -1,7 +1,7 @@
 """``make bench-gate``: how often the promotion gate errs, simulated with the gate's own code.
 
 For each number of classes and of test images a class, pairs of models are simulated on one
-test set and judged by ``imgclf.gate.gate`` with its defaults (family-wise alpha 0.05, a 0.05
+test set and judged by ``imgclf.loop.gate.gate`` with its defaults (family-wise alpha 0.05, a 0.05
 recall margin, tolerance 0): how often an equally good candidate is promoted, and how often a
 candidate worse in one class (by 10 or 20 recall points, or with that class's recall halved) is
 blocked. The models have recall ``BENCH_GATE_RECALL`` (0.9) in every class; a wrong answer
@@ -28,9 +28,10 @@ from datetime import UTC, datetime
 import numpy as np
 
 from devkit.bench_train import update_readme
-from imgclf import evaluation, evidence, gate
 from imgclf.config import get_settings
 from imgclf.files import write_json_atomic
+from imgclf.loop import evidence, gate
+from imgclf.model import evaluation
 
 README_MARKERS = ("<!-- bench-gate -->", "<!-- /bench-gate -->")
 CLASSES = (3, 10, 30, 100)

@@ -4,7 +4,7 @@ Generates a data set of ``BENCH_IMAGES`` RGB images of mixed sizes in 10 classes
 ``BENCH_DATA``, a folder with ``train/``), then measures, each training run in its own process
 so that its peak resident memory is its own:
 
-- decoding into the cache (``imgclf.cache``, a pool of processes), images/s;
+- decoding into the cache (``imgclf.data.cache``, a pool of processes), images/s;
 - training images/s per epoch after the first (compiling) epoch, with and without
   augmentation, and each run's peak resident memory;
 - the same model's bare training step on one batch already in memory, repeated: the limit.
@@ -70,9 +70,9 @@ def _environment() -> dict:
 
 
 def decode_speed(data_dir: Path, size: int, cache_dir: Path) -> dict:
-    from imgclf import cache, data
+    from imgclf.data import cache, folders
 
-    split = data.discover(data_dir / "train")
+    split = folders.discover(data_dir / "train")
     started = time.perf_counter()
     cached = cache.load(split, size, "rgb", cache_dir)
     seconds = time.perf_counter() - started
@@ -106,19 +106,19 @@ def training_run(data_dir: Path, size: int, epochs: int, batch: int, augment: bo
     """One training run in this process (``python -m devkit.bench_train run ...``)."""
     import resource
 
-    from imgclf import cache, data, training
-    from imgclf import model as modelling
-    from imgclf.augment import Augmentation
+    from imgclf.data import cache, folders
+    from imgclf.data.augment import Augmentation
+    from imgclf.model import network, training
 
-    modelling.set_seed(1)
-    split = data.discover(data_dir / "train")
+    network.set_seed(1)
+    split = folders.discover(data_dir / "train")
     cached = cache.load(split, size, "rgb", data_dir / ".cache")
-    model = modelling.compile_model(modelling.build_model(10, cached.images.shape[1:]))
+    model = network.compile_model(network.build_model(10, cached.images.shape[1:]))
     clock = epoch_clock()
 
     train_idx, val_idx = training.hold_out(cached.labels, 0.1, 1)
-    params = modelling.TrainParams(epochs=epochs, batch_size=batch, patience=epochs)
-    modelling.train(
+    params = network.TrainParams(epochs=epochs, batch_size=batch, patience=epochs)
+    network.train(
         model, cached.images, cached.labels, train_idx, val_idx, params,
         augment=Augmentation(seed=1) if augment else None, seed=1, verbose=0,
         callbacks=[clock],
@@ -139,10 +139,10 @@ def bare_step(size: int, batch: int, batches: int = 40) -> dict:
     """The model's training steps on batches already in memory (``model.fit`` on an array, no
     augmentation, no reading): the speed limit; the second epoch is timed."""
 
-    from imgclf import model as modelling
+    from imgclf.model import network
 
-    modelling.set_seed(1)
-    model = modelling.compile_model(modelling.build_model(10, (size, size, 3)))
+    network.set_seed(1)
+    model = network.compile_model(network.build_model(10, (size, size, 3)))
     x = np.random.default_rng(0).random((batch * batches, size, size, 3), dtype=np.float32)
     y = np.arange(len(x)) % 10
     clock = epoch_clock()

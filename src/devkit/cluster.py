@@ -25,7 +25,8 @@ import requests
 
 from devkit.postgres import TemporaryPostgres
 from devkit.processes import GUNICORN, free_port, wait_until_ready
-from imgclf import config, migrations
+from imgclf import config
+from imgclf.store import migrations
 
 NGINX_CONF = """{user}worker_processes 1;
 pid {folder}/nginx.pid;

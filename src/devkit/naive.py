@@ -15,11 +15,12 @@ import numpy as np  # noqa: E402
 from flask import Flask, jsonify, request  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from imgclf import config, registry  # noqa: E402
+from imgclf import config  # noqa: E402
+from imgclf.model import registry  # noqa: E402
 
 
 def create_app(models_dir=None) -> Flask:
-    from imgclf.model import load_model
+    from imgclf.model.network import load_model
 
     models_dir = models_dir or config.get_settings().models_dir
     version = registry.current_version(models_dir)

@@ -6,19 +6,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from imgclf import data
 from imgclf.config import ConfigError, get_settings
+from imgclf.data import folders
 
 
 def _data(args) -> int:
     settings = get_settings()
     if args.source == "digits":
-        written = data.prepare_digits(settings.data_dir, seed=settings.seed)
+        written = folders.prepare_digits(settings.data_dir, seed=settings.seed)
         state = "written" if written else "already there"
     else:
-        data.prepare_keras_dataset(args.source, settings.data_dir, args.limit)
+        folders.prepare_keras_dataset(args.source, settings.data_dir, args.limit)
         state = "written"
-    train = data.discover(settings.train_dir)
+    train = folders.discover(settings.train_dir)
     print(
         f"data {state}: {settings.data_dir} ({len(train.paths)} training images, "
         f"{len(train.class_names)} classes)"
@@ -27,8 +27,8 @@ def _data(args) -> int:
 
 
 def _db(args) -> int:
-    from imgclf import migrations
-    from imgclf.database import describe_url
+    from imgclf.store import migrations
+    from imgclf.store.database import describe_url
 
     url = get_settings().database_url
     before, after = migrations.upgrade(url)
@@ -38,7 +38,7 @@ def _db(args) -> int:
 
 
 def _worker(args) -> int:
-    from imgclf import worker
+    from imgclf.loop import worker
 
     return worker.main(once=args.once)
 
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (data.DataError, ConfigError) as error:
+    except (folders.DataError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 

@@ -281,7 +281,7 @@ def get_server_settings() -> ServerSettings:
 
 
 #: The promotion gate's figures and their ranges: the one list the settings, the API's retrain
-#: parameters and the gate itself check against (``imgclf.gate``).
+#: parameters and the gate itself check against (``imgclf.loop.gate``).
 GATE_RANGES = {
     "tolerance": (0.0, 1.0),
     "min_test_images": (0, 100_000),

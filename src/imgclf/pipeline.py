@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from imgclf import registry, reports, runs
+from imgclf import reports, runs
 from imgclf.config import Settings, get_settings
+from imgclf.model import registry
 
 NOTEBOOKS = {
     "eda": "01_eda.ipynb",

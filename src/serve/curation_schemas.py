@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from marshmallow import fields, validate
 
-from imgclf.audit import OPERATIONS as CURATION_OPERATIONS
-from imgclf.uploadrules import LABEL_PATTERN, LABEL_RULE, MAX_LABEL_LENGTH
+from imgclf.data.uploadrules import LABEL_PATTERN, LABEL_RULE, MAX_LABEL_LENGTH
+from imgclf.store.audit import OPERATIONS as CURATION_OPERATIONS
 from serve.schemas import OpenSchema, StrictSchema
 
 

@@ -21,10 +21,10 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
-from imgclf import registry
 from imgclf.config import get_server_settings
-from imgclf.drift import DriftVerdict
-from imgclf.jobstates import FINAL_STATES, JobState
+from imgclf.loop.drift import DriftVerdict
+from imgclf.model import registry
+from imgclf.store.jobstates import FINAL_STATES, JobState
 
 REQUESTS = Counter(
     "imgclf_http_requests_total",

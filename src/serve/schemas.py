@@ -5,11 +5,11 @@ from __future__ import annotations
 from marshmallow import INCLUDE, RAISE, Schema, fields, post_dump, validate
 
 from imgclf.config import GATE_RANGES
-from imgclf.drift import DriftVerdict
-from imgclf.gate import GATE_METRICS
-from imgclf.jobstates import JobState
-from imgclf.registry import VERSION_PATTERN
-from imgclf.uploads import LABEL_PATTERN, MAX_LABEL_LENGTH
+from imgclf.data.uploads import LABEL_PATTERN, MAX_LABEL_LENGTH
+from imgclf.loop.drift import DriftVerdict
+from imgclf.loop.gate import GATE_METRICS
+from imgclf.model.registry import VERSION_PATTERN
+from imgclf.store.jobstates import JobState
 
 _BINARY = {"type": "string", "format": "binary"}
 IMAGE_BODY = {

@@ -11,9 +11,11 @@ import time
 from flask import current_app
 from flask_smorest import abort
 
-from imgclf import config, drift, uploads
-from imgclf.prediction import LiveModel, Predictor
-from imgclf.retention import ImageKeeper
+from imgclf import config
+from imgclf.data import uploads
+from imgclf.loop import drift
+from imgclf.loop.retention import ImageKeeper
+from imgclf.model.prediction import LiveModel, Predictor
 from imgclf.store import PredictionLogWriter, Store
 from serve import metrics
 
@@ -47,7 +49,8 @@ class WorkerState:
         self.collector = metrics.ServiceCollector(self)
 
     def drift(self, fresh: bool = False) -> dict:
-        """The drift report (``imgclf.drift``), at most ``DRIFT_CACHE_S`` old unless ``fresh``."""
+        """The drift report (``imgclf.loop.drift``), at most ``DRIFT_CACHE_S`` old unless
+        ``fresh``."""
         if fresh or not self._drift or time.time() - self._drift[0] > DRIFT_CACHE_S:
             self._drift = (time.time(), drift.check(self.references, self.store, self.loop))
         return self._drift[1]

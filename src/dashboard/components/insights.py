@@ -8,8 +8,9 @@ import panel as pn
 
 from dashboard import charts
 from dashboard.components.base import Component, table
-from imgclf import eda, evaluation
-from imgclf.drift import DriftVerdict
+from imgclf import figures
+from imgclf.data import eda
+from imgclf.loop.drift import DriftVerdict
 
 DRIFT_COLUMNS = ["test", "training", "production", "statistic", "p-value", "drift"]
 
@@ -123,7 +124,7 @@ class InsightsView(Component):
             panes += [
                 pn.pane.Markdown(f"#### Confusion matrix of {model['version']} (test set)"),
                 pn.pane.Bokeh(charts.confusion_matrix(matrix, names), width=520),
-                pn.pane.Markdown(evaluation.describe_confusion(matrix, names)),
+                pn.pane.Markdown(figures.describe_confusion(matrix, names)),
             ]
         if history:
             panes += [
@@ -134,7 +135,7 @@ class InsightsView(Component):
                         for key in ("loss", "accuracy")
                     )
                 ),
-                pn.pane.Markdown(evaluation.describe_history(history)),
+                pn.pane.Markdown(figures.describe_history(history)),
             ]
         return panes
 

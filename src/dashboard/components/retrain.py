@@ -7,7 +7,7 @@ import panel as pn
 
 from dashboard.client import ApiError
 from dashboard.components.base import Component, clock, table
-from imgclf.jobstates import LIVE_STATES, JobState
+from imgclf.store.jobstates import LIVE_STATES, JobState
 
 JOB_COLUMNS = ["job", "state", "started", "by", "why", "version", "report"]
 EVIDENCE_COLUMNS = [

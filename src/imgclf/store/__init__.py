@@ -1,17 +1,20 @@
-"""The service's store: the prediction log and feedback, and the job queue, in one database.
+"""Store: the one database (SQLite or PostgreSQL): predictions, feedback, jobs, the audit.
+
+``database`` (engine and tables), ``migrations`` (the schema's history, Alembic), ``jobstates``
+(a job's states), ``audit`` (who changed the uploads, and how), and the ``Store`` below.
 
 ``Store`` is both (``predictions.PredictionLog`` and ``queue.JobQueue`` over one connection,
-``base.Connected``); the engine and the schema are ``imgclf.database``'s, the job states
-``imgclf.jobstates``'. Create a ``Store`` in the process that uses it (after gunicorn forks):
+``base.Connected``); the engine and the schema are ``imgclf.store.database``'s, the job states
+``imgclf.store.jobstates``'. Create a ``Store`` in the process that uses it (after gunicorn forks):
 it holds a connection pool, and refuses a database whose schema is behind rather than changing
 it from every worker (``imgclf db upgrade`` does).
 """
 
 from __future__ import annotations
 
-from imgclf.database import create_engine, describe_url, metadata
-from imgclf.jobstates import FINAL_STATES, LIVE_STATES, JobState
 from imgclf.store.base import JobConflict, JobFinished, JobNotFound, StoreError
+from imgclf.store.database import create_engine, describe_url, metadata
+from imgclf.store.jobstates import FINAL_STATES, LIVE_STATES, JobState
 from imgclf.store.predictions import PredictionLog, PredictionLogWriter
 from imgclf.store.queue import HEARTBEAT_TIMEOUT_S, HOST, QUEUE_TIMEOUT_S, JobQueue
 

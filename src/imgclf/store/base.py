@@ -8,8 +8,8 @@ from contextlib import contextmanager
 
 from sqlalchemy.engine import Connection
 
-from imgclf import migrations
-from imgclf.database import create_engine
+from imgclf.store.database import create_engine
+from imgclf.store.migrations import check_current
 
 
 class StoreError(ValueError):
@@ -44,7 +44,7 @@ class Connected:
         self.database_url = database_url
         self.engine = create_engine(database_url)
         self._reader = self.engine.execution_options(isolation_level="AUTOCOMMIT")
-        migrations.check_current(self.engine, database_url)
+        check_current(self.engine, database_url)
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:

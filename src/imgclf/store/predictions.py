@@ -11,8 +11,8 @@ import time
 import numpy as np
 import sqlalchemy as sa
 
-from imgclf.database import feedback, predictions
 from imgclf.store.base import Connected, StoreError
+from imgclf.store.database import feedback, predictions
 
 _PREDICTION_COLUMNS = [column.name for column in predictions.columns]
 

@@ -12,9 +12,9 @@ import uuid
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from imgclf.database import jobs
-from imgclf.jobstates import LIVE_STATES, JobState
 from imgclf.store.base import Connected, JobConflict, JobFinished, JobNotFound
+from imgclf.store.database import jobs
+from imgclf.store.jobstates import LIVE_STATES, JobState
 
 #: A running job whose worker has not written a heartbeat for this long is dead.
 HEARTBEAT_TIMEOUT_S = 30.0

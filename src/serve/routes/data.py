@@ -12,8 +12,9 @@ from flask import request
 from flask_smorest import Blueprint, abort
 from PIL import Image
 
-from imgclf import data, registry, uploads
-from imgclf.retention import ImageGone
+from imgclf.data import folders, uploads
+from imgclf.loop.retention import ImageGone
+from imgclf.model import registry
 from imgclf.store import StoreError
 from serve import errors, metrics, schemas, state
 from serve.auth import ADMIN, require_token, token_given
@@ -97,7 +98,7 @@ def data_samples(query):
     train_dir = state.current().settings.train_dir
     if not train_dir.is_dir():
         return {"samples": {}}
-    split = data.discover(train_dir)
+    split = folders.discover(train_dir)
     samples: dict[str, list[str]] = {}
     for path, label in zip(split.paths, split.labels, strict=True):
         name = split.class_names[label]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask_smorest import Blueprint
 
-from imgclf import policy
+from imgclf.loop import policy
 from serve import schemas, state
 
 blueprint = Blueprint("loop", __name__, description="Drift and automatic retraining")

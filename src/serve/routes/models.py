@@ -6,7 +6,8 @@ from pathlib import Path
 
 from flask_smorest import Blueprint, abort
 
-from imgclf import config, registry
+from imgclf import config
+from imgclf.model import registry
 from serve import schemas, state
 from serve.auth import ADMIN, require_token
 

@@ -9,7 +9,7 @@ import uuid
 from flask import g, request
 from flask_smorest import Blueprint, abort
 
-from imgclf.prediction import Classified, Predictor
+from imgclf.model.prediction import Classified, Predictor
 from serve import metrics, schemas, state
 
 blueprint = Blueprint("predict", __name__, description="Classify images")

@@ -6,7 +6,8 @@ import time
 
 from flask_smorest import Blueprint, abort
 
-from imgclf import jobs, registry
+from imgclf.loop import jobs
+from imgclf.model import registry
 from imgclf.store import FINAL_STATES, JobConflict, JobFinished, JobNotFound
 from serve import errors, schemas, state
 from serve.auth import ADMIN, require_token

@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 from flask import Response, send_from_directory
 from flask_smorest import Blueprint
 
-from imgclf import jobs, registry
+from imgclf.loop import jobs
+from imgclf.model import registry
 from serve import metrics, schemas, state
 
 blueprint = Blueprint("service", __name__, description="Health, metrics and reports")

@@ -1,8 +1,8 @@
 """Curation of uploaded data (admin): list, delete a batch, delete or rename (merge) a class.
 
-Every change is atomic (``imgclf.curation``) and recorded in the audit table
-(``imgclf.audit``: who by token fingerprint and address, never the token). While a retrain job
-is queued or running the uploads are its input, so changes are refused with 409 and the job.
+Every change is atomic (``imgclf.data.curation``) and recorded in the audit table
+(``imgclf.store.audit``: who by token fingerprint and address, never the token). While a retrain
+job is queued or running the uploads are its input, so changes are refused with 409 and the job.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from filelock import Timeout
 from flask import Response, request
 from flask_smorest import Blueprint, abort
 
-from imgclf import audit, curation, jobs
+from imgclf.data import curation
+from imgclf.loop import jobs
+from imgclf.store import audit
 from serve import curation_schemas as schemas
 from serve import errors, state
 from serve.auth import ADMIN, require_token

@@ -1,6 +1,6 @@
 """The audit trail of curation: who changed the uploaded data, what, when, and how it ended.
 
-One row per curation request that reached the data (``imgclf.curation``): written ``started``
+One row per curation request that reached the data (``imgclf.data.curation``): written ``started``
 before any file changes, then ``done`` (with the counts), ``refused`` (the request named
 something that does not exist, or the change would clash) or ``failed`` (an error; nothing
 was changed). A row left ``started`` means the process died mid-way; the next curation or
@@ -22,7 +22,7 @@ import time
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from imgclf.database import metadata
+from imgclf.store.database import metadata
 
 OUTCOMES = ("started", "done", "refused", "failed")
 OPERATIONS = ("delete-batch", "delete-class", "rename-class")

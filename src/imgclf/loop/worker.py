@@ -4,7 +4,7 @@ Any number of workers, on any hosts that share the database, the models, data an
 folders, may run at once: the database hands each job to one of them, and at most one retrain
 is live at a time. ``make run`` and ``make serve`` start one beside gunicorn (``WORKER=0``
 leaves it out). While idle, a worker also evaluates the automatic retraining policy
-(``imgclf.policy``) every ``POLICY_EVERY_S`` and queues a retrain when it is due.
+(``imgclf.loop.policy``) every ``POLICY_EVERY_S`` and queues a retrain when it is due.
 SIGTERM or Ctrl-C: the worker stops claiming, finishes the job it runs, exits.
 """
 
@@ -17,7 +17,6 @@ import threading
 import time
 from functools import partial
 
-from imgclf import drift, jobs, policy
 from imgclf.config import (
     PROJECT_ROOT,
     ConfigError,
@@ -26,6 +25,7 @@ from imgclf.config import (
     get_loop_settings,
     get_settings,
 )
+from imgclf.loop import drift, jobs, policy
 from imgclf.store import Store
 
 log = logging.getLogger(__name__)

@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from imgclf import data, imagestats, registry
 from imgclf.config import LoopSettings
+from imgclf.data import folders, imagestats
+from imgclf.model import registry
 
 FEATURES = ("brightness", "contrast", "width", "height", "aspect_ratio")
 #: Training images sampled for the reference (seeded, so every process draws the same ones).
@@ -67,7 +68,7 @@ def features_of(rows: list[dict]) -> dict[str, np.ndarray]:
 
 def build_reference(data_dir: Path, models_dir: Path, limit: int = REFERENCE_SAMPLE) -> Reference:
     """Sample training images and compute their features as the prediction log does."""
-    from imgclf.preprocessing import ImageDecodeError, decode
+    from imgclf.data.preprocessing import ImageDecodeError, decode
 
     version = registry.current_version(models_dir)
     info = registry.metadata(models_dir, version) if version else {}
@@ -76,7 +77,7 @@ def build_reference(data_dir: Path, models_dir: Path, limit: int = REFERENCE_SAM
     rows = []
     train_dir = data_dir / "train"
     if train_dir.is_dir():
-        split = data.discover(train_dir)
+        split = folders.discover(train_dir)
         chosen = sorted(np.random.default_rng(0).permutation(len(split.paths))[:limit])
         for index in chosen:
             path = split.paths[index]

@@ -5,7 +5,7 @@ Each upload batch (``data/uploads/<batch>/``) holds ``manifest.json``: one row p
 ``uploads/<batch>/<class>/<name>`` and ``split`` is ``train`` or ``test`` (the share the image
 was given once and for all when it was uploaded). Batches stored before uploads were split have
 no ``split``: their images are training data. ``uploads.store_upload`` writes it,
-``data.discover_uploads`` reads the splits, ``policy`` counts the rows, ``curation`` rewrites it
+``folders.discover_uploads`` reads the splits, ``policy`` counts the rows, ``curation`` rewrites it
 when a class is deleted or renamed.
 """
 

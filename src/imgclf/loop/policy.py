@@ -3,9 +3,9 @@
 The policy (``AUTO_RETRAIN=1``) queues a retrain when, since the last retrain that ran to a
 decision (promoted or rejected), at least ``AUTO_RETRAIN_MIN_IMAGES`` new labelled images
 arrived (uploads and feedback alike), or, with ``AUTO_RETRAIN_ON_DRIFT=1``, when drift is
-detected (``imgclf.drift``). Never while a retrain is queued or running (the store allows one),
-and never sooner than ``AUTO_RETRAIN_MIN_INTERVAL_S`` after the previous automatic one. Every
-automatic job records why it was started. Workers evaluate it (``imgclf.worker``); the API
+detected (``imgclf.loop.drift``). Never while a retrain is queued or running (the store allows
+one), and never sooner than ``AUTO_RETRAIN_MIN_INTERVAL_S`` after the previous automatic one. Every
+automatic job records why it was started. Workers evaluate it (``imgclf.loop.worker``); the API
 shows it (``GET /policy``).
 """
 
@@ -16,9 +16,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from imgclf import jobs, manifest, registry
 from imgclf.config import LoopSettings, Settings
-from imgclf.drift import DriftVerdict
+from imgclf.data import manifest
+from imgclf.loop import jobs
+from imgclf.loop.drift import DriftVerdict
+from imgclf.model import registry
 from imgclf.store import JobConflict, JobState, Store
 
 log = logging.getLogger(__name__)

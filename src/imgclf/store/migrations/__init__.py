@@ -18,7 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from imgclf.config import ConfigError
-from imgclf.database import create_engine, describe_url
+from imgclf.store.database import create_engine, describe_url
 
 FIRST_REVISION = "0001"
 

@@ -1,7 +1,7 @@
 """Paired statistics for two models scored on the same test images: is the candidate worse?
 
 Both models answer every test image, so the comparison is paired: what matters is where they
-disagree. This module gives the promotion gate (``imgclf.gate``) its evidence:
+disagree. This module gives the promotion gate (``imgclf.loop.gate``) its evidence:
 
 - ``mcnemar_worse``: for one class, an exact one-sided McNemar test. Of the images of the
   class that exactly one model gets right, ``b`` only the current model gets right and ``w``

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf import manifest
 from imgclf.config import IGNORED_FILE_NAMES, IMAGE_EXTENSIONS
+from imgclf.data import manifest
 
 
 class DataError(ValueError):

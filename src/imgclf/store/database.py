@@ -2,13 +2,13 @@
 
 ``DATABASE_URL`` names the database: ``sqlite:///path/to/file.db`` (the embedded default) or
 ``postgresql+psycopg://user:password@host:port/name`` (a server, for several hosts). The
-schema is made and changed by Alembic migrations (``imgclf.migrations``, ``imgclf db
+schema is made and changed by Alembic migrations (``imgclf.store.migrations``, ``imgclf db
 upgrade``), which read the tables here; ``imgclf.store`` reads and writes them.
 
 SQLite keeps its single-writer guarantees: every write is one ``BEGIN IMMEDIATE``
 transaction, in WAL mode, so readers go on while one writer writes. On both engines, at most
 one job of a kind is live (queued or running): a partial unique index says so, not the code.
-The curation audit table is defined on the same ``metadata`` in ``imgclf.audit``.
+The curation audit table is defined on the same ``metadata`` in ``imgclf.store.audit``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from imgclf.config import ConfigError
-from imgclf.jobstates import LIVE_SQL
+from imgclf.store.jobstates import LIVE_SQL
 
 metadata = sa.MetaData()
 predictions = sa.Table(

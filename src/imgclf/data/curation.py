@@ -16,7 +16,7 @@ holds the same file lock as uploads (``uploadrules.lock``):
 A process killed part-way leaves its work folder behind; the next operation (an upload or a
 curation, under the lock) finishes it: without ``COMMIT`` it is dropped (the batches were
 never touched), with ``COMMIT`` the swap is completed. Hidden folders are invisible to every
-reader of the uploads (``data.discover_uploads``, ``uploads.HashIndex``), so a deleted
+reader of the uploads (``folders.discover_uploads``, ``uploads.HashIndex``), so a deleted
 image is no duplicate any more and can be uploaded again.
 
 ``FAILPOINT`` is the documented seam for tests: called with the step's name (``prepared
@@ -35,7 +35,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from imgclf import data, manifest, uploadrules
+from imgclf.data import folders, manifest, uploadrules
 
 WORK_PREFIX = ".curation-"
 COMMIT = "COMMIT"
@@ -70,15 +70,17 @@ def batches(uploads_dir: Path) -> list[Path]:
 
 
 def _image_names(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.is_file() and data.is_image_name(p.name))
+    return sorted(
+        p.name for p in folder.iterdir() if p.is_file() and folders.is_image_name(p.name)
+    )
 
 
 def batch_counts(batch: Path) -> dict[str, dict[str, int]]:
     """Images per class of one batch, split into ``train`` and ``test`` as its manifest says."""
     splits = manifest.splits(batch)
     counts = {}
-    for folder in data.class_folders(batch):
-        tally = dict.fromkeys(data.SPLITS, 0)
+    for folder in folders.class_folders(batch):
+        tally = dict.fromkeys(folders.SPLITS, 0)
         for name in _image_names(folder):
             tally[splits.get(f"{folder.name}/{name}", "train")] += 1
         if sum(tally.values()):
@@ -213,7 +215,7 @@ def _batches_with(uploads_dir: Path, name: str) -> dict[str, dict[str, dict[str,
 def _result(operation: str, target: str, counts: dict, removed: set[str]) -> dict:
     """What an operation did: images and batches touched, by split."""
     tallies = [tally for per_class in counts.values() for tally in per_class.values()]
-    by_split = {split: sum(t[split] for t in tallies) for split in data.SPLITS}
+    by_split = {split: sum(t[split] for t in tallies) for split in folders.SPLITS}
     return {
         "operation": operation,
         "target": target,

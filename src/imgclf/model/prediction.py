@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf import imagestats, registry
-from imgclf.preprocessing import ImageDecodeError, decode
+from imgclf.data import imagestats
+from imgclf.data.preprocessing import ImageDecodeError, decode
+from imgclf.model import registry
 
 
 @dataclass
@@ -93,7 +94,7 @@ class Predictor:
         Raises:
             registry.RegistryError: no such version, or no current model.
         """
-        from imgclf.model import load_model
+        from imgclf.model.network import load_model
 
         version = version or registry.current_version(models_dir)
         if version is None:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf import data
+from imgclf.data import folders
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ CHUNK = 256
 ABANDONED_AFTER_S = 3600.0
 
 
-class CacheError(data.DataError):
+class CacheError(folders.DataError):
     """The cache cannot be built (e.g. no space); the message names the folder."""
 
 
@@ -141,14 +141,14 @@ class CachedSplit:
         return len(self.labels)
 
 
-def _root(split: data.Split) -> Path:
+def _root(split: folders.Split) -> Path:
     """The folder all of a split's files are under (train/ and uploads/ for a merged split)."""
     if not split.paths:
         return split.root
     return Path(os.path.commonpath([str(p.parent) for p in split.paths]))
 
 
-def cache_key(split: data.Split, image_size: int, color_mode: str) -> str:
+def cache_key(split: folders.Split, image_size: int, color_mode: str) -> str:
     """What a cache depends on: the files' content and labels, the input format, the decoder."""
     root = _root(split)
     digest = hashlib.sha256()
@@ -157,13 +157,13 @@ def cache_key(split: data.Split, image_size: int, color_mode: str) -> str:
     names = [p.relative_to(root).as_posix() for p in split.paths]
     labelled = sorted(zip(names, (int(label) for label in split.labels), strict=True))
     digest.update(json.dumps(labelled).encode())
-    digest.update(data.fingerprint(split.paths, root).encode())
+    digest.update(folders.fingerprint(split.paths, root).encode())
     return digest.hexdigest()[:32]
 
 
 def _decode_chunk(args) -> tuple[list[int], np.ndarray, list[tuple[int, str]]]:
     """Decode some files into uint8 (a pool worker's task): kept indices, pixels, failures."""
-    from imgclf.preprocessing import ImageDecodeError, decode
+    from imgclf.data.preprocessing import ImageDecodeError, decode
 
     indices, paths, image_size, color_mode = args
     kept, pixels, failed = [], [], []
@@ -180,7 +180,7 @@ def _decode_chunk(args) -> tuple[list[int], np.ndarray, list[tuple[int, str]]]:
     return kept, stacked.astype(np.uint8), failed
 
 
-def _chunks(split: data.Split, image_size: int, color_mode: str):
+def _chunks(split: folders.Split, image_size: int, color_mode: str):
     for start in range(0, len(split.paths), CHUNK):
         indices = list(range(start, min(start + CHUNK, len(split.paths))))
         yield indices, [str(split.paths[i]) for i in indices], image_size, color_mode
@@ -201,7 +201,7 @@ def _check_space(folder: Path, needed: int) -> None:
         )
 
 
-def _read(folder: Path, key: str, split: data.Split) -> CachedSplit | None:
+def _read(folder: Path, key: str, split: folders.Split) -> CachedSplit | None:
     """The cache for ``key`` if it is complete and consistent, else None (it gets rebuilt)."""
     meta_path, array_path = folder / f"{key}.json", folder / f"{key}.npy"
     try:
@@ -240,7 +240,7 @@ def _remove_abandoned(folder: Path, now: float) -> None:
             continue
 
 
-def _build(folder: Path, key: str, split: data.Split, image_size: int, color_mode: str,
+def _build(folder: Path, key: str, split: folders.Split, image_size: int, color_mode: str,
            workers: int | None) -> None:  # fmt: skip
     _remove_abandoned(folder, time.time())
     channels = 1 if color_mode == "grayscale" else 3
@@ -264,7 +264,7 @@ def _build(folder: Path, key: str, split: data.Split, image_size: int, color_mod
         else:
             _collect(map(_decode_chunk, tasks), out, kept_at, failures, count, split.root)
         if not kept_at:
-            raise data.DataError(f"{split.root}: none of the {count} images could be read")
+            raise folders.DataError(f"{split.root}: none of the {count} images could be read")
         order = sorted(kept_at)  # compact: the kept images first, in the split's order
         if len(order) < count:
             for target, source in enumerate(order):
@@ -313,7 +313,7 @@ def _collect(results, out, kept_at, failures, count, root) -> None:
 
 
 def load(
-    split: data.Split,
+    split: folders.Split,
     image_size: int,
     color_mode: str,
     cache_dir: Path,
@@ -322,7 +322,7 @@ def load(
     """The decoded split from the cache, building the cache first if it is missing or stale.
 
     Raises:
-        data.DataError: no image of the split could be decoded.
+        folders.DataError: no image of the split could be decoded.
         CacheError: not enough disk space under ``cache_dir``.
     """
     cache_dir.mkdir(parents=True, exist_ok=True)

@@ -34,10 +34,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from imgclf import evidence
-from imgclf.comparison import OVERALL, Margins, Verdict, compare
 from imgclf.config import GATE_RANGES
-from imgclf.evaluation import GATE_METRIC
+from imgclf.loop import evidence
+from imgclf.loop.comparison import OVERALL, Margins, Verdict, compare
+from imgclf.model.evaluation import GATE_METRIC
 
 GATE_METRICS = evidence.METRICS
 

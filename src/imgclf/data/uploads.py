@@ -30,10 +30,10 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
-from imgclf import curation, data, manifest
 from imgclf.config import UploadLimits
-from imgclf.preprocessing import ImageDecodeError, load_image
-from imgclf.uploadrules import (  # noqa: F401  (the upload API's names)
+from imgclf.data import curation, folders, manifest
+from imgclf.data.preprocessing import ImageDecodeError, load_image
+from imgclf.data.uploadrules import (  # noqa: F401  (the upload API's names)
     LABEL_PATTERN,
     LABEL_RULE,
     MAX_LABEL_LENGTH,
@@ -169,7 +169,7 @@ class HashIndex:
             for path in root.rglob("*"):
                 if any(part.startswith(".") for part in path.relative_to(root).parts):
                     continue
-                if not path.is_file() or not data.is_image_name(path.name):
+                if not path.is_file() or not folders.is_image_name(path.name):
                     continue
                 info = path.stat()
                 cached = self._cache.get(path)
@@ -199,14 +199,14 @@ def hash_fraction(digest: str) -> float:
 def split_counts(data_dir: Path) -> dict[str, dict[str, int]]:
     """Images per class in each split: ``train/`` and ``test/`` plus the uploads' shares."""
     counts: dict[str, dict[str, int]] = {}
-    for split in data.SPLITS:
+    for split in folders.SPLITS:
         folder = data_dir / split
-        for class_dir in data.class_folders(folder) if folder.is_dir() else []:
-            found = sum(1 for p in class_dir.rglob("*") if data.is_image_name(p.name))
-            counts.setdefault(class_dir.name, dict.fromkeys(data.SPLITS, 0))[split] += found
-        uploaded = data.discover_uploads(data_dir / "uploads", split)
+        for class_dir in folders.class_folders(folder) if folder.is_dir() else []:
+            found = sum(1 for p in class_dir.rglob("*") if folders.is_image_name(p.name))
+            counts.setdefault(class_dir.name, dict.fromkeys(folders.SPLITS, 0))[split] += found
+        uploaded = folders.discover_uploads(data_dir / "uploads", split)
         for name, found in (uploaded.counts() if uploaded else {}).items():
-            counts.setdefault(name, dict.fromkeys(data.SPLITS, 0))[split] += found
+            counts.setdefault(name, dict.fromkeys(folders.SPLITS, 0))[split] += found
     return counts
 
 
@@ -226,7 +226,7 @@ def assign_splits(
     counts = {name: dict(split) for name, split in counts.items()}
     chosen = {}
     for digest in sorted(fresh):
-        tally = counts.setdefault(fresh[digest], dict.fromkeys(data.SPLITS, 0))
+        tally = counts.setdefault(fresh[digest], dict.fromkeys(folders.SPLITS, 0))
         if tally["train"] == 0:
             split = "train"
         elif hash_fraction(digest) < test_share:
@@ -347,9 +347,11 @@ def store_upload(
 
 def class_counts(data_dir: Path) -> dict:
     """Images per class in the training split and in the pending uploads (and their shares)."""
-    train = data.discover(data_dir / "train").counts() if (data_dir / "train").is_dir() else {}
-    uploads = data.discover_uploads(data_dir / "uploads", None)
-    shares = {split: data.discover_uploads(data_dir / "uploads", split) for split in data.SPLITS}
+    train = folders.discover(data_dir / "train").counts() if (data_dir / "train").is_dir() else {}
+    uploads = folders.discover_uploads(data_dir / "uploads", None)
+    shares = {
+        split: folders.discover_uploads(data_dir / "uploads", split) for split in folders.SPLITS
+    }
     return {
         "train": train,
         "uploads": uploads.counts() if uploads else {},

@@ -11,7 +11,7 @@ A version is written into a hidden temporary folder and renamed into place, so r
 see half of one. The pointer is replaced with ``os.replace``; every change to it happens under
 a file lock so that concurrent promotions and rollbacks serialise.
 
-Command line: ``python -m imgclf.registry list|show [VERSION]|promote VERSION|rollback``.
+Command line: ``python -m imgclf.model.registry list|show [VERSION]|promote VERSION|rollback``.
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     from imgclf.config import get_settings
 
     parser = argparse.ArgumentParser(
-        prog="python -m imgclf.registry", description=__doc__.split("\n")[0]
+        prog="python -m imgclf.model.registry", description=__doc__.split("\n")[0]
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="list versions (* marks the current one)")

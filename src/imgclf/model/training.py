@@ -15,8 +15,9 @@ import keras
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from imgclf import cache, data, evaluation, registry, runs
-from imgclf import model as modelling
+from imgclf import runs
+from imgclf.data import cache, folders
+from imgclf.model import evaluation, network, registry
 
 
 @dataclass
@@ -50,7 +51,7 @@ def load_dataset(
     workers: int | None = None,
 ) -> Dataset:
     """Discover and validate ``train/`` and ``test/`` (plus uploads, if asked) and read them
-    decoded from the cache (``imgclf.cache``), decoding what is not cached yet.
+    decoded from the cache (``imgclf.data.cache``), decoding what is not cached yet.
 
     Args:
         base_classes: class order to keep (a current model's classes, when retraining); classes
@@ -60,39 +61,39 @@ def load_dataset(
         workers: decoding processes (default: all cores).
 
     Raises:
-        data.DataError: missing split, too few classes, empty class folder, non-image file,
+        folders.DataError: missing split, too few classes, empty class folder, non-image file,
             a test class unknown to training, or a split with no readable image.
         cache.CacheError: not enough disk space for the cache.
     """
     cache_dir = _writable_cache(cache_dir or data_dir / ".cache")
-    train_split = data.discover(data_dir / "train")
+    train_split = folders.discover(data_dir / "train")
     if base_classes:  # keep the current model's label indices; new classes go after them
-        empty = data.Split(train_split.root, list(base_classes), [], [])
-        train_split = data.merge_splits(empty, train_split)
-    uploads = data.discover_uploads(data_dir / "uploads") if include_uploads else None
-    train_split = data.merge_splits(train_split, uploads)
+        empty = folders.Split(train_split.root, list(base_classes), [], [])
+        train_split = folders.merge_splits(empty, train_split)
+    uploads = folders.discover_uploads(data_dir / "uploads") if include_uploads else None
+    train_split = folders.merge_splits(train_split, uploads)
     test_split = test_set(data_dir, train_split.class_names)
     uploads_dir = data_dir / "uploads"
     uploaded_tests = sum(1 for path in test_split.paths if uploads_dir in path.parents)
     return Dataset(
         train=cache.load(train_split, image_size, color_mode, cache_dir, workers),
         test=cache.load(test_split, image_size, color_mode, cache_dir, workers),
-        fingerprint=data.dataset_fingerprint(train_split, test_split),
+        fingerprint=folders.dataset_fingerprint(train_split, test_split),
         class_names=train_split.class_names,
         uploads=len(uploads.paths) if uploads else 0,
         uploaded_tests=uploaded_tests,
     )
 
 
-def test_set(data_dir: Path, class_names: list[str]) -> data.Split:
+def test_set(data_dir: Path, class_names: list[str]) -> folders.Split:
     """The test set every evaluation uses: ``test/`` plus the test share of all uploads.
 
     Only images of ``class_names`` (the model's classes) are kept from the uploads; a class
-    folder in ``test/`` that is not among them is an error (``data.discover``).
+    folder in ``test/`` that is not among them is an error (``folders.discover``).
     """
-    split = data.discover(data_dir / "test", class_names=class_names)
-    uploaded = data.discover_uploads(data_dir / "uploads", "test", classes=class_names)
-    return data.merge_splits(split, uploaded)
+    split = folders.discover(data_dir / "test", class_names=class_names)
+    uploaded = folders.discover_uploads(data_dir / "uploads", "test", classes=class_names)
+    return folders.merge_splits(split, uploaded)
 
 
 def test_fingerprint(dataset: Dataset) -> str:
@@ -165,7 +166,7 @@ def oversample_rare(
 
 
 def training_indices(
-    labels: np.ndarray, params: modelling.TrainParams, seed: int
+    labels: np.ndarray, params: network.TrainParams, seed: int
 ) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[int, int]]]:
     """The images that train (rare classes repeated) and those that validate (never repeated).
 
@@ -177,7 +178,7 @@ def training_indices(
     return train, validation, repeated
 
 
-def describe_oversampling(dataset: Dataset, params: modelling.TrainParams, seed: int) -> str:
+def describe_oversampling(dataset: Dataset, params: network.TrainParams, seed: int) -> str:
     """One sentence on the classes ``fit`` repeats (or that none needed it)."""
     if params.balance <= 0:
         return "Classes are not rebalanced (balance 0): the images train as they are."
@@ -212,7 +213,7 @@ class ProgressReporter(keras.callbacks.Callback):
 def fit(
     model,
     dataset: Dataset,
-    params: modelling.TrainParams,
+    params: network.TrainParams,
     augment,
     seed: int,
     verbose: int | str = 2,
@@ -229,7 +230,7 @@ def fit(
     """
     train_part, validation, _ = training_indices(dataset.train.labels, params, seed)
     with tempfile.TemporaryDirectory() as folder:
-        return modelling.train(
+        return network.train(
             model,
             dataset.train.images,
             dataset.train.labels,
@@ -253,7 +254,7 @@ def evaluate(model, split) -> tuple[dict, np.ndarray]:
     on the same test set as a candidate that knows them all; their names are listed in the
     metrics as ``unseen_classes`` (the gate asks more of a candidate on them).
     """
-    probabilities = modelling.predict_proba(model, split.images)
+    probabilities = network.predict_proba(model, split.images)
     missing = len(split.class_names) - probabilities.shape[1]
     if missing > 0:
         probabilities = np.pad(probabilities, ((0, 0), (0, missing)))
@@ -301,10 +302,10 @@ def register(
         **(extra or {}),
     }
     with tempfile.TemporaryDirectory() as folder:
-        path = modelling.save_model(model, Path(folder) / registry.MODEL_FILE)
+        path = network.save_model(model, Path(folder) / registry.MODEL_FILE)
         return registry.register(models_dir, path, info)
 
 
-def params_dict(params: modelling.TrainParams, **more) -> dict:
+def params_dict(params: network.TrainParams, **more) -> dict:
     """Return training parameters and any extra ones as one JSON-ready dict."""
     return {**asdict(params), **more}

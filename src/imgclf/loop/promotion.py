@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf import evidence, gate, registry, training
-from imgclf import model as modelling
-from imgclf.evaluation import GATE_METRIC
-from imgclf.jobstates import JobState
+from imgclf.loop import evidence, gate
+from imgclf.model import network, registry, training
+from imgclf.model.evaluation import GATE_METRIC
+from imgclf.store.jobstates import JobState
 
 #: What a caller may ask for: the gate decides, or the candidate is (never) promoted regardless.
 POLICIES = ("if-not-worse", "always", "never")
@@ -95,7 +95,7 @@ def score_current(
     classes = registry.metadata(models_dir, version)["class_names"]
     if dataset.class_names[: len(classes)] != classes:
         return version, None, None
-    current_model = modelling.load_model(registry.model_path(models_dir, version))
+    current_model = network.load_model(registry.model_path(models_dir, version))
     metrics, probabilities = training.evaluate(current_model, dataset.test)
     return version, metrics, probabilities.argmax(axis=1)
 

@@ -1,7 +1,7 @@
 """The gate's comparisons of a candidate with the current model on the same test images: one
 row per class the current model knows (an exact McNemar test) and one for the overall metric
 (a paired randomisation test), corrected together (``evidence.step_down``), each judged
-against its margin. ``imgclf.gate`` turns them into a decision and its reasons."""
+against its margin. ``imgclf.loop.gate`` turns them into a decision and its reasons."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from imgclf import evidence
+from imgclf.loop import evidence
 
 OVERALL = "overall"
 

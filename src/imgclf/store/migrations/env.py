@@ -1,9 +1,10 @@
-"""Alembic's environment: migrations run on the connection ``imgclf.migrations`` passes in."""
+"""Alembic's environment: migrations run on the connection ``imgclf.store.migrations``
+passes in."""
 
 from alembic import context
 
-from imgclf import audit  # noqa: F401  (its table is on the store's metadata)
-from imgclf.database import metadata
+from imgclf.store import audit  # noqa: F401  (its table is on the store's metadata)
+from imgclf.store.database import metadata
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
