@@ -78,10 +78,10 @@ retrain: setup ## fine-tune on train + uploads; promote only if not worse (04_re
 pipeline: data eda train evaluate ## the whole offline pipeline: data, EDA, train, evaluate
 
 model: data ## prepare data and train (EDA, train, evaluate) unless a current model exists
-	@if [ -z "$$($(PY) -c 'from imgclf import config, registry; print(registry.current_version(config.get_settings().models_dir) or "")')" ]; then \
+	@if [ -z "$$($(PY) -c 'from imgclf import config; from imgclf.model import registry; print(registry.current_version(config.get_settings().models_dir) or "")')" ]; then \
 	  $(MAKE) --no-print-directory eda train evaluate; \
 	else echo "a current model exists: skipping training (make train to train anew)"; fi
-	@$(PY) -m imgclf.registry list
+	@$(PY) -m imgclf.model.registry list
 	@echo "reports: $(CURDIR)/reports/index.html"
 
 db: setup ## create or migrate the database (DATABASE_URL) to the newest schema
