@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import threading
-import time
 
 import pytest
 import requests
@@ -85,9 +84,10 @@ def test_cluster_uploads_retrains_survives_a_dead_replica_and_a_dead_worker(clus
     clients = [threading.Thread(target=flood, args=(url, image, stop, outcomes)) for _ in range(4)]
     for client in clients:
         client.start()
-    time.sleep(2)
+    wait_for(lambda: len(outcomes) >= 25, 60, "predictions through nginx")
     cluster.kill_replica(0)
-    time.sleep(4)
+    killed_at = len(outcomes)
+    wait_for(lambda: len(outcomes) >= killed_at + 50, 60, "predictions after the kill")
     stop.set()
     for client in clients:
         client.join()

@@ -23,6 +23,7 @@ def test_service_settings_come_from_the_environment(monkeypatch):
         ("IMGCLF_RELOAD_POLL_S", "-1"),
         ("WORKERS", "0"),
         ("PORT", "70000"),
+        ("LOG_LEVEL", "loud"),
     ],
 )
 def test_a_bad_setting_is_refused_with_its_name(monkeypatch, name, value):

@@ -120,7 +120,6 @@ def test_dashboard_predicts_uploads_retrains_and_shows_every_tab(dashboard, serv
             time.sleep(0.5)
         assert page.locator(".bk-Toolbar").count() >= 3
         assert page.locator("#header").count() == 1
-        time.sleep(1)
         page.screenshot(path=ARTIFACTS / "monitor.png", full_page=True)
 
         tab("Insights")

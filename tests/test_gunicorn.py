@@ -7,10 +7,11 @@ import signal
 import threading
 import time
 import zipfile
+from datetime import datetime
 
 import pytest
 import requests
-from conftest import TOKEN
+from conftest import TOKEN, wait_for
 from PIL import Image
 
 from imgclf.model import registry
@@ -94,13 +95,15 @@ def test_retrain_under_load_hot_reloads_every_worker_without_failures(server, pr
         assert job["state"] == "promoted", job
         new_version = job["result"]["version"]
         promoted_at = registry.pointer(project.models_dir)["changed_at"]
-        time.sleep(2.5)
+        changed = datetime.fromisoformat(promoted_at).timestamp()
+        # keep predicting until every client has sent a request more than 2.5 s after it
+        wait_for(
+            lambda: len([a for a in answers if a[0] > changed + 2.5]) >= 3, 60, "late answers"
+        )
     finally:
         stop.set()
         for thread in threads:
             thread.join()
-
-    from datetime import datetime
 
     promoted = datetime.fromisoformat(promoted_at).timestamp()
     failed = [a for a in answers if a[2] != 200]
@@ -114,7 +117,9 @@ def test_retrain_under_load_hot_reloads_every_worker_without_failures(server, pr
 
     rolled = requests.post(f"{url}/model/rollback", headers=AUTH)
     assert rolled.status_code == 200 and rolled.json()["version"] == "v0001"
-    time.sleep(2.0)
+    rolled_at = time.time()
+    wait_for(lambda: set(worker_versions(url).values()) == {"v0001"}, 30, "both on v0001")
+    print(f"both workers served v0001 {time.time() - rolled_at:.2f} s after the rollback")
     versions = worker_versions(url)
     assert len(versions) == 2 and set(versions.values()) == {"v0001"}
 

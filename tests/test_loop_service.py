@@ -320,16 +320,22 @@ def test_with_the_policy_on_enough_new_images_start_a_retrain_by_itself(
     before = client.get("/policy").get_json()
     assert before["enabled"] and not before["due"] and before["new_images"] == 0
     assert "0 of 3 new labelled images" in before["next"]
-    log = open(tmp_path / "policy-worker.log", "w")
-    worker = subprocess.Popen(
+    log_path = tmp_path / "policy-worker.log"
+    log = open(log_path, "w")
+    worker = subprocess.Popen(  # LOG_LEVEL=debug: it logs each evaluation of the policy
         [sys.executable, "-m", "imgclf.cli", "worker"],
-        env={**os.environ, **project.as_environment(), **policy_env},
+        env={**os.environ, **project.as_environment(), **policy_env, "LOG_LEVEL": "debug"},
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+
+    def evaluations(waiting_for: str = "") -> int:
+        lines = log_path.read_text().splitlines()
+        return sum("policy evaluated: not due" in line and waiting_for in line for line in lines)
+
     try:
-        time.sleep(2)
-        assert client.get("/jobs").get_json() == []  # nothing new yet: nothing started
+        wait_for(evaluations, 60, "the worker's first evaluation of the policy")
+        assert client.get("/jobs").get_json() == []  # it looked: nothing new, nothing started
         upload(client, "7", [noise_png(seed) for seed in range(3)])
         jobs = wait_for(lambda: client.get("/jobs").get_json(), 30, "an automatic job")
         job = jobs[0]
@@ -338,7 +344,9 @@ def test_with_the_policy_on_enough_new_images_start_a_retrain_by_itself(
         assert not after["due"] and after["last_auto_job"] == job["id"]
         ended = client.post(f"/retrain/{job['id']}/cancel", headers=AUTH).get_json()
         assert ended["state"] == "cancelled"
-        time.sleep(7)  # the minimum interval keeps a second automatic job from starting
+        # the worker evaluates the policy again (every POLICY_EVERY_S) and waits for the interval
+        interval = "AUTO_RETRAIN_MIN_INTERVAL_S"
+        wait_for(lambda: evaluations(interval) >= 2, 60, "two evaluations held by the interval")
         assert len(client.get("/jobs").get_json()) == 1
         assert "AUTO_RETRAIN_MIN_INTERVAL_S" in " ".join(
             client.get("/policy").get_json()["waiting_for"]

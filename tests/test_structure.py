@@ -78,3 +78,28 @@ def test_modules_and_functions_stay_small():
                 if length > 60:
                     too_long.append(f"{name}.{node.name}: {length} lines")
     assert too_long == []
+
+
+def fixed_sleeps(source: str) -> list[int]:
+    """Lines of ``time.sleep`` calls outside a loop: a test waits on a condition with a
+    deadline (a ``while``/``for`` that polls), never for a fixed time."""
+    tree = ast.parse(source)
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    found = []
+    for node in ast.walk(tree):
+        called = getattr(node, "func", None)
+        if isinstance(called, ast.Attribute) and called.attr == "sleep":
+            ancestor = parents.get(node)
+            while ancestor is not None and not isinstance(ancestor, ast.While | ast.For):
+                ancestor = parents.get(ancestor)
+            if ancestor is None:
+                found.append(node.lineno)
+    return found
+
+
+def test_tests_wait_on_conditions_not_fixed_sleeps():
+    tests = PROJECT_ROOT / "tests"
+    found = {p.name: fixed_sleeps(p.read_text()) for p in sorted(tests.glob("*.py"))}
+    assert {name: lines for name, lines in found.items() if lines} == {}
+    assert fixed_sleeps("import time\ntime.sleep(2)\n") == [2]  # the check can fail
+    assert fixed_sleeps("while True:\n    time.sleep(0.1)\n") == []

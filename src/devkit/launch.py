@@ -2,8 +2,9 @@
 
 ``python -m devkit.launch [--no-dashboard]``. Host and ports come from
 ``imgclf.config.get_server_settings`` (``HOST``, ``PORT`` 8000, ``DASHBOARD_PORT`` 5006).
-Ctrl-C (or SIGTERM) stops both; if one of them exits, the other is stopped too, so nothing is
-left running half.
+Ctrl-C (or SIGTERM) stops them all. One that exits on its own (a crash) is started again and
+the launcher says so, at most ``MAX_RESTARTS`` times within ``RESTART_WINDOW_S``; past that
+everything is stopped, so nothing is left running half.
 """
 
 from __future__ import annotations
@@ -50,27 +51,70 @@ def _commands(with_dashboard: bool, with_worker: bool) -> dict[str, list[str]]:
     return commands
 
 
-def _wait(processes: dict[str, subprocess.Popen]) -> int:
-    """Run until Ctrl-C, SIGTERM or one process exits; then stop them all."""
+#: A process that exits is started again, at most this many times within RESTART_WINDOW_S;
+#: past that, everything is stopped (it would only crash again).
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 600.0
 
-    def stop(*_):
-        for process in processes.values():
+
+def say(message: str) -> None:
+    print(f"launch: {message}", file=sys.stderr, flush=True)
+
+
+class Supervisor:
+    """Starts the processes, restarts one that exits (within limits, saying so), and stops
+    them all on Ctrl-C or SIGTERM."""
+
+    def __init__(self, commands: dict[str, list[str]], env: dict[str, str]):
+        self.commands, self.env = commands, env
+        self.processes = {name: self._start(name) for name in commands}
+        self.restarts: dict[str, list[float]] = {name: [] for name in commands}
+        self.stopping = False
+
+    def _start(self, name: str) -> subprocess.Popen:
+        return subprocess.Popen(self.commands[name], cwd=PROJECT_ROOT, env=self.env)
+
+    def stop(self, *_) -> None:
+        self.stopping = True
+        for process in self.processes.values():
             if process.poll() is None:
                 process.terminate()
 
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        while all(process.poll() is None for process in processes.values()):
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    stop()
-    for process in processes.values():
+    def check(self, now: float) -> int | None:
+        """Restart what exited; returns an exit status when everything must stop."""
+        for name, process in list(self.processes.items()):
+            code = process.poll()
+            if code is None or self.stopping:
+                continue
+            recent = [t for t in self.restarts[name] if now - t < RESTART_WINDOW_S]
+            if len(recent) >= MAX_RESTARTS:
+                say(f"{name} exited (status {code}) {MAX_RESTARTS + 1} times within "
+                    f"{RESTART_WINDOW_S:.0f} s; stopping everything")  # fmt: skip
+                return code or 1
+            self.restarts[name] = [*recent, now]
+            say(f"{name} exited (status {code}); starting it again ({len(recent) + 1} of "
+                f"{MAX_RESTARTS} restarts within {RESTART_WINDOW_S:.0f} s)")  # fmt: skip
+            self.processes[name] = self._start(name)
+        return None
+
+    def run(self) -> int:
+        """Until Ctrl-C, SIGTERM or too many restarts; then stop them all."""
+        signal.signal(signal.SIGTERM, self.stop)
+        status = 0
         try:
-            process.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    return max((process.returncode or 0) for process in processes.values())
+            while not self.stopping:
+                if (status := self.check(time.monotonic())) is not None:
+                    break
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+        self.stop()
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        return status or max((process.returncode or 0) for process in self.processes.values())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,10 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     token = ensure_token()
     env = {**os.environ, TOKEN_VARIABLE: os.environ.get(TOKEN_VARIABLE) or token}
     env.setdefault("IMGCLF_API_URL", server.api_url)
-    processes = {
-        name: subprocess.Popen(command, cwd=PROJECT_ROOT, env=env)
-        for name, command in _commands(not args.no_dashboard, not args.no_worker).items()
-    }
+    supervisor = Supervisor(_commands(not args.no_dashboard, not args.no_worker), env)
+    processes = supervisor.processes
     api = server.api_url
     print(f"\n  API:        {api}   (docs: {api}/docs, health: {api}/health)")
     if "dashboard" in processes:
@@ -100,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         print("  no job worker here: retrain jobs wait for `imgclf worker` elsewhere")
     print(f"  admin token: {TOKEN_VARIABLE} in {ENV_FILE}")
     print("  Ctrl-C stops everything.\n", flush=True)
-    return _wait(processes)
+    return supervisor.run()
 
 
 if __name__ == "__main__":

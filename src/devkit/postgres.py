@@ -49,12 +49,19 @@ class TemporaryPostgres:
     def start(self) -> TemporaryPostgres:
         if self.as_postgres:
             shutil.chown(self.folder, "postgres")
-        data = self.folder / "data"
-        self._run(f"{self.bin_dir}/initdb -D {data} -A trust -U postgres")
-        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-        log = self.folder / "log"
-        self._run(f"{self.bin_dir}/pg_ctl -D {data} -o '{options}' -l {log} -w start")
+        self._run(f"{self.bin_dir}/initdb -D {self.folder / 'data'} -A trust -U postgres")
+        self.resume()
         return self
+
+    def pause(self) -> None:
+        """Stop the server (an outage: clients get "connection refused"); data and port kept."""
+        self._run(f"{self.bin_dir}/pg_ctl -D {self.folder / 'data'} -m fast -w stop")
+
+    def resume(self) -> None:
+        """Start the server on its port (again, after ``pause``)."""
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        data, log = self.folder / "data", self.folder / "log"
+        self._run(f"{self.bin_dir}/pg_ctl -D {data} -o '{options}' -l {log} -w start")
 
     def create_database(self, name: str | None = None) -> str:
         """Create a database (by default one with a name this server has not used); returns its

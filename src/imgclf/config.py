@@ -65,6 +65,14 @@ class Settings:
     cache_dir: Path | None = None
     decode_workers: int = 0
     distribution: str = "auto"
+    journal_dir: Path | None = None
+
+    @property
+    def prediction_journal_dir(self) -> Path:
+        """The prediction log's journal (``JOURNAL_DIR``; default ``<DATA_DIR>/journal``): a
+        local folder each API worker appends its predictions to before the database has them
+        (``imgclf.store.journal``)."""
+        return self.journal_dir or self.data_dir / "journal"
 
     @property
     def decoded_cache_dir(self) -> Path:
@@ -132,6 +140,7 @@ def get_settings() -> Settings:
         color_mode=color_mode,
         seed=_int("SEED", 42),
         cache_dir=_path("CACHE_DIR", None),
+        journal_dir=_path("JOURNAL_DIR", None),
         decode_workers=decode_workers,
         distribution=distribution,
     )
@@ -244,6 +253,10 @@ class ServerSettings:
     metrics_dir: str | None = None
 
 
+#: ``LOG_LEVEL``'s values (gunicorn's, and the worker's too).
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
 def get_server_settings() -> ServerSettings:
     """Return ``HOST`` (127.0.0.1), ``PORT`` (8000), ``WORKERS`` (cores, at most 4),
     ``THREADS`` (4 per worker), ``TIMEOUT`` (60 s), ``DASHBOARD_PORT`` (5006),
@@ -255,6 +268,9 @@ def get_server_settings() -> ServerSettings:
         ConfigError: a value of the wrong kind or out of range, naming the variable.
     """
     host = os.environ.get("HOST", "127.0.0.1")
+    log_level = os.environ.get("LOG_LEVEL", "info").lower()
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL={log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
     values = _read_all(
         {
             "PORT": (_int, 8000, 1, 65535),
@@ -275,7 +291,7 @@ def get_server_settings() -> ServerSettings:
         api_url=os.environ.get("IMGCLF_API_URL") or f"http://{host}:{values['PORT']}",
         dashboard_refresh_ms=values["IMGCLF_DASHBOARD_REFRESH_MS"],
         access_log=os.environ.get("ACCESS_LOG", "-") or None,
-        log_level=os.environ.get("LOG_LEVEL", "info"),
+        log_level=log_level,
         metrics_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None,
     )
 

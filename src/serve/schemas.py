@@ -163,9 +163,16 @@ class Health(Schema):
     status = fields.String(
         metadata={
             "description": "ok; loading while the worker loads the model; no-model "
-            "before the first training"
+            "before the first training; degraded while the database is down (predictions are "
+            "answered and journaled)"
         }
     )
+    database = fields.String(metadata={"description": "ok, or down (why: database_error)"})
+    database_error = fields.String(allow_none=True)
+    journal_rows = fields.Integer(
+        metadata={"description": "predictions journaled while the database was down, not yet "
+                  "replayed"}
+    )  # fmt: skip
     uptime_s = fields.Float()
     started_at = fields.String()
     model_version = fields.String(allow_none=True)

@@ -22,6 +22,8 @@ from serve import metrics
 EXTENSION = "imgclf"
 #: How long a drift report is reused by ``/metrics`` scrapes and ``/policy``.
 DRIFT_CACHE_S = 15.0
+#: How often /health asks the database itself (the log writer reports on every write).
+PING_EVERY_S = 2.0
 
 
 class WorkerState:
@@ -37,7 +39,7 @@ class WorkerState:
         self.service = service
         self.loop = loop or config.get_loop_settings()
         self.store = Store(settings.database_url)
-        self.log = PredictionLogWriter(self.store)
+        self.log = PredictionLogWriter(self.store, settings.prediction_journal_dir)
         self.model = LiveModel(settings.models_dir, service.reload_poll_s)
         self.hashes = uploads.HashIndex(settings.data_dir)
         self.keeper = ImageKeeper(
@@ -46,6 +48,7 @@ class WorkerState:
         self.started_at = service.started_at
         self.references = drift.ReferenceCache(settings.data_dir, settings.models_dir)
         self._drift: tuple[float, dict] | None = None
+        self._pinged: tuple[float, str | None] = (0.0, None)
         self.collector = metrics.ServiceCollector(self)
 
     def drift(self, fresh: bool = False) -> dict:
@@ -54,6 +57,18 @@ class WorkerState:
         if fresh or not self._drift or time.time() - self._drift[0] > DRIFT_CACHE_S:
             self._drift = (time.time(), drift.check(self.references, self.store, self.loop))
         return self._drift[1]
+
+    def database_status(self) -> dict:
+        """For /health: the database's state, asked at most every ``PING_EVERY_S``."""
+        if time.monotonic() - self._pinged[0] > PING_EVERY_S:
+            self._pinged = (time.monotonic(), self.store.ping())
+        writer = self.log.status()
+        error = self._pinged[1] or writer["last_error"]
+        return {
+            "database": "down" if error else "ok",
+            "database_error": error,
+            "journal_rows": writer["journal_rows"],
+        }
 
     def predictor(self) -> Predictor:
         """The predictor to use now; answers 503 when no model can be served."""

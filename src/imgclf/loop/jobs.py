@@ -18,6 +18,7 @@ A kernel that dies on its own fails the job and says so (``imgclf.loop.kernels``
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -28,7 +29,7 @@ from pathlib import Path
 from imgclf import runs
 from imgclf.config import Settings
 from imgclf.loop import kernels
-from imgclf.store import FINAL_STATES, JobConflict, JobState, Store
+from imgclf.store import FINAL_STATES, UNAVAILABLE, JobConflict, JobState, Store, unavailable
 
 KIND = "retrain"
 HEARTBEAT_S = 5.0
@@ -171,15 +172,37 @@ def run_job(store: Store, job: dict, settings: Settings) -> JobState:
         log.info("job %s: %s", job["id"], state.value)
         logging.getLogger().removeHandler(handler)
         handler.close()
-        store.finish_job(
-            job["id"],
-            state,
-            result,
-            error,
-            progress=_progress(run_dir),
-            log_tail=_log_tail(run_dir),
-        )
+        finish(store, job["id"], state, result, error,
+               progress=_progress(run_dir), log_tail=_log_tail(run_dir))  # fmt: skip
     return state
+
+
+def malformed(job: dict) -> str | None:
+    """Why a claimed job row cannot be run (None when it can): the worker fails it with this."""
+    run_dir, parameters = job.get("run_dir"), job.get("parameters")
+    if not isinstance(run_dir, str) or not run_dir.strip():
+        return "malformed job: it has no run folder (run_dir); queue it again with POST /retrain"
+    if not isinstance(parameters, dict):
+        return f"malformed job: its parameters are not an object ({type(parameters).__name__})"
+    return None
+
+
+#: Waits between tries at recording a job's end while the database is away.
+FINISH_RETRY_S = (1, 2, 4, 8, 15, 30)
+
+
+def finish(store: Store, job_id: str, state: JobState, result, error, **fields) -> None:
+    """Record a job's end, retrying while the database is unavailable (an outcome is never
+    dropped: the model it promoted is already in the registry)."""
+    for attempt in itertools.count():
+        try:
+            store.finish_job(job_id, state, result, error, **fields)
+            return
+        except UNAVAILABLE as failure:
+            wait = FINISH_RETRY_S[min(attempt, len(FINISH_RETRY_S) - 1)]
+            log.error("job %s: recording its end failed (%s); retrying in %d s",
+                      job_id, unavailable(failure), wait)  # fmt: skip
+            time.sleep(wait)
 
 
 def _outcome_state(summary: dict) -> JobState:

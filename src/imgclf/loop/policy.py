@@ -143,6 +143,8 @@ def maybe_queue(
         return None
     state = status(settings, loop, store, drift)
     if not state["due"]:
+        waiting = "; ".join(state["waiting_for"])
+        log.debug("retraining policy evaluated: not due: %s; next %s", waiting, state["next"])
         return None
     reason = "automatic: " + "; ".join(state["reasons"])
     try:

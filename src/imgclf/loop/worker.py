@@ -23,10 +23,12 @@ from imgclf.config import (
     LoopSettings,
     Settings,
     get_loop_settings,
+    get_server_settings,
     get_settings,
 )
 from imgclf.loop import drift, jobs, policy
-from imgclf.store import Store
+from imgclf.store import UNAVAILABLE, JobState, Store, unavailable
+from imgclf.store.migrations import DatabaseUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +70,24 @@ def work(
         How many jobs this worker ran.
     """
     loop = loop or get_loop_settings()
-    store = Store(settings.database_url)
+    store = _open_store(settings, stop)
+    if store is None:
+        return 0
     references = drift.ReferenceCache(settings.data_dir, settings.models_dir)
     check_drift = partial(drift.check, references, store, loop)
-    done, last_policy = 0, 0.0
+    done, last_policy, backoff = 0, 0.0, Backoff(poll_s)
     while not stop.is_set():
-        job = store.claim_job(jobs.KIND, pid=os.getpid())
+        try:
+            job = store.claim_job(jobs.KIND, pid=os.getpid())
+            if job is None:
+                store.fail_dead_jobs()
+        except UNAVAILABLE as error:  # the database is away: wait for it, never exit
+            backoff.wait(
+                stop, f"claiming a job: the database is unavailable ({unavailable(error)})"
+            )
+            continue
+        backoff.reset()
         if job is None:
-            store.fail_dead_jobs()
             if loop.auto_retrain and time.monotonic() - last_policy >= POLICY_EVERY_S:
                 last_policy = time.monotonic()
                 try:
@@ -86,19 +98,61 @@ def work(
             stop.wait(poll_s)
             continue
         log.info("claimed job %s (%s)", job["id"], job.get("reason") or "no reason given")
-        jobs.run_job(store, job, settings)
+        _run(store, job, settings)
         done += 1
         if once:
             break
     return done
 
 
+class Backoff:
+    """Waits that double from ``first_s`` to ``most_s`` while something keeps failing."""
+
+    def __init__(self, first_s: float = 1.0, most_s: float = 30.0):
+        self.first_s, self.most_s, self.next_s = first_s, most_s, first_s
+
+    def wait(self, stop: threading.Event, what: str) -> None:
+        log.error("%s; trying again in %.0f s", what, self.next_s)
+        stop.wait(self.next_s)
+        self.next_s = min(self.next_s * 2, self.most_s)
+
+    def reset(self) -> None:
+        self.next_s = self.first_s
+
+
+def _open_store(settings: Settings, stop: threading.Event) -> Store | None:
+    """The store, once the database answers (None if stopped while waiting for it)."""
+    backoff = Backoff()
+    while not stop.is_set():
+        try:
+            return Store(settings.database_url)
+        except DatabaseUnreachable as error:
+            backoff.wait(stop, str(error))
+    return None
+
+
+def _run(store: Store, job: dict, settings: Settings) -> None:
+    """Run a claimed job; a malformed row or an unexpected error fails that job, never the
+    worker."""
+    problem = jobs.malformed(job)
+    try:
+        if problem is None:
+            jobs.run_job(store, job, settings)
+            return
+    except Exception as error:
+        log.exception("job %s could not be run", job.get("id"))
+        problem = f"the worker could not run this job: {type(error).__name__}: {error}"
+    log.error("job %s failed: %s", job.get("id"), problem)
+    jobs.finish(store, job["id"], JobState.FAILED, {}, problem)
+
+
 def main(once: bool = False) -> int:
     """Run a worker with the settings from the environment (the CLI's ``imgclf worker``)."""
     from dotenv import load_dotenv
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     load_dotenv(PROJECT_ROOT / ".env", override=False)  # the settings the API reads too
+    level = get_server_settings().log_level.upper()  # LOG_LEVEL, as gunicorn's
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s")
     settings = get_settings()
     loop = get_loop_settings()  # a policy setting out of range stops the worker here, named
     settings.models_dir.mkdir(parents=True, exist_ok=True)

@@ -12,13 +12,22 @@ it from every worker (``imgclf db upgrade`` does).
 
 from __future__ import annotations
 
-from imgclf.store.base import JobConflict, JobFinished, JobNotFound, StoreError
+from imgclf.store.base import (
+    UNAVAILABLE,
+    JobConflict,
+    JobFinished,
+    JobNotFound,
+    StoreError,
+    unavailable,
+)
 from imgclf.store.database import create_engine, describe_url, metadata
 from imgclf.store.jobstates import FINAL_STATES, LIVE_STATES, JobState
 from imgclf.store.predictions import PredictionLog, PredictionLogWriter
 from imgclf.store.queue import HEARTBEAT_TIMEOUT_S, HOST, QUEUE_TIMEOUT_S, JobQueue
 
 __all__ = [
+    "UNAVAILABLE",
+    "unavailable",
     "FINAL_STATES",
     "HEARTBEAT_TIMEOUT_S",
     "HOST",

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
 from imgclf.store.database import create_engine
@@ -32,6 +33,18 @@ class JobConflict(StoreError):
         self.job = job
 
 
+#: What a database that is stopped, unreachable, locked or out of connections raises.
+UNAVAILABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
+
+
+def unavailable(error: Exception) -> str:
+    """Why the database is unavailable, in one line without the statement or its parameters
+    (the driver's own message: it names host and port, never a password)."""
+    cause = getattr(error, "orig", None) or error
+    lines = str(cause).strip().splitlines() or [""]
+    return f"{type(cause).__name__}: {lines[0][:200]}"
+
+
 class Connected:
     """An engine for ``database_url`` whose schema is the newest; reads and transactions.
 
@@ -45,6 +58,15 @@ class Connected:
         self.engine = create_engine(database_url)
         self._reader = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         check_current(self.engine, database_url)
+
+    def ping(self) -> str | None:
+        """None when the database answers a trivial query, else why not (one line)."""
+        try:
+            with self._read() as connection:
+                connection.exec_driver_sql("SELECT 1")
+        except Exception as error:
+            return unavailable(error)
+        return None
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:

@@ -96,7 +96,11 @@ def create_engine(database_url: str) -> Engine:
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url)
     if url.get_backend_name() == "postgresql":
-        return sa.create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4)
+        # a server that is unreachable (no answer, not a refusal) fails in 5 s, not minutes
+        timeout = {} if "connect_timeout" in url.query else {"connect_timeout": 5}
+        return sa.create_engine(
+            url, pool_pre_ping=True, pool_size=4, max_overflow=4, connect_args=timeout
+        )
     raise ConfigError(
         f"DATABASE_URL uses {url.get_backend_name()!r}; expected sqlite or postgresql+psycopg"
     )

@@ -290,9 +290,18 @@ def _alive(pid: int) -> bool:
 
 
 def _job(row) -> dict:
+    """A job row as a dict; a JSON column that does not parse (a row written by hand) reads
+    as None, so that the job can be failed with a message instead of failing its readers."""
     job = dict(row._mapping)
-    job["parameters"] = json.loads(job["parameters"] or "{}")
-    job["progress"] = json.loads(job["progress"]) if job["progress"] else {}
-    job["result"] = json.loads(job["result"]) if job["result"] else {}
+    job["parameters"] = _json(job["parameters"] or "{}")
+    job["progress"] = (_json(job["progress"]) or {}) if job["progress"] else {}
+    job["result"] = (_json(job["result"]) or {}) if job["result"] else {}
     job["log_tail"] = job["log_tail"].splitlines() if job["log_tail"] else []
     return job
+
+
+def _json(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None

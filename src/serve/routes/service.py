@@ -19,7 +19,9 @@ blueprint = Blueprint("service", __name__, description="Health, metrics and repo
 @blueprint.route("/health")
 @blueprint.response(200, schemas.Health)
 def health():
-    """Status (never waits for a model load), uptime and the model version this worker serves."""
+    """Status (never waits for a model load), uptime, the model version this worker serves, and
+    whether the database takes the prediction log (``degraded`` while it does not: predictions
+    are still answered and journaled)."""
     worker = state.current()
     predictor = worker.model.loaded
     if predictor:
@@ -28,8 +30,12 @@ def health():
         status = "no-model"
     else:
         status = "loading"
+    database = worker.database_status()
+    if status == "ok" and database["database"] != "ok":
+        status = "degraded"
     return {
         "status": status,
+        **database,
         "uptime_s": round(time.time() - worker.started_at, 3),
         "started_at": datetime.fromtimestamp(worker.started_at, UTC).isoformat(),
         "model_version": predictor.version if predictor else None,

@@ -41,12 +41,17 @@ def current(connection: sa.Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
+class DatabaseUnreachable(ConfigError):
+    """The database did not answer (stopped, unreachable): it may come back, unlike a
+    malformed URL or a schema that is behind."""
+
+
 def _connect(engine: sa.Engine, database_url: str) -> sa.Connection:
     try:
         return engine.connect()
     except sa.exc.OperationalError as error:
         reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
-        raise ConfigError(
+        raise DatabaseUnreachable(
             f"DATABASE_URL: cannot reach the database at {describe_url(database_url)}: {reason}"
         ) from None
 

@@ -1,0 +1,156 @@
+"""Faults caused for real lose nothing: a stopped PostgreSQL, a SQLite file locked by another
+writer, a killed process, a malformed job row, a crashing service under the launcher."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import sqlalchemy as sa
+from conftest import TOKEN
+
+from devkit import launch
+from imgclf.store import Store, migrations
+from imgclf.store.database import jobs, predictions
+from imgclf.store.journal import Journal
+from imgclf.store.predictions import PredictionLogWriter
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def row(n: int) -> dict:
+    return {"id": uuid.uuid4().hex, "created_at": time.time(), "latency_ms": 1.0 + n, "label": "3"}
+
+
+def stored(url: str) -> set[str]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return set(connection.execute(sa.select(predictions.c.id)).scalars())
+    finally:
+        engine.dispose()
+
+
+def test_a_killed_writers_journal_is_adopted_and_replayed_exactly_once(tmp_path):
+    url = f"sqlite:///{tmp_path / 'imgclf.db'}"
+    migrations.upgrade(url)
+    folder = tmp_path / "journal"
+    rows = [row(n) for n in range(50)]
+    # a process appends 50 rows, tears a 51st mid-line, and is killed: no flush, no atexit
+    script = textwrap.dedent(f"""
+        import json, os, signal
+        from imgclf.store.journal import Journal
+        journal = Journal({str(folder)!r})
+        journal.append({rows!r})
+        os.write(journal._fd, b'{{"id": "torn')
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    left = sorted(folder.glob("*.jsonl"))
+    assert len(left) == 1
+    kept = left[0].read_bytes()
+
+    writer = PredictionLogWriter(Store(url), folder)
+    writer.flush()  # adopts the dead instance's segment
+    assert stored(url) == {r["id"] for r in rows}
+    assert writer.replayed == 50 and writer.journal.torn_lines == 1
+    assert not list(folder.glob("*.jsonl")) and len(list(folder.glob("*.lock"))) == 1  # ours
+
+    # a process killed after the commit but before the delete: its segment is replayed again
+    (folder / "gone-1-x.lock").touch()
+    (folder / "gone-1-x.000000001.jsonl").write_bytes(kept)
+    writer._adopt_at = 0.0
+    writer.flush()
+    assert stored(url) == {r["id"] for r in rows}  # each row once (the id is the key)
+    assert not (folder / "gone-1-x.lock").exists()
+
+
+def test_a_live_writers_journal_is_not_adopted(tmp_path):
+    folder = tmp_path / "journal"
+    owner, other = Journal(folder), Journal(folder)
+    owner.append([row(1)])
+    owner.seal()
+    assert list(other.orphans()) == []  # its process holds its lock
+    owner.close()
+
+
+def test_rows_wait_in_memory_without_a_journal_and_are_written_when_the_database_is_back(
+    tmp_path,
+):
+    url = f"sqlite:///{tmp_path / 'imgclf.db'}"
+    migrations.upgrade(url)
+    store = Store(url)
+    writer = PredictionLogWriter(store, None)
+    locker = sa.create_engine(url, connect_args={"timeout": 0})
+    store.engine.dispose()
+    store.engine = sa.create_engine(url, connect_args={"timeout": 0.2})  # locked: fails at once
+    with locker.connect() as holding:
+        holding.exec_driver_sql("BEGIN EXCLUSIVE")
+        writer._pending.extend([row(n) for n in range(5)])
+        writer.flush()
+        assert writer.status()["database"] == "down" and len(writer._pending) == 5
+        holding.exec_driver_sql("ROLLBACK")
+    writer.flush()
+    assert len(stored(url)) == 5 and writer.status()["database"] == "ok"
+
+
+# ------------------------------------------------------------------------- worker, launcher
+def test_a_malformed_job_row_fails_that_job_and_not_the_worker(project):
+    now = time.time()
+    bad = [
+        {"id": "norundir", "parameters": "{}", "run_dir": None},
+        {"id": "notjson", "parameters": "{not json", "run_dir": str(project.reports_dir / "x")},
+    ]
+    engine = sa.create_engine(project.database_url)
+    for values in bad:  # one at a time: one retrain may be live
+        with engine.begin() as connection:
+            connection.execute(
+                jobs.insert().values(
+                    kind="retrain", state="queued", created_at=now, heartbeat_at=now, **values
+                )
+            )
+        ran = subprocess.run(
+            [sys.executable, "-m", "imgclf.cli", "worker", "--once"],
+            env={**os.environ, **project.as_environment()},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert ran.returncode == 0, ran.stderr[-2000:]
+    with engine.connect() as connection:
+        rows = {r.id: r for r in connection.execute(jobs.select())}
+    engine.dispose()
+    assert rows["norundir"].state == "failed" and "no run folder" in rows["norundir"].error
+    assert rows["notjson"].state == "failed" and "parameters" in rows["notjson"].error
+
+
+def test_the_launcher_restarts_a_crashed_process_then_gives_up(monkeypatch, capsys):
+    monkeypatch.setattr(launch, "MAX_RESTARTS", 2)
+    crashing = [sys.executable, "-c", "import sys; sys.exit(3)"]
+    lasting = [sys.executable, "-c", "import time; time.sleep(600)"]
+    supervisor = launch.Supervisor({"api": lasting, "worker": crashing}, dict(os.environ))
+    first_api = supervisor.processes["api"].pid
+    os.kill(first_api, signal.SIGKILL)  # a killed API is started again
+    status = supervisor.run()
+    said = capsys.readouterr().err
+    assert status == 3
+    assert "worker exited (status 3); starting it again (1 of 2" in said
+    assert "worker exited (status 3) 3 times" in said and "stopping everything" in said
+    assert "api exited (status -9); starting it again" in said
+    assert supervisor.processes["api"].pid != first_api
+    assert all(p.poll() is not None for p in supervisor.processes.values())
+
+
+def test_the_journal_is_json_lines_of_the_tables_columns(tmp_path):
+    journal = Journal(tmp_path)
+    journal.append([row(1)])
+    segment = journal.seal()
+    assert json.loads(segment.read_text())["label"] == "3"
+    journal.close()
