@@ -6,6 +6,7 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
+import errno  # noqa: E402
 import hashlib  # noqa: E402
 import shutil  # noqa: E402
 import struct  # noqa: E402
@@ -251,3 +252,35 @@ def server(project, worker, tmp_path):
         process.kill()
         process.wait()
     log.close()
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount small tmpfs file systems (skipped where mounting is not allowed)."""
+    mounted = []
+
+    def mount(where: Path, size: str = "256k") -> Path:
+        where.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in reversed(mounted):
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(folder: Path) -> None:
+    """Write into ``folder`` until its file system is full (unbuffered: nothing left over)."""
+    with open(folder / "filler", "wb", buffering=0) as stream:
+        try:
+            while True:
+                stream.write(b"\0" * 4096)
+        except OSError as error:
+            assert error.errno == errno.ENOSPC

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import fill
 from PIL import Image
 
 from imgclf.data import curation, folders, manifest, uploadrules, uploads
@@ -219,38 +220,6 @@ def test_a_failure_at_any_step_leaves_files_and_manifests_as_before(store, failp
     assert sorted(p.name for p in uploads_dir.iterdir()) == sorted(
         [*names.values(), uploadrules.LOCK_FILE]
     )
-
-
-@pytest.fixture
-def tmpfs(tmp_path):
-    """Mount small tmpfs file systems (skipped where mounting is not allowed)."""
-    mounted = []
-
-    def mount(where: Path, size: str = "256k") -> Path:
-        where.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-            capture_output=True,
-            text=True,
-        )
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-        mounted.append(where)
-        return where
-
-    yield mount
-    for where in reversed(mounted):
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def fill(folder: Path) -> None:
-    """Write into ``folder`` until its file system is full (unbuffered: nothing left over)."""
-    with open(folder / "filler", "wb", buffering=0) as stream:
-        try:
-            while True:
-                stream.write(b"\0" * 4096)
-        except OSError as error:
-            assert error.errno == errno.ENOSPC
 
 
 def test_a_full_disk_while_preparing_leaves_everything_as_before(tmpfs, tmp_path):

@@ -131,9 +131,9 @@ def test_dashboard_predicts_uploads_retrains_and_shows_every_tab(dashboard, serv
         # Review: the unsure recent predictions, each labelled in one click
         tab("Review")
         page.locator("button:visible", has_text="Reload the queue").click()
-        page.locator("img[src^='data:image/png']:visible").first.wait_for(timeout=30_000)
+        page.locator("img[src^='data:image/png']:visible").first.wait_for(timeout=90_000)
         page.locator("button:visible").filter(has_text=re.compile(r"^\s*3\s*$")).first.click()
-        page.get_by_text("Labelled 3").wait_for(timeout=30_000)
+        page.get_by_text("Labelled 3").wait_for(timeout=90_000)
         page.screenshot(path=ARTIFACTS / "review.png", full_page=True)
         browser.close()
     assert not errors, errors

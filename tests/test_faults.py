@@ -3,6 +3,8 @@ writer, a killed process, a malformed job row, a crashing service under the laun
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import signal
@@ -12,16 +14,19 @@ import textwrap
 import time
 import uuid
 
+import numpy as np
+import pytest
 import sqlalchemy as sa
-from conftest import TOKEN
+from conftest import TOKEN, fill
+from PIL import Image
 
 from devkit import launch
+from imgclf.data import imagebytes
 from imgclf.store import Store, migrations
 from imgclf.store.database import jobs, predictions
 from imgclf.store.journal import Journal
 from imgclf.store.predictions import PredictionLogWriter
-
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+from serve.app import create_app
 
 
 def row(n: int) -> dict:
@@ -154,3 +159,107 @@ def test_the_journal_is_json_lines_of_the_tables_columns(tmp_path):
     segment = journal.seal()
     assert json.loads(segment.read_text())["label"] == "3"
     journal.close()
+
+
+# ---------------------------------------------------------------------------------- disk
+def exif_with_maker() -> bytes:
+    exif = Image.Exif()
+    exif[0x010F] = "camera"
+    return exif.tobytes()
+
+
+def encoded(image_format: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    mode = "P" if image_format == "GIF" else "RGB"
+    Image.fromarray(pixels).convert(mode).save(buffer, format=image_format, **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "image_format, options",
+    [
+        ("PNG", {}),
+        ("JPEG", {}),
+        ("JPEG", {"progressive": True}),
+        ("BMP", {}),
+        ("GIF", {}),
+        ("WEBP", {}),
+        ("JPEG", {"exif": exif_with_maker()}),
+    ],  # fmt: skip
+)
+def test_the_end_of_an_image_is_found_and_what_follows_is_not_kept(image_format, options):
+    image = encoded(image_format, **options)
+    junk = b"\xff\xd9IEND\x3b" + bytes(range(256)) * 40  # markers of every format, then noise
+    assert imagebytes.encoded_length(image + junk, image_format) == len(image)
+    assert imagebytes.trimmed(image, image_format) == image
+    with pytest.raises(imagebytes.Malformed):
+        imagebytes.encoded_length(image[: len(image) // 2], image_format)
+
+
+def test_kept_images_stay_within_the_byte_budget_and_junk_is_not_kept(project, monkeypatch):
+    """30 images of about 3 MB each (noise PNGs, and small PNGs padded with 3 MB of junk)
+    through /predict with RETAIN_MAX_MB=20: at most 20 MB is kept, the padded ones small."""
+    monkeypatch.setenv("RETAIN_MAX_MB", "20")
+    monkeypatch.setenv("IMGCLF_ADMIN_TOKEN", TOKEN)
+    client = create_app(project).test_client()
+    rng = np.random.default_rng(2)
+    small = next((project.test_dir / "3").glob("*.png")).read_bytes()
+    payloads = []
+    for number in range(30):
+        if number % 2:
+            payloads.append(small + rng.bytes(3_000_000))  # a valid PNG, then junk
+        else:
+            noise = rng.integers(0, 256, (1000, 1000, 3), dtype=np.uint8)
+            buffer = io.BytesIO()
+            Image.fromarray(noise).save(buffer, format="PNG", compress_level=0)
+            payloads.append(buffer.getvalue())
+    for payload in payloads:
+        answer = client.post("/predict", data=payload, content_type="image/png")
+        assert answer.status_code == 200, answer.get_json()
+    keeper = client.application.extensions["imgclf"].keeper
+    keeper.flush()
+    kept = [p for p in (project.data_dir / "retained").glob("??/*") if not p.name.startswith(".")]
+    sizes = sorted(p.stat().st_size for p in kept)
+    sent = sum(map(len, payloads)) / 2**20
+    print(f"{len(kept)} kept, {sum(sizes) / 2**20:.1f} MB of {sent:.0f} MB sent")
+    assert sum(sizes) <= 20 * 2**20
+    assert sizes[0] < 1000  # a junk-padded PNG is kept without its junk
+    newest = hashlib.sha256(payloads[-1]).hexdigest()
+    assert keeper.has(newest) and len(keeper.read(newest)) == len(small)  # oldest go first
+    assert len(kept) >= 10  # about 5 large ones (3 MB) within the 90 % evicted down to
+
+
+def test_a_full_uploads_disk_answers_507_leaves_nothing_and_works_once_freed(
+    project, monkeypatch, tmpfs
+):
+    monkeypatch.setenv("IMGCLF_ADMIN_TOKEN", TOKEN)
+    uploads_dir = tmpfs(project.data_dir / "uploads", "8m")
+    client = create_app(project).test_client()
+    rng = np.random.default_rng(3)
+    images = []
+    for number in range(6):  # about 200 KB each: more than what is left on the disk
+        buffer = io.BytesIO()
+        noise = rng.integers(0, 256, (260, 260, 3), dtype=np.uint8)
+        Image.fromarray(noise).save(buffer, format="PNG", compress_level=0)
+        images.append((f"noise-{number}.png", buffer.getvalue()))
+
+    def send():
+        return client.post(
+            "/upload-data",
+            data={"label": "3", "files": [(io.BytesIO(b), name) for name, b in images]},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+
+    fill(uploads_dir)
+    os.truncate(uploads_dir / "filler", 8 * 2**20 - 300_000)  # 300 KB free: one image fits
+    refused = send()
+    assert refused.status_code == 507, refused.get_json()
+    assert "disk is full" in refused.get_json()["message"]
+    left = sorted(p.relative_to(uploads_dir).as_posix() for p in uploads_dir.rglob("*"))
+    assert left == [".upload.lock", "filler"], left  # no partial batch, no staging folder
+    (uploads_dir / "filler").unlink()
+    stored_now = send()
+    assert stored_now.status_code == 201, stored_now.get_json()
+    assert stored_now.get_json()["counts"]["accepted"] == 6

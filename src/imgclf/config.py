@@ -319,6 +319,7 @@ class LoopSettings:
     alpha: float
     retain_images: int
     retain_hours: float
+    retain_max_mb: float
     auto_retrain: bool
     auto_min_images: int
     auto_on_drift: bool
@@ -335,7 +336,8 @@ def get_loop_settings() -> LoopSettings:
     ``GATE_MIN_TEST_IMAGES`` (5 per class), ``GATE_MAX_RECALL_DROP`` (0.05),
     ``GATE_MIN_NEW_CLASS_RECALL`` (0.5), ``GATE_ALPHA`` (0.05: the chance of rejecting a
     candidate as good as the current model),
-    ``RETAIN_IMAGES`` (10000 prediction images kept; 0: none) and ``RETAIN_HOURS`` (168),
+    ``RETAIN_IMAGES`` (10000 prediction images kept; 0: none), ``RETAIN_HOURS`` (168) and
+    ``RETAIN_MAX_MB`` (1024: their bytes, oldest evicted first),
     ``AUTO_RETRAIN`` (0: off, 1: on), ``AUTO_RETRAIN_MIN_IMAGES`` (50 new labelled images),
     ``AUTO_RETRAIN_ON_DRIFT`` (0/1), ``AUTO_RETRAIN_MIN_INTERVAL_S`` (3600),
     ``DRIFT_MIN_SAMPLE`` (30 production images), ``DRIFT_P_VALUE`` (0.01),
@@ -353,6 +355,7 @@ def get_loop_settings() -> LoopSettings:
             "GATE_ALPHA": (_float, 0.05, *GATE_RANGES["alpha"]),
             "RETAIN_IMAGES": (_int, 10_000, 0, 10_000_000),
             "RETAIN_HOURS": (_float, 168.0, 0.0, 87_600.0),
+            "RETAIN_MAX_MB": (_float, 1024.0, 0.0, 10_000_000.0),
             "AUTO_RETRAIN": (_int, 0, 0, 1),
             "AUTO_RETRAIN_MIN_IMAGES": (_int, 50, 1, 10_000_000),
             "AUTO_RETRAIN_ON_DRIFT": (_int, 0, 0, 1),
@@ -370,6 +373,7 @@ def get_loop_settings() -> LoopSettings:
         alpha=values["GATE_ALPHA"],
         retain_images=values["RETAIN_IMAGES"],
         retain_hours=values["RETAIN_HOURS"],
+        retain_max_mb=values["RETAIN_MAX_MB"],
         auto_retrain=bool(values["AUTO_RETRAIN"]),
         auto_min_images=values["AUTO_RETRAIN_MIN_IMAGES"],
         auto_on_drift=bool(values["AUTO_RETRAIN_ON_DRIFT"]),

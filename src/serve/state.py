@@ -43,7 +43,10 @@ class WorkerState:
         self.model = LiveModel(settings.models_dir, service.reload_poll_s)
         self.hashes = uploads.HashIndex(settings.data_dir)
         self.keeper = ImageKeeper(
-            settings.data_dir / "retained", self.loop.retain_images, self.loop.retain_hours * 3600
+            settings.data_dir / "retained",
+            self.loop.retain_images,
+            self.loop.retain_hours * 3600,
+            int(self.loop.retain_max_mb * 1024 * 1024),
         )
         self.started_at = service.started_at
         self.references = drift.ReferenceCache(settings.data_dir, settings.models_dir)

@@ -18,6 +18,8 @@ import threading
 import time
 from pathlib import Path
 
+from imgclf.data import imagebytes
+
 log = logging.getLogger(__name__)
 
 #: Images waiting to be written; beyond this, new ones are not kept (and counted).
@@ -33,11 +35,16 @@ class ImageGone(LookupError):
 class ImageKeeper:
     """Keeps prediction images under ``folder`` (see the module docstring)."""
 
-    def __init__(self, folder: Path, max_images: int, max_age_s: float):
+    def __init__(
+        self, folder: Path, max_images: int, max_age_s: float, max_bytes: int | None = None
+    ):
         self.folder = folder
         self.max_images = max_images
         self.max_age_s = max_age_s
+        self.max_bytes = max_bytes
         self.dropped = 0
+        self.refused = 0  # images not kept: their end not found, or alone over the budget
+        self._bytes: int | None = None  # what this process believes is kept (pruning counts)
         self._queue: queue.Queue = queue.Queue(QUEUE_LIMIT)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -52,9 +59,21 @@ class ImageKeeper:
             raise ValueError(f"not a SHA-256 hex digest: {digest!r}")
         return self.folder / digest[:2] / digest
 
-    def keep(self, digest: str, payload: bytes) -> None:
-        """Queue an image for keeping (never blocks; a full queue drops it)."""
+    def keep(self, digest: str, payload: bytes, image_format: str | None = None) -> None:
+        """Queue an image for keeping (never blocks; a full queue drops it). Only the image
+        itself is kept: bytes after its end (``imagebytes``) are not; with ``image_format``
+        None the payload is kept as it is (a caller that trimmed it)."""
         if not self.enabled:
+            return
+        if image_format is not None:
+            try:
+                payload = imagebytes.trimmed(payload, image_format)
+            except imagebytes.Malformed as malformed:
+                self.refused += 1
+                log.warning("a prediction image is not kept: %s", malformed)
+                return
+        if self.max_bytes is not None and len(payload) > self.max_bytes:
+            self.refused += 1
             return
         with self._lock:
             if self._thread is None:
@@ -108,11 +127,17 @@ class ImageKeeper:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
+        if self._bytes is not None:
+            self._bytes += len(payload)
         return target
 
+    def over_budget(self) -> bool:
+        """Whether what is kept may exceed ``max_bytes`` (then ``prune`` evicts now)."""
+        return self.max_bytes is not None and (self._bytes is None or self._bytes > self.max_bytes)
+
     def prune(self, now: float | None = None) -> int:
-        """Remove images older than the age limit, then the oldest beyond the count; returns
-        how many were removed."""
+        """Remove images older than the age limit, then the oldest beyond the count, then the
+        oldest until the rest fits ``max_bytes``; returns how many were removed."""
         now = time.time() if now is None else now
         if not self.folder.is_dir():
             return 0
@@ -122,18 +147,30 @@ class ImageKeeper:
             if path.name.startswith("."):
                 continue
             try:
-                modified = path.stat().st_mtime
+                status = path.stat()
             except FileNotFoundError:  # another process pruned it
                 continue
-            if now - modified > self.max_age_s:
+            if now - status.st_mtime > self.max_age_s:
                 path.unlink(missing_ok=True)
                 removed += 1
             else:
-                kept.append((modified, path))
+                kept.append((status.st_mtime, status.st_size, path))
         kept.sort()
-        for _, path in kept[: max(0, len(kept) - self.max_images)]:
+        excess = max(0, len(kept) - self.max_images)
+        total = sum(size for _, size, _ in kept[excess:])
+        # evicting for bytes goes down to 90 % of the budget, so that the next writes do not
+        # each start a scan of the folder
+        target = (
+            None if self.max_bytes is None or total <= self.max_bytes else self.max_bytes * 0.9
+        )
+        for index, (_, size, path) in enumerate(kept):
+            if index >= excess and (target is None or total <= target):
+                break
             path.unlink(missing_ok=True)
             removed += 1
+            if index >= excess:
+                total -= size
+        self._bytes = total
         return removed
 
     def _run(self) -> None:
@@ -141,7 +178,7 @@ class ImageKeeper:
             digest, payload = self._queue.get()
             try:
                 self.write(digest, payload)
-                if time.monotonic() - self._last_prune > PRUNE_EVERY_S:
+                if self.over_budget() or time.monotonic() - self._last_prune > PRUNE_EVERY_S:
                     self._last_prune = time.monotonic()
                     self.prune()
             except Exception:  # a full disk: serving goes on, the image is not kept

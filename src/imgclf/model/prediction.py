@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import threading
 from dataclasses import dataclass, field
@@ -226,10 +227,15 @@ class LiveModel:
         if self._thread is None:
             self._thread = threading.Thread(target=self._poll, name="model-reload", daemon=True)
             self._thread.start()
+            atexit.register(self.stop, join_s=60.0)
         return self
 
-    def stop(self) -> None:
+    def stop(self, join_s: float = 0.0) -> None:
+        """Stop polling; with ``join_s``, wait that long for a load in progress to end (at exit:
+        an interpreter that ends while XLA compiles in this thread aborts the process)."""
         self._stop.set()
+        if join_s and self._thread is not None:
+            self._thread.join(join_s)
 
     @property
     def loaded(self) -> Predictor | None:

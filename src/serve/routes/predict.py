@@ -42,7 +42,7 @@ def _classify(predictor: Predictor, payloads: list[bytes]) -> tuple[list[dict], 
     worker.log.add(rows)  # the store keeps its own columns, not the probabilities
     for row, payload in zip(rows, payloads, strict=True):
         if "error" not in row:  # kept a while, so that feedback can make it training data
-            worker.keeper.keep(row["image_sha256"], payload)
+            worker.keeper.keep(row["image_sha256"], payload, row.get("format") or "")
     for result in results:
         if result.prediction:
             metrics.PREDICTIONS.labels(result.prediction.label, predictor.version).inc()
