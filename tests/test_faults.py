@@ -13,6 +13,7 @@ import sys
 import textwrap
 import time
 import uuid
+import zipfile
 
 import numpy as np
 import pytest
@@ -263,3 +264,53 @@ def test_a_full_uploads_disk_answers_507_leaves_nothing_and_works_once_freed(
     stored_now = send()
     assert stored_now.status_code == 201, stored_now.get_json()
     assert stored_now.get_json()["counts"]["accepted"] == 6
+
+
+@pytest.mark.parametrize("damage", ["crc", "deflate"])
+def test_a_zip_with_a_corrupt_member_is_refused_naming_it(project, monkeypatch, damage):
+    monkeypatch.setenv("IMGCLF_ADMIN_TOKEN", TOKEN)
+    client = create_app(project).test_client()
+    images = [p.read_bytes() for p in sorted((project.test_dir / "3").glob("*.png"))[:3]]
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
+        for number, image in enumerate(images):
+            zipped.writestr(f"3/{number}.png", image + bytes(200))  # compressible tail
+    data = bytearray(archive.getvalue())
+    second = zipfile.ZipFile(io.BytesIO(bytes(data))).getinfo("3/1.png")
+    start = second.header_offset + 30 + len(second.filename)  # its compressed data
+    if damage == "crc":
+        data[start + second.compress_size - 1] ^= 0xFF  # the stream ends right, the CRC not
+    else:
+        data[start : start + 8] = b"\xff" * 8  # not a deflate stream any more
+    before = sorted(p.as_posix() for p in project.data_dir.rglob("*"))
+    answer = client.post(
+        "/upload-data",
+        data={"zip": (io.BytesIO(bytes(data)), "digits.zip")},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert answer.status_code == 400, answer.get_json()
+    message = answer.get_json()["message"]
+    assert "'3/1.png'" in message and "cannot be read" in message, message
+    after = {p.as_posix() for p in project.data_dir.rglob("*")}
+    uploads_dir = project.data_dir / "uploads"
+    assert after - set(before) <= {
+        uploads_dir.as_posix(),
+        (uploads_dir / ".upload.lock").as_posix(),
+    }
+
+
+def test_stats_read_a_bounded_window_and_old_predictions_are_pruned_in_batches(tmp_path):
+    url = f"sqlite:///{tmp_path / 'imgclf.db'}"
+    migrations.upgrade(url)
+    store = Store(url)
+    now = time.time()
+    old = [{**row(n), "created_at": now - 10_000 - n} for n in range(250)]
+    new = [{**row(n), "created_at": now - n, "label": str(n % 2)} for n in range(50)]
+    store.log_predictions(old + new)
+    store.add_feedback(old[-1]["id"], "3")  # labelled: kept by pruning
+    stats = store.statistics(rows=40)
+    assert stats["window"]["rows"] == 40 and stats["predictions"] == 40
+    assert stats["by_class"] == {"0": 20, "1": 20}  # the newest 40 only
+    assert store.prune(now - 5_000, batch=100) == 249  # three batches
+    assert len(stored(url)) == 51
+    assert store.statistics()["window"]["rows"] == 51

@@ -230,6 +230,9 @@ class Job(OpenSchema):
 
 
 class Stats(OpenSchema):
+    """Figures over the latest 10,000 predictions (``window``): the cost of /stats does not grow
+    with the prediction log; Prometheus' counters (/metrics) count every prediction."""
+
     predictions = fields.Integer()
     failed_predictions = fields.Integer()
     error_rate = fields.Float()
@@ -237,6 +240,7 @@ class Stats(OpenSchema):
     latency_ms = fields.Dict(keys=fields.String(), values=fields.Float(allow_none=True))
     feedback = fields.Dict()
     series = fields.Dict()
+    window = fields.Dict(metadata={"description": "rows read, their limit, oldest time"})
     uptime_s = fields.Float()
     model_version = fields.String(allow_none=True)
     last_retrain = fields.Nested(Job, allow_none=True)

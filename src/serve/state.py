@@ -39,7 +39,11 @@ class WorkerState:
         self.service = service
         self.loop = loop or config.get_loop_settings()
         self.store = Store(settings.database_url)
-        self.log = PredictionLogWriter(self.store, settings.prediction_journal_dir)
+        self.log = PredictionLogWriter(
+            self.store,
+            settings.prediction_journal_dir,
+            keep_s=self.loop.retain_hours * 3600 or None,  # the log is kept as long as images
+        )
         self.model = LiveModel(settings.models_dir, service.reload_poll_s)
         self.hashes = uploads.HashIndex(settings.data_dir)
         self.keeper = ImageKeeper(

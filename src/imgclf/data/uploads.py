@@ -24,6 +24,7 @@ import stat
 import tempfile
 import uuid
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -103,6 +104,12 @@ def _check_entry(info: zipfile.ZipInfo, limits: UploadLimits) -> None:
         )
 
 
+#: What reading a corrupt or unsupported zip member raises.
+UNREADABLE_MEMBER = (
+    zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError
+)  # fmt: skip
+
+
 def read_zip(payload: bytes, limits: UploadLimits) -> list[tuple[str, str, bytes]]:
     """Return ``(label, name, bytes)`` for each image of a zip laid out as ``<class>/<file>``.
 
@@ -141,8 +148,14 @@ def read_zip(payload: bytes, limits: UploadLimits) -> list[tuple[str, str, bytes
             raise UploadError(
                 f"zip entry {info.filename!r}: expected <class>/<image> (one folder per class)"
             )
-        with archive.open(info) as member:
-            content = member.read(limits.max_file_bytes + 1)
+        try:
+            with archive.open(info) as member:
+                content = member.read(limits.max_file_bytes + 1)
+        except UNREADABLE_MEMBER as error:  # a bad CRC, a broken deflate stream, encryption
+            raise UploadError(
+                f"zip entry {info.filename!r}: its data cannot be read ({type(error).__name__}: "
+                f"{str(error)[:120]}); nothing of this zip was stored"
+            ) from None
         if content[:4] == b"PK\x03\x04":
             raise UploadError(f"zip entry {info.filename!r}: nested archives are not allowed")
         files.append((parts[0], parts[1], content))

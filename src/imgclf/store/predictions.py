@@ -19,6 +19,9 @@ from imgclf.store.journal import Journal
 
 log = logging.getLogger(__name__)
 
+#: /stats reads at most this many of the latest predictions (and feedbacks).
+STATS_ROWS = 10_000
+
 _PREDICTION_COLUMNS = [column.name for column in predictions.columns]
 
 
@@ -98,52 +101,73 @@ class PredictionLog(Connected):
         with self._read() as connection:
             return [dict(row._mapping) for row in connection.execute(query)]
 
-    def statistics(self, window_s: float = 3600.0, bucket_s: float = 60.0) -> dict:
-        """Production figures: counts, per-class counts, latency percentiles, error rate,
-        feedback accuracy and a per-minute series over the last ``window_s`` seconds."""
-        now, p = time.time(), predictions
+    def statistics(
+        self, window_s: float = 3600.0, bucket_s: float = 60.0, rows: int = STATS_ROWS
+    ) -> dict:
+        """Production figures over the latest ``rows`` predictions (read newest first by the
+        time index, so the cost does not grow with the table): counts, per-class counts,
+        latency percentiles, error rate, a per-minute series over the last ``window_s``
+        seconds of them, and the accuracy of the latest ``rows`` feedbacks."""
+        now, p, f = time.time(), predictions, feedback
         with self._read() as connection:
-            total, errors = connection.execute(
-                sa.select(sa.func.count(), sa.func.count(p.c.error))
-            ).one()
-            by_class = dict(
-                connection.execute(
-                    sa.select(p.c.label, sa.func.count())
-                    .where(p.c.error.is_(None))
-                    .group_by(p.c.label)
-                    .order_by(p.c.label)
-                ).all()
-            )
-            latencies = connection.execute(
-                sa.select(p.c.latency_ms)
-                .where(p.c.error.is_(None))
+            latest = connection.execute(
+                sa.select(p.c.created_at, p.c.label, p.c.latency_ms, p.c.error)
                 .order_by(p.c.created_at.desc())
-                .limit(10000)
-            ).scalars()
-            latencies = np.fromiter(latencies, dtype=float)
-            correct = sa.case((p.c.label == feedback.c.true_label, 1), else_=0)
+                .limit(rows)
+            ).all()
+            recent = sa.select(f.c.prediction_id, f.c.true_label).order_by(f.c.id.desc())
+            recent = recent.limit(rows).subquery()
+            correct = sa.case((p.c.label == recent.c.true_label, 1), else_=0)
             feedback_total, feedback_correct = connection.execute(
                 sa.select(sa.func.count(), sa.func.sum(correct)).select_from(
-                    feedback.join(p, p.c.id == feedback.c.prediction_id)
+                    recent.join(p, p.c.id == recent.c.prediction_id)
                 )
             ).one()
-            window = connection.execute(
-                sa.select(p.c.created_at, p.c.latency_ms, p.c.error).where(
-                    p.c.created_at >= now - window_s
-                )
-            ).all()
+        errors = sum(row.error is not None for row in latest)
+        by_class: dict[str, int] = {}
+        for row in latest:
+            if row.error is None:
+                by_class[row.label] = by_class.get(row.label, 0) + 1
+        latencies = np.array([r.latency_ms for r in latest if r.error is None], dtype=float)
+        window = [
+            (r.created_at, r.latency_ms, r.error) for r in latest if r.created_at >= now - window_s
+        ]
         return {
-            "predictions": total - errors,
+            "predictions": len(latest) - errors,
             "failed_predictions": errors,
-            "error_rate": errors / total if total else 0.0,
-            "by_class": by_class,
+            "error_rate": errors / len(latest) if latest else 0.0,
+            "by_class": dict(sorted(by_class.items())),
             "latency_ms": _percentiles(latencies),
             "feedback": {
                 "count": feedback_total,
                 "accuracy": (feedback_correct or 0) / feedback_total if feedback_total else None,
             },
             "series": {"bucket_s": bucket_s, "points": _series(window, now - window_s, bucket_s)},
+            "window": {
+                "rows": len(latest),
+                "limit": rows,
+                "since": latest[-1].created_at if latest else None,
+            },
         }
+
+    def prune(self, older_than: float, batch: int = 5000) -> int:
+        """Delete predictions made before ``older_than`` (seconds since the epoch) in batches
+        of ``batch`` rows, one transaction each; predictions with feedback are kept (they are
+        labelled data). Returns how many were deleted."""
+        p, deleted = predictions, 0
+        labelled = sa.select(feedback.c.prediction_id)
+        while True:
+            doomed = (
+                sa.select(p.c.id)
+                .where(p.c.created_at < older_than, p.c.id.not_in(labelled))
+                .order_by(p.c.created_at)
+                .limit(batch)
+            )
+            with self._transaction() as connection:
+                count = connection.execute(p.delete().where(p.c.id.in_(doomed))).rowcount
+            deleted += count
+            if count < batch:
+                return deleted
 
 
 def _insert_ignoring(connection, values: list[dict]):
@@ -207,6 +231,7 @@ class PredictionLogWriter:
         interval_s: float = 0.2,
         retry_max_s: float = 5.0,
         max_pending: int = 100_000,
+        keep_s: float | None = None,
     ):
         self.store = store
         self.interval_s, self.retry_max_s, self.max_pending = interval_s, retry_max_s, max_pending
@@ -225,6 +250,8 @@ class PredictionLogWriter:
         self.last_error: str | None = None
         self.dropped = 0
         self.replayed = 0
+        self.keep_s = keep_s  # predictions older than this are pruned (None: kept)
+        self._prune_at = 0.0
 
     def add(self, rows: list[dict]) -> None:
         rows = [{name: _plain(row.get(name)) for name in _PREDICTION_COLUMNS} for row in rows]
@@ -281,6 +308,22 @@ class PredictionLogWriter:
                 segment.unlink(missing_ok=True)
             self._up()
             self._adopt_orphans()
+            self._prune()
+
+    #: How often a writer prunes predictions older than ``keep_s``.
+    PRUNE_EVERY_S = 600.0
+
+    def _prune(self) -> None:
+        if not self.keep_s or time.monotonic() < self._prune_at:
+            return
+        self._prune_at = time.monotonic() + self.PRUNE_EVERY_S
+        try:
+            deleted = self.store.prune(time.time() - self.keep_s)
+        except Exception as error:  # the next round tries again
+            log.warning("pruning old predictions failed: %s", error)
+            return
+        if deleted:
+            log.info("pruned %d predictions older than %.0f h", deleted, self.keep_s / 3600)
 
     def _keep(self, rows: list[dict], segment: Path | None, journaled: bool) -> None:
         if segment is not None and journaled and rows:
