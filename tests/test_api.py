@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import time
 import zipfile
 from dataclasses import replace
@@ -424,10 +425,27 @@ def test_retrain_job_is_queued_by_the_api_and_run_by_the_worker(client, project,
     assert client.get("/stats").get_json()["last_retrain"]["id"] == job["id"]
 
 
-def test_reports_are_served_read_only(client, project):
+def test_made_up_http_methods_share_one_metrics_label(client):
+    for number in range(40):
+        client.open("/predict", method=f"FAKE{number}")
+    text = client.get("/metrics").get_data(as_text=True)
+    methods = set(re.findall(r'imgclf_http_requests_total\{[^}]*method="([^"]+)"', text))
+    assert "other" in methods and len(methods) <= 12, methods
+
+
+def test_reports_are_served_read_only_and_runs_details_need_the_token(client, project):
     (project.reports_dir / "index.html").write_text("<h1>runs</h1>")
+    run = project.reports_dir / "20261203-000000-retrain"
+    run.mkdir()
+    (run / "report.html").write_text("<h1>report</h1>")
+    (run / "notebook.ipynb").write_text('{"parameters": "epochs = 2"}')
+    (run / "run.log").write_text("job log")
     assert client.get("/reports/").get_data(as_text=True) == "<h1>runs</h1>"
-    assert client.get("/reports/../data/imgclf.db").status_code == 404
+    assert client.get(f"/reports/{run.name}/report.html").status_code == 200
+    for private in ("notebook.ipynb", "run.log"):  # parameters and log lines: admin only
+        assert client.get(f"/reports/{run.name}/{private}").status_code == 401
+        assert client.get(f"/reports/{run.name}/{private}", headers=AUTH).status_code == 200
+    assert client.get("/reports/../data/imgclf.db", headers=AUTH).status_code == 404
     assert client.post("/reports/index.html").status_code == 405
 
 

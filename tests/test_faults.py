@@ -108,11 +108,15 @@ def test_rows_wait_in_memory_without_a_journal_and_are_written_when_the_database
 
 
 # ------------------------------------------------------------------------- worker, launcher
-def test_a_malformed_job_row_fails_that_job_and_not_the_worker(project):
+def test_a_malformed_or_injected_job_row_fails_that_job_naming_why_and_runs_nothing(project):
     now = time.time()
+    marker = project.reports_dir / "injected"
+    injected = {f"x = 1\nopen({str(marker)!r}, 'w')\ny": 1, "epochs": 1}  # code as a name
     bad = [
         {"id": "norundir", "parameters": "{}", "run_dir": None},
         {"id": "notjson", "parameters": "{not json", "run_dir": str(project.reports_dir / "x")},
+        {"id": "injected", "parameters": json.dumps(injected), "run_dir": str(marker.parent)},
+        {"id": "range", "parameters": '{"epochs": 1000}', "run_dir": str(marker.parent)},
     ]
     engine = sa.create_engine(project.database_url)
     for values in bad:  # one at a time: one retrain may be live
@@ -135,6 +139,10 @@ def test_a_malformed_job_row_fails_that_job_and_not_the_worker(project):
     engine.dispose()
     assert rows["norundir"].state == "failed" and "no run folder" in rows["norundir"].error
     assert rows["notjson"].state == "failed" and "parameters" in rows["notjson"].error
+    # the worker checks parameters with the API's schema before anything runs
+    assert rows["injected"].state == "failed" and "Unknown field" in rows["injected"].error
+    assert "open(" in rows["injected"].error and not marker.exists()  # no code ran
+    assert rows["range"].state == "failed" and "'epochs'" in rows["range"].error
 
 
 def test_the_launcher_restarts_a_crashed_process_then_gives_up(monkeypatch, capsys):
@@ -314,3 +322,31 @@ def test_stats_read_a_bounded_window_and_old_predictions_are_pruned_in_batches(t
     assert store.prune(now - 5_000, batch=100) == 249  # three batches
     assert len(stored(url)) == 51
     assert store.statistics()["window"]["rows"] == 51
+
+
+def test_a_notebook_kernel_gets_no_secret(tmp_path, monkeypatch):
+    import nbformat
+    import papermill
+
+    from imgclf.loop import kernels
+
+    monkeypatch.setenv("IMGCLF_ADMIN_TOKEN", "the-admin-token")
+    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://u:hunter2@db/x")
+    monkeypatch.setenv("GF_SECURITY_ADMIN_PASSWORD", "grafana-secret")
+    notebook = nbformat.v4.new_notebook()
+    seen = tmp_path / "seen.json"
+    notebook.cells = [nbformat.v4.new_code_cell(
+        f"import json, os; json.dump(dict(os.environ), open({str(seen)!r}, 'w'))")]  # fmt: skip
+    nbformat.write(notebook, tmp_path / "env.ipynb")
+    with kernels.clean_environment() as hidden:
+        papermill.execute_notebook(
+            str(tmp_path / "env.ipynb"),
+            str(tmp_path / "out.ipynb"),
+            kernel_name="python3",
+            progress_bar=False,
+        )
+    environment = json.loads(seen.read_text())
+    assert {"IMGCLF_ADMIN_TOKEN", "DATABASE_URL", "GF_SECURITY_ADMIN_PASSWORD"} <= set(hidden)
+    assert not set(hidden) & set(environment)
+    assert "hunter2" not in seen.read_text() and "the-admin-token" not in seen.read_text()
+    assert os.environ["IMGCLF_ADMIN_TOKEN"] == "the-admin-token"  # put back after

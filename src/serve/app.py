@@ -89,5 +89,6 @@ def _register_metrics_hooks(app: Flask) -> None:
     @app.after_request
     def count_request(response):
         rule = request.url_rule.rule if request.url_rule else "unmatched"
-        metrics.REQUESTS.labels(rule, request.method, str(response.status_code)).inc()
+        method = request.method if request.method in metrics.METHODS else "other"
+        metrics.REQUESTS.labels(rule, method, str(response.status_code)).inc()
         return response

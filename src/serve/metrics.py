@@ -26,6 +26,8 @@ from imgclf.loop.drift import DriftVerdict
 from imgclf.model import registry
 from imgclf.store.jobstates import FINAL_STATES, JobState
 
+#: The method label's values: a made-up method counts as "other" (one label, not one each).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 REQUESTS = Counter(
     "imgclf_http_requests_total",
     "HTTP requests by route, method and status code.",

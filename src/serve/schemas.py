@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from marshmallow import INCLUDE, RAISE, Schema, fields, post_dump, validate
 
-from imgclf.config import GATE_RANGES
 from imgclf.data.uploads import LABEL_PATTERN, MAX_LABEL_LENGTH
 from imgclf.loop.drift import DriftVerdict
-from imgclf.loop.gate import GATE_METRICS
+from imgclf.loop.jobparams import RetrainParameters  # noqa: F401  (the one allow-list)
 from imgclf.model.registry import VERSION_PATTERN
 from imgclf.store.jobstates import JobState
 
@@ -90,31 +89,6 @@ class OpenSchema(Schema):
         if isinstance(original, dict):
             return {**original, **dumped}
         return dumped
-
-
-class RetrainParameters(StrictSchema):
-    """Notebook parameters a client may set for a retrain job (an allow-list)."""
-
-    epochs = fields.Integer(validate=validate.Range(1, 200), metadata={"example": 2})
-    batch_size = fields.Integer(validate=validate.Range(8, 1024))
-    learning_rate = fields.Float(validate=validate.Range(1e-6, 1.0))
-    patience = fields.Integer(validate=validate.Range(1, 100))
-    validation_fraction = fields.Float(validate=validate.Range(0.05, 0.5))
-    balance = fields.Float(validate=validate.Range(0.0, 1.0))
-    rotation = fields.Float(validate=validate.Range(0.0, 0.5))
-    zoom = fields.Float(validate=validate.Range(0.0, 0.5))
-    shift = fields.Float(validate=validate.Range(0.0, 0.5))
-    flip = fields.Boolean()
-    include_uploads = fields.Boolean()
-    metric = fields.String(validate=validate.OneOf(GATE_METRICS))
-    tolerance = fields.Float(validate=validate.Range(*GATE_RANGES["tolerance"]))
-    min_test_images = fields.Integer(validate=validate.Range(*GATE_RANGES["min_test_images"]))
-    max_recall_drop = fields.Float(validate=validate.Range(*GATE_RANGES["max_recall_drop"]))
-    min_new_class_recall = fields.Float(
-        validate=validate.Range(*GATE_RANGES["min_new_class_recall"])
-    )
-    alpha = fields.Float(validate=validate.Range(*GATE_RANGES["alpha"]))
-    seed = fields.Integer(validate=validate.Range(0, 2**31 - 1))
 
 
 class Feedback(StrictSchema):

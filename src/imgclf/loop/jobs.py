@@ -28,7 +28,7 @@ from pathlib import Path
 
 from imgclf import runs
 from imgclf.config import Settings
-from imgclf.loop import kernels
+from imgclf.loop import jobparams, kernels
 from imgclf.store import FINAL_STATES, UNAVAILABLE, JobConflict, JobState, Store, unavailable
 
 KIND = "retrain"
@@ -184,7 +184,8 @@ def malformed(job: dict) -> str | None:
         return "malformed job: it has no run folder (run_dir); queue it again with POST /retrain"
     if not isinstance(parameters, dict):
         return f"malformed job: its parameters are not an object ({type(parameters).__name__})"
-    return None
+    refused = jobparams.check(parameters)
+    return f"malformed job: {refused}; nothing was run" if refused else None
 
 
 #: Waits between tries at recording a job's end while the database is away.

@@ -27,7 +27,7 @@ from imgclf.config import (
     get_settings,
 )
 from imgclf.loop import drift, jobs, policy
-from imgclf.store import UNAVAILABLE, JobState, Store, unavailable
+from imgclf.store import UNAVAILABLE, JobState, Store, describe_url, unavailable
 from imgclf.store.migrations import DatabaseUnreachable
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,8 @@ def main(once: bool = False) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    log.info("worker pid %d waiting for jobs (database %s)", os.getpid(), settings.database_url)
+    where = describe_url(settings.database_url)  # never the password
+    log.info("worker pid %d waiting for jobs (database %s)", os.getpid(), where)
     if loop.auto_retrain:
         log.info(
             "automatic retraining on: after %d new labelled images%s, at most every %g s",

@@ -90,8 +90,8 @@ def create_engine(database_url: str) -> Engine:
         url = sa.make_url(database_url)
     except sa.exc.ArgumentError:
         raise ConfigError(
-            f"DATABASE_URL={database_url!r} is not a database URL; expected sqlite:///<file> "
-            "or postgresql+psycopg://user:password@host:port/name"
+            "DATABASE_URL is not a database URL (not shown: it may hold a password); expected "
+            "sqlite:///<file> or postgresql+psycopg://user:password@host:port/name"
         ) from None
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url)
@@ -134,4 +134,4 @@ def describe_url(database_url: str) -> str:
     try:
         return sa.make_url(database_url).render_as_string(hide_password=True)
     except sa.exc.ArgumentError:
-        return repr(database_url)
+        return "<a malformed DATABASE_URL, not shown>"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from datetime import UTC, datetime
+from pathlib import PurePosixPath
 
 from flask import Response, send_from_directory
 from flask_smorest import Blueprint
@@ -12,6 +13,7 @@ from flask_smorest import Blueprint
 from imgclf.loop import jobs
 from imgclf.model import registry
 from serve import metrics, schemas, state
+from serve.auth import check_token
 
 blueprint = Blueprint("service", __name__, description="Health, metrics and reports")
 
@@ -80,5 +82,14 @@ def stats():
     }
 )
 def reports(name: str = "index.html"):
-    """The pipeline's HTML reports, read-only."""
+    """The pipeline's HTML reports, read-only. The index and each run's ``report.html`` (no
+    code, no parameters cell, no log) are public; a run's executed notebook, log and JSON
+    records show its parameters and log lines, so they need the admin token."""
+    if not is_public_report(name):
+        check_token()
     return send_from_directory(state.current().settings.reports_dir, name)
+
+
+def is_public_report(name: str) -> bool:
+    """The index, a run's HTML report, or a benchmark's figure: nothing with parameters."""
+    return name in ("", "index.html") or PurePosixPath(name).name == "report.html"
