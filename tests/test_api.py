@@ -136,14 +136,22 @@ def test_predict_batch_reports_errors_per_image(client, project):
 def test_prediction_log_feedback_and_stats(client, project):
     first = client.post("/predict", data=digit(project), content_type="image/png").get_json()
     client.post("/predict", data=b"junk", content_type="image/png")
-    response = client.post(
-        "/feedback", json={"prediction_id": first["prediction_id"], "label": "3"}
-    )
-    assert response.status_code == 201
+    given = {"prediction_id": first["prediction_id"], "label": "3"}
+    assert client.post("/feedback", json=given).status_code == 401  # no token: refused
+    wrong = client.post("/feedback", json={**given, "feedback_token": "0" * 32})
+    assert wrong.status_code == 401 and "wrong feedback_token" in wrong.get_json()["message"]
+    response = client.post("/feedback", json={**given, "feedback_token": first["feedback_token"]})
+    assert response.status_code == 201 and response.get_json()["trusted"] is False
     assert response.get_json()["correct"] is (first["label"] == "3")
-    missing = client.post("/feedback", json={"prediction_id": "nope", "label": "3"})
-    assert missing.status_code == 404
-    bad = client.post("/feedback", json={"prediction_id": first["prediction_id"], "label": "../x"})
+    again = client.post("/feedback", json={**given, "feedback_token": first["feedback_token"]})
+    assert again.status_code == 409 and "admin token can correct" in again.get_json()["message"]
+    started = time.monotonic()
+    missing = client.post("/feedback", json={"prediction_id": "nope", "label": "3"}, headers=AUTH)
+    assert missing.status_code == 404 and time.monotonic() - started < 0.9  # it waited 1 s
+    forged = {"prediction_id": "nope", "label": "3", "feedback_token": first["feedback_token"]}
+    forged = client.post("/feedback", json=forged)  # another prediction's token
+    assert forged.status_code == 401
+    bad = client.post("/feedback", json={**given, "label": "../x"})
     assert bad.status_code == 422
     stats = client.get("/stats").get_json()
     assert stats["predictions"] == 1 and stats["failed_predictions"] == 1

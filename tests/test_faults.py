@@ -328,7 +328,7 @@ def test_a_notebook_kernel_gets_no_secret(tmp_path, monkeypatch):
     import nbformat
     import papermill
 
-    from imgclf.loop import kernels
+    from imgclf import config
 
     monkeypatch.setenv("IMGCLF_ADMIN_TOKEN", "the-admin-token")
     monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://u:hunter2@db/x")
@@ -338,7 +338,7 @@ def test_a_notebook_kernel_gets_no_secret(tmp_path, monkeypatch):
     notebook.cells = [nbformat.v4.new_code_cell(
         f"import json, os; json.dump(dict(os.environ), open({str(seen)!r}, 'w'))")]  # fmt: skip
     nbformat.write(notebook, tmp_path / "env.ipynb")
-    with kernels.clean_environment() as hidden:
+    with config.secrets_hidden() as hidden:
         papermill.execute_notebook(
             str(tmp_path / "env.ipynb"),
             str(tmp_path / "out.ipynb"),

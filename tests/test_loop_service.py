@@ -247,7 +247,10 @@ def test_feedback_errors_are_clear_and_the_review_queue_lists_unsure_predictions
     assert client.get("/review").status_code == 401
 
     unsure = queue["items"][0]["id"]
-    anonymous = client.post("/feedback", json={"prediction_id": unsure, "label": "3"})
+    tokens = {row["prediction_id"]: row["feedback_token"] for row in batch["predictions"]}
+    anonymous = client.post(
+        "/feedback", json={"prediction_id": unsure, "label": "3", "feedback_token": tokens[unsure]}
+    )
     assert anonymous.status_code == 201
     assert anonymous.get_json()["training"]["status"] == "not-used"
     queue = client.get("/review?limit=20", headers=AUTH).get_json()

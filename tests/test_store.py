@@ -98,12 +98,21 @@ def test_prediction_log_feedback_and_statistics(db):
         {"id": "c", "created_at": now, "latency_ms": 1.0, "error": "not an image"},
     ]
     db.log_predictions(rows)
-    assert db.add_feedback("a", "3")["correct"] and not db.add_feedback("b", "1")["correct"]
+    assert db.add_feedback("a", "3", trusted=True)["correct"]
+    assert not db.add_feedback("b", "1", trusted=True)["correct"]
     with pytest.raises(store.StoreError, match="no prediction"):
         db.add_feedback("c", "3")
     stats = db.statistics()
     assert stats["predictions"] == 2 and stats["failed_predictions"] == 1
     assert stats["by_class"] == {"3": 1, "7": 1} and stats["feedback"]["accuracy"] == 0.5
+    # once per prediction: a client's second label is refused, the admin's replaces it; the
+    # accuracy counts the admin's (trusted) feedback only
+    with pytest.raises(store.FeedbackExists, match="only the admin token"):
+        db.add_feedback("b", "7")
+    assert db.add_feedback("b", "7", trusted=True)["correct"]
+    assert db.statistics()["feedback"] == {
+        "count": 2, "trusted": 2, "accuracy": 1.0, "client_accuracy": 1.0
+    }  # fmt: skip
     [point] = stats["series"]["points"]
     assert point["requests"] == 3 and point["errors"] == 1 and point["latency_p50_ms"] == 3.0
 
@@ -138,7 +147,8 @@ def test_a_sqlite_file_from_before_migrations_is_upgraded(tmp_path):
     with sqlite3.connect(path) as old:
         old.executescript(
             "CREATE TABLE predictions (id TEXT PRIMARY KEY, created_at REAL NOT NULL, "
-            "latency_ms REAL NOT NULL); CREATE TABLE feedback (id INTEGER PRIMARY KEY);"
+            "latency_ms REAL NOT NULL); CREATE TABLE feedback (id INTEGER PRIMARY KEY, "
+            "prediction_id TEXT NOT NULL, true_label TEXT NOT NULL, created_at REAL NOT NULL);"
             "CREATE TABLE jobs (id TEXT PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL,"
             " parameters TEXT NOT NULL, created_at REAL NOT NULL, started_at REAL, "
             "finished_at REAL, heartbeat_at REAL, pid INTEGER, run_dir TEXT, result TEXT, "

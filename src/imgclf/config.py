@@ -11,8 +11,12 @@ that tests (and the API) can point the whole pipeline elsewhere with environment
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -382,3 +386,25 @@ def get_loop_settings() -> LoopSettings:
         drift_p_value=values["DRIFT_P_VALUE"],
         drift_window=values["DRIFT_WINDOW"],
     )
+
+
+#: Environment variables a notebook's kernel never gets: the database's URL (it may hold a
+#: password) and anything named like a secret. The notebooks read files, never the database.
+SECRET_NAMES = re.compile(
+    r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_KEY|PRIVATE|^DATABASE_URL$"
+)
+_environment_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def secrets_hidden() -> Iterator[list[str]]:
+    """Remove the secrets from this process's environment while a kernel is started and runs
+    (a kernel inherits it); yields their names, puts them back after."""
+    with _environment_lock:
+        hidden = {
+            name: os.environ.pop(name) for name in list(os.environ) if SECRET_NAMES.search(name)
+        }
+        try:
+            yield sorted(hidden)
+        finally:
+            os.environ.update(hidden)

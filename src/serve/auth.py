@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from functools import wraps
 
@@ -51,3 +52,34 @@ def require_token(view):
         return view(*args, **kwargs)
 
     return checked
+
+
+def _feedback_key() -> bytes | None:
+    """The key feedback tokens are signed with: derived from the admin token (every worker
+    and replica has it), so that no extra secret must be distributed; None without one."""
+    admin = state.current().service.admin_token
+    return hashlib.sha256(b"imgclf feedback token\0" + admin.encode()).digest() if admin else None
+
+
+def feedback_token(prediction_id: str) -> str | None:
+    """The token a client needs to give feedback on this prediction (None: feedback is off)."""
+    key = _feedback_key()
+    if key is None:
+        return None
+    return hmac.new(key, prediction_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def check_feedback_token(prediction_id: str, given: str | None) -> None:
+    """Refuse feedback whose token is missing or not this prediction's (401, at once: no
+    database lookup, so made-up ids cost nothing)."""
+    expected = feedback_token(prediction_id)
+    if expected is None:
+        abort(503, message="feedback is disabled: set IMGCLF_ADMIN_TOKEN (`make run` writes one)")
+    if not given:
+        abort(
+            401,
+            message="feedback needs the prediction's feedback_token (returned by /predict) "
+            "or the admin token",
+        )
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        abort(401, message="wrong feedback_token for this prediction_id")

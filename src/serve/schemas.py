@@ -93,6 +93,10 @@ class OpenSchema(Schema):
 
 class Feedback(StrictSchema):
     prediction_id = fields.String(required=True, validate=validate.Length(1, 64))
+    feedback_token = fields.String(
+        validate=validate.Length(1, 64),
+        metadata={"description": "from the prediction's answer; not needed with the admin token"},
+    )
     label = fields.String(
         required=True,
         validate=[validate.Length(1, MAX_LABEL_LENGTH), validate.Regexp(LABEL_PATTERN)],
@@ -110,6 +114,10 @@ class SamplesQuery(StrictSchema):
 
 class ClassScores(Schema):
     prediction_id = fields.String()
+    feedback_token = fields.String(
+        allow_none=True,
+        metadata={"description": "send it with POST /feedback to label this prediction"},
+    )
     label = fields.String()
     confidence = fields.Float()
     probabilities = fields.Dict(keys=fields.String(), values=fields.Float())
@@ -245,6 +253,7 @@ class Brightness(OpenSchema):
 class FeedbackStored(OpenSchema):
     id = fields.Integer()
     prediction_id = fields.String()
+    trusted = fields.Boolean(metadata={"description": "given with the admin token"})
     predicted_label = fields.String()
     true_label = fields.String()
     correct = fields.Boolean()

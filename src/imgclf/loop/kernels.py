@@ -9,16 +9,12 @@ or XLA's ``RESOURCE_EXHAUSTED``; otherwise the cell's error.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import re
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-from imgclf import pipeline
+from imgclf import config, pipeline
 from imgclf.config import Settings
 
 #: Where the cgroup file systems are mounted (OOM kills are counted there).
@@ -27,27 +23,6 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 KERNEL_START_TRIES = 3
 
 log = logging.getLogger(__name__)
-
-#: Environment variables a notebook's kernel never gets: the database's URL (it may hold a
-#: password) and anything named like a secret. The notebooks read files, never the database.
-SECRET_NAMES = re.compile(
-    r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_KEY|PRIVATE|^DATABASE_URL$"
-)
-_environment_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def clean_environment() -> Iterator[list[str]]:
-    """Remove the secrets from this process's environment while a kernel is started and runs
-    (a kernel inherits it); yields their names, puts them back after."""
-    with _environment_lock:
-        hidden = {
-            name: os.environ.pop(name) for name in list(os.environ) if SECRET_NAMES.search(name)
-        }
-        try:
-            yield sorted(hidden)
-        finally:
-            os.environ.update(hidden)
 
 
 def run_notebook(
@@ -59,7 +34,7 @@ def run_notebook(
 
     for attempt in range(1, KERNEL_START_TRIES + 1):
         try:
-            with clean_environment():
+            with config.secrets_hidden():
                 return pipeline.run_notebook(
                     kind, job["parameters"], settings, Path(job["run_dir"]), log_output=True
                 )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from imgclf.store.base import (
     UNAVAILABLE,
+    FeedbackExists,
     JobConflict,
     JobFinished,
     JobNotFound,
@@ -26,6 +27,7 @@ from imgclf.store.predictions import PredictionLog, PredictionLogWriter
 from imgclf.store.queue import HEARTBEAT_TIMEOUT_S, HOST, QUEUE_TIMEOUT_S, JobQueue
 
 __all__ = [
+    "FeedbackExists",
     "UNAVAILABLE",
     "unavailable",
     "FINAL_STATES",

@@ -17,6 +17,10 @@ class StoreError(ValueError):
     """A request the store cannot satisfy; the message says why."""
 
 
+class FeedbackExists(StoreError):
+    """The prediction has feedback already; only the admin may correct it."""
+
+
 class JobNotFound(StoreError):
     """No job with that id."""
 

@@ -48,6 +48,10 @@ feedback = sa.Table(
     sa.Column("prediction_id", sa.String(64), sa.ForeignKey("predictions.id"), nullable=False),
     sa.Column("true_label", sa.String(128), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    # given with the admin token (the feedback accuracy counts these); else with the
+    # prediction's feedback token
+    sa.Column("trusted", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Index("feedback_once", "prediction_id", unique=True),
 )
 jobs = sa.Table(
     "jobs",

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import sqlalchemy as sa
 
-from imgclf.store.base import Connected, StoreError
+from imgclf.store.base import Connected, FeedbackExists, StoreError
 from imgclf.store.database import feedback, predictions
 from imgclf.store.journal import Journal
 
@@ -50,11 +50,13 @@ class PredictionLog(Connected):
             ).first()
         return dict(row._mapping) if row else None
 
-    def add_feedback(self, prediction_id: str, true_label: str) -> dict:
-        """Store the true label of a logged prediction.
+    def add_feedback(self, prediction_id: str, true_label: str, trusted: bool = False) -> dict:
+        """Store the true label of a logged prediction, once: a second label is refused
+        unless it is ``trusted`` (the admin's correction replaces the first).
 
         Raises:
             StoreError: no prediction with this id (or it failed, so there is no label).
+            FeedbackExists: the prediction has feedback already (and this is not trusted).
         """
         with self._transaction() as connection:
             label = connection.execute(
@@ -62,10 +64,37 @@ class PredictionLog(Connected):
             ).scalar()
             if label is None:
                 raise StoreError(f"no prediction with id {prediction_id!r}")
+            existing = connection.execute(
+                sa.select(feedback.c.id, feedback.c.true_label)
+                .where(feedback.c.prediction_id == prediction_id)
+                .with_for_update()
+            ).first()
             now = time.time()
             row = {"prediction_id": prediction_id, "true_label": true_label, "created_at": now}
-            stored = connection.execute(feedback.insert().values(**row)).inserted_primary_key
-        return {"id": stored[0], **row, "predicted_label": label, "correct": label == true_label}
+            if existing is not None and not trusted:
+                raise FeedbackExists(
+                    f"prediction {prediction_id!r} has feedback already ({existing.true_label!r});"
+                    " only the admin token can correct it"
+                )
+            if existing is not None:
+                connection.execute(
+                    feedback.update()
+                    .where(feedback.c.id == existing.id)
+                    .values(**row, trusted=True)
+                )
+                stored = existing.id
+            else:
+                values = {**row, "trusted": trusted}
+                stored = connection.execute(
+                    feedback.insert().values(**values)
+                ).inserted_primary_key[0]
+        return {
+            "id": stored,
+            **row,
+            "trusted": trusted,
+            "predicted_label": label,
+            "correct": label == true_label,
+        }
 
     def recent_inputs(self, limit: int = 500) -> list[dict]:
         """Return the image statistics of the latest successful predictions, newest first."""
@@ -115,14 +144,20 @@ class PredictionLog(Connected):
                 .order_by(p.c.created_at.desc())
                 .limit(rows)
             ).all()
-            recent = sa.select(f.c.prediction_id, f.c.true_label).order_by(f.c.id.desc())
-            recent = recent.limit(rows).subquery()
+            recent = sa.select(f.c.prediction_id, f.c.true_label, f.c.trusted)
+            recent = recent.order_by(f.c.id.desc()).limit(rows).subquery()
             correct = sa.case((p.c.label == recent.c.true_label, 1), else_=0)
-            feedback_total, feedback_correct = connection.execute(
-                sa.select(sa.func.count(), sa.func.sum(correct)).select_from(
-                    recent.join(p, p.c.id == recent.c.prediction_id)
-                )
-            ).one()
+            trusted = sa.case((recent.c.trusted, 1), else_=0)
+            trusted_correct = sa.case(
+                (recent.c.trusted & (p.c.label == recent.c.true_label), 1), else_=0
+            )
+            feedback_total, feedback_correct, trusted_total, trusted_right = connection.execute(
+                sa.select(
+                    sa.func.count(), sa.func.sum(correct), sa.func.sum(trusted),
+                    sa.func.sum(trusted_correct),
+                ).select_from(recent.join(p, p.c.id == recent.c.prediction_id))
+            ).one()  # fmt: skip
+            trusted_total = trusted_total or 0
         errors = sum(row.error is not None for row in latest)
         by_class: dict[str, int] = {}
         for row in latest:
@@ -138,9 +173,13 @@ class PredictionLog(Connected):
             "error_rate": errors / len(latest) if latest else 0.0,
             "by_class": dict(sorted(by_class.items())),
             "latency_ms": _percentiles(latencies),
-            "feedback": {
+            "feedback": {  # the accuracy counts trusted feedback (the admin's) only
                 "count": feedback_total,
-                "accuracy": (feedback_correct or 0) / feedback_total if feedback_total else None,
+                "trusted": trusted_total,
+                "accuracy": (trusted_right or 0) / trusted_total if trusted_total else None,
+                "client_accuracy": (feedback_correct or 0) / feedback_total
+                if feedback_total
+                else None,
             },
             "series": {"bucket_s": bucket_s, "points": _series(window, now - window_s, bucket_s)},
             "window": {

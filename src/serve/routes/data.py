@@ -17,7 +17,7 @@ from imgclf.loop.retention import ImageGone
 from imgclf.model import registry
 from imgclf.store import StoreError
 from serve import errors, metrics, schemas, state
-from serve.auth import ADMIN, require_token, token_given
+from serve.auth import ADMIN, check_feedback_token, require_token, token_given
 
 blueprint = Blueprint("data", __name__, description="Labelled data and feedback")
 
@@ -129,10 +129,10 @@ def brightness():
     }
 
 
-def _prediction(worker, prediction_id: str) -> dict:
-    """The logged prediction, waiting a moment for another worker's log (404 if none)."""
+def _prediction(worker, prediction_id: str, wait_s: float = 1.0) -> dict:
+    """The logged prediction, waiting up to ``wait_s`` for another worker's log (404 if none)."""
     worker.log.flush()
-    deadline = time.time() + 1.0
+    deadline = time.time() + wait_s
     while True:
         found = worker.store.prediction(prediction_id)
         if found is not None:
@@ -175,7 +175,11 @@ def _as_training_image(worker, prediction: dict, label: str) -> dict:
 @blueprint.alt_response(409, description="the prediction failed: nothing to label")
 @blueprint.alt_response(410, description="the prediction's image is no longer kept")
 def feedback(body):
-    """The true label of an earlier prediction (from its `prediction_id`).
+    """The true label of an earlier prediction (from its `prediction_id`), once.
+
+    Needs the prediction's `feedback_token` (from `/predict`) or the admin token; a second
+    feedback on a prediction is 409 unless the admin corrects it. Only the admin's feedback
+    counts in the feedback accuracy.
 
     With the admin token, the prediction's kept image also becomes a labelled upload (same
     checks, deduplication and train/test split as `/upload-data`), used by the next retrain;
@@ -183,7 +187,11 @@ def feedback(body):
     """
     worker = state.current()
     trusted = token_given()
-    prediction = _prediction(worker, body["prediction_id"])
+    if not trusted:
+        check_feedback_token(body["prediction_id"], body.get("feedback_token"))
+    # a valid feedback token proves the id was issued here: wait a moment for another worker's
+    # log; the admin's made-up id is looked up once and answers 404 at once
+    prediction = _prediction(worker, body["prediction_id"], wait_s=0.0 if trusted else 2.0)
     if prediction.get("error"):
         abort(
             409,
@@ -192,7 +200,7 @@ def feedback(body):
         )
     training = _as_training_image(worker, prediction, body["label"]) if trusted else None
     try:
-        stored = worker.store.add_feedback(body["prediction_id"], body["label"])
+        stored = worker.store.add_feedback(body["prediction_id"], body["label"], trusted)
     except StoreError as error:
         abort(409, message=str(error))
     if training is None:

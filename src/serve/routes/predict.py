@@ -11,6 +11,7 @@ from flask_smorest import Blueprint, abort
 
 from imgclf.model.prediction import Classified, Predictor
 from serve import metrics, schemas, state
+from serve.auth import feedback_token
 
 blueprint = Blueprint("predict", __name__, description="Classify images")
 
@@ -86,6 +87,7 @@ def predict_one():
         abort(422, message=row["error"])
     return {
         "prediction_id": row["id"],
+        "feedback_token": feedback_token(row["id"]),
         "label": row["label"],
         "confidence": row["confidence"],
         "probabilities": row["probabilities"],
@@ -125,7 +127,12 @@ def predict_batch():
         "count": len(rows),
         "failed": failed,
         "predictions": [
-            {"prediction_id": row["id"], "file": name, **{k: row[k] for k in keys if k in row}}
+            {
+                "prediction_id": row["id"],
+                "feedback_token": feedback_token(row["id"]),
+                "file": name,
+                **{k: row[k] for k in keys if k in row},
+            }
             for name, row in zip(names, rows, strict=True)
         ],
     }
