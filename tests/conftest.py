@@ -188,9 +188,9 @@ def project(trained_root, tmp_path, database_url) -> Settings:
 def worker(project, tmp_path):
     """A job worker (``imgclf worker``) for ``project``, in its own process."""
     log = open(tmp_path / "worker.log", "w+")
-    process = subprocess.Popen(
+    process = subprocess.Popen(  # with the admin token, as under make run (never to leak)
         [sys.executable, "-m", "imgclf.cli", "worker"],
-        env={**os.environ, **project.as_environment()},
+        env={**os.environ, **project.as_environment(), "IMGCLF_ADMIN_TOKEN": TOKEN},
         stdout=log,
         stderr=subprocess.STDOUT,
     )

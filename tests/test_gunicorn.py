@@ -43,7 +43,7 @@ def png(value: int) -> bytes:
     return buffer.getvalue()
 
 
-def test_retrain_under_load_hot_reloads_every_worker_without_failures(server, project):
+def test_retrain_under_load_hot_reloads_every_worker_without_failures(server, project, tmp_path):
     url, process = server
     assert set(worker_versions(url).values()) == {"v0001"}
 
@@ -129,3 +129,11 @@ def test_retrain_under_load_hot_reloads_every_worker_without_failures(server, pr
 
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=40) == 0
+
+    # no secret in anything the run wrote: logs, executed notebooks, reports, data, journal
+    # (the API and the worker both held the admin token, as under make run)
+    leaked = [
+        path for path in tmp_path.rglob("*")
+        if path.is_file() and TOKEN.encode() in path.read_bytes()
+    ]  # fmt: skip
+    assert list(tmp_path.rglob("*.ipynb")) and not leaked, leaked

@@ -5,7 +5,31 @@ from __future__ import annotations
 import panel as pn
 
 from dashboard.app import create_app
-from imgclf.config import get_server_settings
+from imgclf.config import ConfigError, ServerSettings, get_server_settings
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def login(server: ServerSettings) -> dict:
+    """Panel's basic-auth login for ``pn.serve``: the dashboard holds the admin token, so
+    beyond the loopback nobody reaches it without ``DASHBOARD_PASSWORD`` (and a cookie secret).
+
+    Raises:
+        ConfigError: listening beyond the loopback without a password or a cookie secret.
+    """
+    if server.dashboard_password:
+        if not server.dashboard_cookie_secret:
+            raise ConfigError("DASHBOARD_PASSWORD needs DASHBOARD_COOKIE_SECRET (a random string)")
+        return {
+            "basic_auth": server.dashboard_password,
+            "cookie_secret": server.dashboard_cookie_secret,
+        }
+    if server.host not in LOOPBACK:
+        raise ConfigError(
+            f"the dashboard would listen on {server.host} without a login: set "
+            "DASHBOARD_PASSWORD and DASHBOARD_COOKIE_SECRET (it acts with the admin token)"
+        )
+    return {}
 
 
 def main() -> None:
@@ -18,8 +42,12 @@ def main() -> None:
         allow_websocket_origin=origins,
         show=False,
         title="imgclf dashboard",
+        **login(server),
     )
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ConfigError as error:
+        raise SystemExit(f"error: {error}") from None

@@ -40,6 +40,7 @@ http {{
     uwsgi_temp_path {folder}/uwsgi;
     scgi_temp_path {folder}/scgi;
     client_max_body_size {max_body_mb}m;
+{zones}
     upstream api {{
         least_conn;
 {servers}
@@ -57,23 +58,50 @@ http {{
         location / {{ proxy_pass http://api; }}
         # a prediction has no effect but its log line: safe to send again to another replica
         location /predict {{
+{limit_predict}
             proxy_next_upstream error timeout http_502 http_503 non_idempotent;
+            proxy_pass http://api;
+        }}
+        location /feedback {{
+{limit_feedback}
+            proxy_pass http://api;
+        }}
+        location /upload-data {{
+{limit_uploads}
             proxy_pass http://api;
         }}
     }}
 }}
 """
 
+#: Per-client rate limits (by address), the same as deploy/nginx/nginx.conf's (a test keeps
+#: them equal): beyond them nginx answers 429 before any replica does work.
+RATE_ZONES = """\
+    limit_req_zone $binary_remote_addr zone=predict:10m rate=20r/s;
+    limit_req_zone $binary_remote_addr zone=feedback:10m rate=2r/s;
+    limit_req_zone $binary_remote_addr zone=uploads:10m rate=1r/s;
+    limit_req_status 429;"""
+RATE_LIMITS = {
+    "limit_predict": "            limit_req zone=predict burst=40 nodelay;",
+    "limit_feedback": "            limit_req zone=feedback burst=10 nodelay;",
+    "limit_uploads": "            limit_req zone=uploads burst=5 nodelay;",
+}
 
-def nginx_conf(folder: Path, port: int, replica_ports: list[int], max_body_mb: int) -> str:
-    """nginx's configuration for a load balancer on ``port`` in front of the replicas."""
+
+def nginx_conf(
+    folder: Path, port: int, replica_ports: list[int], max_body_mb: int, rate_limits: bool = True
+) -> str:
+    """nginx's configuration for a load balancer on ``port`` in front of the replicas; without
+    ``rate_limits`` (a load test sends everything from one address) no per-client limit."""
     servers = "\n".join(
         f"        server 127.0.0.1:{p} max_fails=1 fail_timeout=2s;" for p in replica_ports
     )
     user = f"user {pwd.getpwuid(os.geteuid()).pw_name};\n" if os.geteuid() == 0 else ""
+    limits = RATE_LIMITS if rate_limits else dict.fromkeys(RATE_LIMITS, "")
     return NGINX_CONF.format(
-        user=user, folder=folder, port=port, servers=servers, max_body_mb=max_body_mb
-    )
+        user=user, folder=folder, port=port, servers=servers, max_body_mb=max_body_mb,
+        zones=RATE_ZONES if rate_limits else "", **limits,
+    )  # fmt: skip
 
 
 class Cluster:
@@ -87,8 +115,9 @@ class Cluster:
         with_worker: bool = True,
         admin_token: str = "",
         folder: Path | None = None,
+        rate_limits: bool = True,
     ):
-        self.settings, self.replicas = settings, replicas
+        self.settings, self.replicas, self.rate_limits = settings, replicas, rate_limits
         self.workers_per_replica, self.with_worker = workers_per_replica, with_worker
         self.admin_token = admin_token or (os.environ.get("IMGCLF_ADMIN_TOKEN") or "")
         self.folder = folder or Path(tempfile.mkdtemp(prefix="imgclf-cluster-"))
@@ -141,7 +170,7 @@ class Cluster:
         conf = self.folder / "nginx.conf"
         limit = config.get_service_settings().max_request_bytes // (1024 * 1024)
         ports = [int(u.rsplit(":", 1)[1]) for u in self.api_urls]
-        conf.write_text(nginx_conf(self.folder, port, ports, limit))
+        conf.write_text(nginx_conf(self.folder, port, ports, limit, self.rate_limits))
         self.nginx = subprocess.Popen(
             ["nginx", "-p", str(self.folder), "-c", str(conf), "-g", "daemon off;"],
             stdout=subprocess.DEVNULL,

@@ -80,7 +80,11 @@ def run(settings: config.Settings, replicas: int, args, folder: Path, retrain: b
     shutil.copytree(settings.models_dir, models)
     copy = replace(settings, models_dir=models, reports_dir=folder / f"reports-r{replicas}")
     copy.reports_dir.mkdir()
-    cluster = Cluster(copy, replicas, args.workers_per_replica, admin_token=TOKEN)
+    # Locust sends everything from one address: nginx's per-client limits would only measure
+    # themselves, so they are off here (they are on in make cluster and compose)
+    cluster = Cluster(
+        copy, replicas, args.workers_per_replica, admin_token=TOKEN, rate_limits=False
+    )
     retrained: dict = {}
     with cluster:
         if retrain:

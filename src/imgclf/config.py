@@ -255,6 +255,8 @@ class ServerSettings:
     access_log: str | None = "-"
     log_level: str = "info"
     metrics_dir: str | None = None
+    dashboard_password: str | None = None
+    dashboard_cookie_secret: str | None = None
 
 
 #: ``LOG_LEVEL``'s values (gunicorn's, and the worker's too).
@@ -265,8 +267,10 @@ def get_server_settings() -> ServerSettings:
     """Return ``HOST`` (127.0.0.1), ``PORT`` (8000), ``WORKERS`` (cores, at most 4),
     ``THREADS`` (4 per worker), ``TIMEOUT`` (60 s), ``DASHBOARD_PORT`` (5006),
     ``IMGCLF_API_URL`` (the API's own address), ``IMGCLF_DASHBOARD_REFRESH_MS`` (5000),
-    ``ACCESS_LOG`` (``-``: standard output; empty: none), ``LOG_LEVEL`` (info) and
-    ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's folder of the workers' samples).
+    ``ACCESS_LOG`` (``-``: standard output; empty: none), ``LOG_LEVEL`` (info),
+    ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's folder of the workers' samples),
+    ``DASHBOARD_PASSWORD`` and ``DASHBOARD_COOKIE_SECRET`` (the dashboard's login; required
+    when it listens beyond the loopback).
 
     Raises:
         ConfigError: a value of the wrong kind or out of range, naming the variable.
@@ -297,6 +301,8 @@ def get_server_settings() -> ServerSettings:
         access_log=os.environ.get("ACCESS_LOG", "-") or None,
         log_level=log_level,
         metrics_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None,
+        dashboard_password=os.environ.get("DASHBOARD_PASSWORD") or None,
+        dashboard_cookie_secret=os.environ.get("DASHBOARD_COOKIE_SECRET") or None,
     )
 
 
