@@ -462,3 +462,21 @@ def test_wrong_method_is_a_json_405_with_allow_header(client):
     assert response.status_code == 405
     assert response.headers["Allow"].split(", ") and "POST" in response.headers["Allow"]
     assert "use" in response.get_json()["message"]
+
+
+def test_predict_has_a_smaller_pixel_budget_than_uploads(project, monkeypatch):
+    """A 1000x1000 image is refused by /predict with IMGCLF_PREDICT_MAX_MP=0.5 (its decode
+    would cost what a bomb costs), while uploads keep their own, larger budget."""
+    monkeypatch.setenv("IMGCLF_PREDICT_MAX_MP", "0.5")
+    monkeypatch.setenv("IMGCLF_ADMIN_TOKEN", TOKEN)
+    client = create_app(project).test_client()
+    buffer = io.BytesIO()
+    Image.new("L", (1000, 1000), 128).save(buffer, format="PNG")
+    refused = client.post("/predict", data=buffer.getvalue(), content_type="image/png")
+    assert refused.status_code == 422 and "500,000 pixels" in refused.get_json()["message"]
+    uploaded = client.post(
+        "/upload-data",
+        data={"label": "3", "files": [(io.BytesIO(buffer.getvalue()), "big.png")]},
+        headers=AUTH,
+    )
+    assert uploaded.status_code == 201, uploaded.get_json()

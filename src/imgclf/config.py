@@ -201,6 +201,7 @@ class ServiceSettings:
     reload_poll_s: float
     started_at: float
     upload_limits: UploadLimits
+    predict_max_pixels: int = 25_000_000
 
 
 def get_service_settings() -> ServiceSettings:
@@ -209,7 +210,9 @@ def get_service_settings() -> ServiceSettings:
     ``IMGCLF_ADMIN_TOKEN`` (empty: admin endpoints answer 503), ``IMGCLF_MAX_REQUEST_MB``
     (100), ``IMGCLF_MAX_BATCH`` (64 images), ``IMGCLF_RELOAD_POLL_S`` (0.5),
     ``IMGCLF_UPLOAD_MAX_FILES`` (2000), ``IMGCLF_UPLOAD_MAX_FILE_MB`` (20),
-    ``IMGCLF_UPLOAD_MAX_TOTAL_MB`` (200, uncompressed), ``IMGCLF_STARTED_AT`` (set by gunicorn).
+    ``IMGCLF_UPLOAD_MAX_TOTAL_MB`` (200, uncompressed), ``IMGCLF_PREDICT_MAX_MP`` (25
+    megapixels for /predict: a 24 MP camera photo passes, a 7000x7000 decode bomb does not;
+    uploads keep the 50 MP limit), ``IMGCLF_STARTED_AT`` (set by gunicorn).
 
     Raises:
         ConfigError: a value of the wrong kind or out of range, naming the variable.
@@ -224,6 +227,7 @@ def get_service_settings() -> ServiceSettings:
             "IMGCLF_UPLOAD_MAX_FILES": (_int, default.max_files, 1, 100_000),
             "IMGCLF_UPLOAD_MAX_FILE_MB": (_int, default.max_file_bytes // mb, 1, 1000),
             "IMGCLF_UPLOAD_MAX_TOTAL_MB": (_int, default.max_total_bytes // mb, 1, 100_000),
+            "IMGCLF_PREDICT_MAX_MP": (_float, 25.0, 0.01, MAX_IMAGE_PIXELS / 1e6),
         }
     )
     return ServiceSettings(
@@ -237,6 +241,7 @@ def get_service_settings() -> ServiceSettings:
             max_file_bytes=values["IMGCLF_UPLOAD_MAX_FILE_MB"] * mb,
             max_total_bytes=values["IMGCLF_UPLOAD_MAX_TOTAL_MB"] * mb,
         ),
+        predict_max_pixels=int(values["IMGCLF_PREDICT_MAX_MP"] * 1e6),
     )
 
 

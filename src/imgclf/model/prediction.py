@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imgclf.config import MAX_IMAGE_PIXELS
 from imgclf.data import imagestats
 from imgclf.data.preprocessing import ImageDecodeError, decode
 from imgclf.model import registry
@@ -135,16 +136,19 @@ class Predictor:
         channels = 1 if self.color_mode == "grayscale" else 3
         self.predict_images(np.zeros((1, *self.image_size, channels), np.float32))
 
-    def classify(self, payloads: list[bytes]) -> list[Classified]:
+    def classify(
+        self, payloads: list[bytes], max_pixels: int = MAX_IMAGE_PIXELS
+    ) -> list[Classified]:
         """Decode and classify encoded images in one forward pass; one result per payload.
 
-        A payload that is not a readable image gets a ``Classified`` with ``error`` (the
-        reason) and no prediction; the others are classified all the same.
+        A payload that is not a readable image (or has more than ``max_pixels``) gets a
+        ``Classified`` with ``error`` (the reason) and no prediction; the others are classified
+        all the same.
         """
         results, decoded = [], []
         for payload in payloads:
             try:
-                image = decode(payload, self.image_size, self.color_mode)
+                image = decode(payload, self.image_size, self.color_mode, max_pixels)
             except ImageDecodeError as error:
                 results.append(Classified(error=str(error).removeprefix("image: ")))
                 continue

@@ -33,7 +33,7 @@ def _read_image_payload() -> tuple[str, bytes]:
 
 def _classify(predictor: Predictor, payloads: list[bytes]) -> tuple[list[dict], float]:
     """Classify, log every result (off the request path) and count it; returns the rows."""
-    results = predictor.classify(payloads)
+    results = predictor.classify(payloads, state.current().service.predict_max_pixels)
     latency_ms = (time.perf_counter() - g.started) * 1000
     rows = [
         _row(predictor, result, payload, latency_ms)
