@@ -58,6 +58,20 @@ def test_a_queued_job_is_claimed_by_exactly_one_of_many_workers(db, database_url
 
 
 @ENGINES
+def test_heartbeats_are_judged_by_the_databases_clock_not_the_hosts(db, monkeypatch):
+    """A worker whose host clock is two hours behind claims a job and beats: the API, on a
+    host with the right time, must not judge it dead (with the hosts' clocks it would)."""
+    real = time.time
+    job = db.create_job("retrain", {}, "/tmp/a")
+    monkeypatch.setattr(time, "time", lambda: real() - 7200)  # the worker's host
+    db.claim_job("retrain", pid=1, host="slow-clock-host")
+    db.update_job(job["id"], heartbeat=True, progress={"stage": "fine-tuning"})
+    monkeypatch.setattr(time, "time", real)  # the API's host
+    assert db.job(job["id"])["state"] == JobState.RUNNING
+    assert abs(db.job(job["id"])["heartbeat_at"] - real()) < 60
+
+
+@ENGINES
 def test_a_dead_worker_fails_its_job_by_pid_here_and_by_heartbeat_elsewhere(db):
     here = db.create_job("retrain", {}, "/tmp/a")
     db.claim_job("retrain", pid=2**22 + 12345)  # no such process on this host

@@ -121,7 +121,7 @@ class Watcher(threading.Thread):
                     last_beat = time.monotonic()
                     self.store.update_job(
                         self.job_id,
-                        heartbeat_at=time.time(),
+                        heartbeat=True,
                         progress=_progress(self.run_dir),
                         log_tail=_log_tail(self.run_dir),
                     )

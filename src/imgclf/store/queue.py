@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
 import uuid
 
 import sqlalchemy as sa
@@ -60,15 +59,12 @@ class JobQueue(Connected):
         Raises:
             JobConflict: a job of this kind is queued or running (dead ones are failed first).
         """
-        now = time.time()
         job_id = uuid.uuid4().hex[:12]
         row = {
             "id": job_id,
             "kind": kind,
             "state": JobState.QUEUED.value,
             "parameters": json.dumps(parameters),
-            "created_at": now,
-            "heartbeat_at": now,
             "run_dir": run_dir,
             "progress": json.dumps({"stage": "queued"}),
             "trigger": trigger,
@@ -76,8 +72,9 @@ class JobQueue(Connected):
         }
         try:
             with self._transaction() as connection:
+                now = clock(connection)
                 self._fail_dead_jobs(connection, now)
-                connection.execute(jobs.insert().values(**row))
+                connection.execute(jobs.insert().values(**row, created_at=now, heartbeat_at=now))
         except sa.exc.IntegrityError:
             live = self.live_job(kind)
             if live is None:  # it ended between the insert and this look: try once more
@@ -101,8 +98,8 @@ class JobQueue(Connected):
         Returns:
             The claimed job, or None when nothing is queued.
         """
-        now = time.time()
         with self._transaction() as connection:
+            now = clock(connection)
             self._fail_dead_jobs(connection, now)
             job_id = connection.execute(
                 sa.select(jobs.c.id)
@@ -127,12 +124,15 @@ class JobQueue(Connected):
             )
         return self.job(job_id)
 
-    def update_job(self, job_id: str, **fields) -> None:
-        """Set columns of a job (``parameters``, ``progress`` and ``result`` as JSON)."""
+    def update_job(self, job_id: str, heartbeat: bool = False, **fields) -> None:
+        """Set columns of a job (``parameters``, ``progress`` and ``result`` as JSON); with
+        ``heartbeat``, also its heartbeat, at the database's time (hosts' clocks may differ)."""
         for name in _JSON_COLUMNS:
             if name in fields:
                 fields[name] = json.dumps(fields[name])
         with self._transaction() as connection:
+            if heartbeat:
+                fields["heartbeat_at"] = clock(connection)
             connection.execute(jobs.update().where(jobs.c.id == job_id).values(**fields))
 
     def finish_job(
@@ -154,7 +154,7 @@ class JobQueue(Connected):
                     state=state,
                     result=json.dumps(result or {}),
                     error=error,
-                    finished_at=time.time(),
+                    finished_at=clock(connection),
                     **fields,
                 )
             )
@@ -162,14 +162,14 @@ class JobQueue(Connected):
 
     def job(self, job_id: str) -> dict | None:
         with self._transaction() as connection:
-            self._fail_dead_jobs(connection, time.time())
+            self._fail_dead_jobs(connection, clock(connection))
             row = connection.execute(jobs.select().where(jobs.c.id == job_id)).first()
         return _job(row) if row else None
 
     def jobs(self, limit: int = 50) -> list[dict]:
         """Return the latest jobs, newest first (dead live jobs are failed first)."""
         with self._transaction() as connection:
-            self._fail_dead_jobs(connection, time.time())
+            self._fail_dead_jobs(connection, clock(connection))
             rows = connection.execute(
                 jobs.select().order_by(jobs.c.created_at.desc()).limit(limit)
             ).all()
@@ -186,8 +186,8 @@ class JobQueue(Connected):
             JobNotFound: no job with this id.
             JobFinished: the job has already ended (its state is in the message).
         """
-        now = time.time()
         with self._transaction() as connection:
+            now = clock(connection)
             self._fail_dead_jobs(connection, now)
             row = connection.execute(
                 sa.select(jobs.c.state).where(jobs.c.id == job_id).with_for_update()
@@ -237,7 +237,7 @@ class JobQueue(Connected):
     def fail_dead_jobs(self) -> None:
         """Mark live jobs whose worker is gone as failed (see ``_fail_dead_jobs``)."""
         with self._transaction() as connection:
-            self._fail_dead_jobs(connection, time.time())
+            self._fail_dead_jobs(connection, clock(connection))
 
     def _fail_dead_jobs(self, connection: Connection, now: float) -> None:
         """A running job is dead when its heartbeat is older than ``HEARTBEAT_TIMEOUT_S``, or,
@@ -305,3 +305,15 @@ def _json(text: str):
         return json.loads(text)
     except ValueError:
         return None
+
+
+def clock(connection: Connection) -> float:
+    """The database's time in seconds since the epoch: every host that writes or judges a
+    heartbeat reads the same clock, whatever its own says."""
+    if connection.dialect.name == "postgresql":
+        return float(
+            connection.exec_driver_sql("SELECT EXTRACT(EPOCH FROM clock_timestamp())").scalar()
+        )
+    return float(
+        connection.exec_driver_sql("SELECT (julianday('now') - 2440587.5) * 86400.0").scalar()
+    )
