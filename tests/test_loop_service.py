@@ -308,6 +308,44 @@ def test_drift_needs_a_minimum_sample_and_flags_darker_inputs(client, project, m
     assert 'imgclf_drift_p_value{test="brightness"}' in metrics
 
 
+def test_drift_from_one_client_does_not_retrain_but_from_several_it_does(project, monkeypatch):
+    """Anyone may send inputs; drift they cause alone must not retrain the model. With
+    AUTO_RETRAIN_DRIFT_MIN_CLIENTS=3, darker inputs from one address leave the policy waiting
+    (and say why); the same from three addresses make it due."""
+    for name, value in {"IMGCLF_ADMIN_TOKEN": TOKEN, "AUTO_RETRAIN": "1",
+                        "AUTO_RETRAIN_ON_DRIFT": "1", "AUTO_RETRAIN_DRIFT_MIN_CLIENTS": "3",
+                        "AUTO_RETRAIN_MIN_INTERVAL_S": "0"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    client = create_app(project).test_client()
+
+    def darker(payload: bytes) -> bytes:
+        with Image.open(io.BytesIO(payload)) as image:
+            pixels = (np.asarray(image, dtype=float) * 0.25).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    images = [darker(p) for p in digits_across_classes(project, 4)]
+
+    def predict(address: str, chosen: list[bytes]) -> None:
+        files = [(io.BytesIO(p), f"{i}.png") for i, p in enumerate(chosen)]
+        sent = client.post("/predict/batch", data={"images": files},
+                           environ_base={"REMOTE_ADDR": address})  # fmt: skip
+        assert sent.status_code == 200
+
+    predict("10.0.0.1", images)
+    alone = client.get("/drift").get_json()
+    assert alone["verdict"] == "drift" and alone["clients"] == 1, alone
+    waiting = client.get("/policy").get_json()
+    assert not waiting["due"] and "only 1 distinct client" in " ".join(waiting["waiting_for"])
+    predict("10.0.0.2", images[:10])
+    predict("10.0.0.3", images[10:20])
+    several = client.get("/drift").get_json()
+    assert several["verdict"] == "drift" and several["clients"] == 3, several
+    due = client.get("/policy").get_json()
+    assert due["due"] and "from 3 distinct clients" in due["reasons"][0], due
+
+
 @pytest.mark.slow
 def test_with_the_policy_on_enough_new_images_start_a_retrain_by_itself(
     client, project, tmp_path, monkeypatch

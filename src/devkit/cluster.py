@@ -134,6 +134,7 @@ class Cluster:
             **self.settings.as_environment(),
             "IMGCLF_ADMIN_TOKEN": self.admin_token,
             "ACCESS_LOG": "",
+            "TRUSTED_PROXIES": "1",  # behind nginx: the client is the address nginx saw
             **more,
         }
 

@@ -202,6 +202,7 @@ class ServiceSettings:
     started_at: float
     upload_limits: UploadLimits
     predict_max_pixels: int = 25_000_000
+    trusted_proxies: int = 0
 
 
 def get_service_settings() -> ServiceSettings:
@@ -212,7 +213,9 @@ def get_service_settings() -> ServiceSettings:
     ``IMGCLF_UPLOAD_MAX_FILES`` (2000), ``IMGCLF_UPLOAD_MAX_FILE_MB`` (20),
     ``IMGCLF_UPLOAD_MAX_TOTAL_MB`` (200, uncompressed), ``IMGCLF_PREDICT_MAX_MP`` (25
     megapixels for /predict: a 24 MP camera photo passes, a 7000x7000 decode bomb does not;
-    uploads keep the 50 MP limit), ``IMGCLF_STARTED_AT`` (set by gunicorn).
+    uploads keep the 50 MP limit), ``TRUSTED_PROXIES`` (0; 1 behind nginx: the client's
+    address is then the one nginx saw, from X-Forwarded-For), ``IMGCLF_STARTED_AT`` (set by
+    gunicorn).
 
     Raises:
         ConfigError: a value of the wrong kind or out of range, naming the variable.
@@ -228,6 +231,7 @@ def get_service_settings() -> ServiceSettings:
             "IMGCLF_UPLOAD_MAX_FILE_MB": (_int, default.max_file_bytes // mb, 1, 1000),
             "IMGCLF_UPLOAD_MAX_TOTAL_MB": (_int, default.max_total_bytes // mb, 1, 100_000),
             "IMGCLF_PREDICT_MAX_MP": (_float, 25.0, 0.01, MAX_IMAGE_PIXELS / 1e6),
+            "TRUSTED_PROXIES": (_int, 0, 0, 10),
         }
     )
     return ServiceSettings(
@@ -242,6 +246,7 @@ def get_service_settings() -> ServiceSettings:
             max_total_bytes=values["IMGCLF_UPLOAD_MAX_TOTAL_MB"] * mb,
         ),
         predict_max_pixels=int(values["IMGCLF_PREDICT_MAX_MP"] * 1e6),
+        trusted_proxies=values["TRUSTED_PROXIES"],
     )
 
 
@@ -342,6 +347,7 @@ class LoopSettings:
     drift_min_sample: int
     drift_p_value: float
     drift_window: int
+    drift_min_clients: int = 5
 
 
 def get_loop_settings() -> LoopSettings:
@@ -356,7 +362,8 @@ def get_loop_settings() -> LoopSettings:
     ``AUTO_RETRAIN`` (0: off, 1: on), ``AUTO_RETRAIN_MIN_IMAGES`` (50 new labelled images),
     ``AUTO_RETRAIN_ON_DRIFT`` (0/1), ``AUTO_RETRAIN_MIN_INTERVAL_S`` (3600),
     ``DRIFT_MIN_SAMPLE`` (30 production images), ``DRIFT_P_VALUE`` (0.01),
-    ``DRIFT_WINDOW`` (500 latest predictions).
+    ``DRIFT_WINDOW`` (500 latest predictions), ``AUTO_RETRAIN_DRIFT_MIN_CLIENTS`` (5 distinct
+    clients among them before drift may start a retrain).
 
     Raises:
         ConfigError: a value of the wrong kind or out of range, naming the variable.
@@ -378,6 +385,7 @@ def get_loop_settings() -> LoopSettings:
             "DRIFT_MIN_SAMPLE": (_int, 30, 5, 1_000_000),
             "DRIFT_P_VALUE": (_float, 0.01, 1e-9, 0.5),
             "DRIFT_WINDOW": (_int, 500, 10, 1_000_000),
+            "AUTO_RETRAIN_DRIFT_MIN_CLIENTS": (_int, 5, 1, 1_000_000),
         }
     )
     return LoopSettings(
@@ -396,6 +404,7 @@ def get_loop_settings() -> LoopSettings:
         drift_min_sample=values["DRIFT_MIN_SAMPLE"],
         drift_p_value=values["DRIFT_P_VALUE"],
         drift_window=values["DRIFT_WINDOW"],
+        drift_min_clients=values["AUTO_RETRAIN_DRIFT_MIN_CLIENTS"],
     )
 
 

@@ -13,6 +13,7 @@ import time
 
 from flask import Flask, g, request, send_from_directory
 from flask_smorest import Api
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from imgclf import config
 from serve import errors, metrics, routes, state
@@ -33,6 +34,8 @@ def create_app(
     settings = settings or config.get_settings()
     service = service or config.get_service_settings()
     app = Flask(__name__)
+    if service.trusted_proxies:  # behind nginx: the client is the address it saw, not nginx
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=service.trusted_proxies)
     app.config.update(
         API_TITLE="imgclf",
         API_VERSION="1",

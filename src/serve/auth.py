@@ -83,3 +83,15 @@ def check_feedback_token(prediction_id: str, given: str | None) -> None:
         )
     if not hmac.compare_digest(given.encode(), expected.encode()):
         abort(401, message="wrong feedback_token for this prediction_id")
+
+
+def client_fingerprint() -> str | None:
+    """A keyed hash of the client's address (16 hex digits): counts distinct clients without
+    keeping addresses; None when feedback tokens have no key either."""
+    key = _feedback_key()
+    address = request.remote_addr or ""
+    return (
+        hmac.new(key, b"client\0" + address.encode(), hashlib.sha256).hexdigest()[:16]
+        if key
+        else None
+    )

@@ -185,6 +185,9 @@ def assess(reference: Reference, recent: list[dict], loop: LoopSettings) -> dict
             _labels([row for row in recent if row.get("model_version") == reference.version]),
         ),
         "drifted": [],
+        # distinct clients among these inputs (a keyed hash of their addresses): drift from
+        # one or two clients may be their doing, not the world's (AUTO_RETRAIN_DRIFT_MIN_CLIENTS)
+        "clients": len({row["client"] for row in recent if row.get("client")}),
     }
     tests = {**report["features"], "predicted_classes": report["predicted_classes"]}
     threshold = loop.drift_p_value / len(tests)

@@ -66,10 +66,17 @@ def status(
     last_auto = store.last_job(jobs.KIND, trigger="auto")
     live = store.live_job(jobs.KIND)
     arrived = new_images(settings.uploads_dir, since)
-    verdict = drift()["verdict"] if loop.auto_on_drift and drift else None
+    report = drift() if loop.auto_on_drift and drift else {}
+    verdict = report.get("verdict")
     next_allowed = last_auto["created_at"] + loop.auto_min_interval_s if last_auto else now
-    reasons = _reasons(loop, arrived, verdict)
+    reasons = _reasons(loop, arrived, verdict, report.get("clients", 0))
     waiting = _waiting(settings, loop, live, last_auto, next_allowed, now)
+    if verdict == DriftVerdict.DRIFT and not reasons and arrived < loop.auto_min_images:
+        waiting.append(
+            f"drift seen in inputs from only {report.get('clients', 0)} distinct client(s); "
+            f"AUTO_RETRAIN_DRIFT_MIN_CLIENTS={loop.drift_min_clients} needed (one client can "
+            "fake drift), or an admin retrains (POST /retrain)"
+        )
     if not reasons:
         waiting.append(
             f"{arrived} of {loop.auto_min_images} new labelled images"
@@ -92,16 +99,20 @@ def status(
     }
 
 
-def _reasons(loop: LoopSettings, arrived: int, verdict: str | None) -> list[str]:
-    """What makes a retrain due: enough new labelled images, or drift."""
+def _reasons(loop: LoopSettings, arrived: int, verdict: str | None, clients: int) -> list[str]:
+    """What makes a retrain due: enough new labelled images, or drift seen in the inputs of
+    at least ``AUTO_RETRAIN_DRIFT_MIN_CLIENTS`` distinct clients."""
     reasons = []
     if arrived >= loop.auto_min_images:
         reasons.append(
             f"{arrived} new labelled images since the last retrain "
             f"(AUTO_RETRAIN_MIN_IMAGES={loop.auto_min_images})"
         )
-    if verdict == DriftVerdict.DRIFT:
-        reasons.append("drift detected in production inputs (AUTO_RETRAIN_ON_DRIFT=1)")
+    if verdict == DriftVerdict.DRIFT and clients >= loop.drift_min_clients:
+        reasons.append(
+            f"drift detected in production inputs from {clients} distinct clients "
+            "(AUTO_RETRAIN_ON_DRIFT=1)"
+        )
     return reasons
 
 

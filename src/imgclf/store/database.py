@@ -39,6 +39,8 @@ predictions = sa.Table(
     sa.Column("brightness", sa.Float),
     sa.Column("contrast", sa.Float),
     sa.Column("error", sa.Text),
+    # a keyed hash of the client's address (drift needs several distinct clients to retrain)
+    sa.Column("client", sa.String(16)),
     sa.Index("predictions_time", "created_at"),
 )
 feedback = sa.Table(

@@ -107,6 +107,7 @@ class PredictionLog(Connected):
             "contrast",
             "width",
             "height",
+            "client",
         )
         query = (
             sa.select(*(predictions.c[name] for name in columns))

@@ -11,7 +11,7 @@ from flask_smorest import Blueprint, abort
 
 from imgclf.model.prediction import Classified, Predictor
 from serve import metrics, schemas, state
-from serve.auth import feedback_token
+from serve.auth import client_fingerprint, feedback_token
 
 blueprint = Blueprint("predict", __name__, description="Classify images")
 
@@ -58,6 +58,7 @@ def _row(predictor: Predictor, result: Classified, payload: bytes, latency_ms: f
         "latency_ms": latency_ms,
         "image_sha256": hashlib.sha256(payload).hexdigest(),
         "bytes": len(payload),
+        "client": client_fingerprint(),
         **result.facts,
     }
     if result.prediction is None:
