@@ -20,7 +20,7 @@ WORKERS ?= 2
 DASHBOARD_PORT ?= 5006
 export PORT WORKERS DASHBOARD_PORT
 
-.PHONY: help setup lock lock-cuda bench-gate bench-stats bench-train data eda train evaluate retrain pipeline run model db serve worker \
+.PHONY: help setup lock lock-cuda bench-gate bench-stats soak bench-train data eda train evaluate retrain pipeline run model db serve worker \
         cluster dashboard token bench loadtest reports lab test test-fast lint format clean
 
 # make run / make serve start one job worker beside the API; WORKER=0 leaves it out
@@ -111,6 +111,9 @@ bench-gate: setup ## simulate the promotion gate: false rejections and power by 
 
 bench-stats: setup ## /stats' cost with 1,000 to 1,000,000 logged predictions (SQLite)
 	$(PY) -m devkit.bench_stats
+
+soak: model ## SOAK_MINUTES (30) of mixed traffic: memory, files, threads, database over time
+	$(PY) -m devkit.soak
 
 bench-train: setup ## decode and training speed, peak memory (BENCH_IMAGES, BENCH_SIZE, BENCH_DATA)
 	$(PY) -m devkit.bench_train
