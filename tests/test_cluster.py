@@ -22,6 +22,7 @@ from imgclf.model import registry
 
 pytestmark = pytest.mark.slow
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+PASSWORD = "cluster-db-secret"
 
 
 @pytest.fixture
@@ -30,7 +31,10 @@ def cluster(project, postgres_server):  # postgres_server: skip (or fail in CI) 
         if os.environ.get("IMGCLF_REQUIRE_POSTGRES"):
             pytest.fail("the cluster test needs nginx (apt-get install nginx)")
         pytest.skip("needs Debian's nginx (apt-get install nginx)")
-    with Cluster(project, replicas=2, admin_token=TOKEN) as running:
+    # the flood below is one client: nginx's per-client limits are tested in test_deployment
+    with Cluster(
+        project, replicas=2, admin_token=TOKEN, rate_limits=False, database_password=PASSWORD
+    ) as running:
         yield running
 
 
@@ -102,3 +106,12 @@ def test_cluster_uploads_retrains_survives_a_dead_replica_and_a_dead_worker(clus
     killed = wait_for(lambda: finished(url, job_id), 60, "the killed worker's job to fail")
     assert killed["state"] == "failed" and "worker" in killed["error"]
     assert registry.current_version(project.models_dir) == new
+
+    # neither the admin token nor the database's password in anything the cluster wrote:
+    # its processes' logs, the reports with executed notebooks, the data, the journal
+    written = [p for root in (cluster.folder, project.project_root) for p in root.rglob("*")]
+    leaked = [
+        path for path in written
+        if path.is_file() and any(s.encode() in path.read_bytes() for s in (TOKEN, PASSWORD))
+    ]  # fmt: skip
+    assert list(project.reports_dir.rglob("*.ipynb")) and not leaked, leaked

@@ -116,8 +116,10 @@ class Cluster:
         admin_token: str = "",
         folder: Path | None = None,
         rate_limits: bool = True,
+        database_password: str | None = None,
     ):
         self.settings, self.replicas, self.rate_limits = settings, replicas, rate_limits
+        self.database_password = database_password  # in the URL (the server trusts loopback)
         self.workers_per_replica, self.with_worker = workers_per_replica, with_worker
         self.admin_token = admin_token or (os.environ.get("IMGCLF_ADMIN_TOKEN") or "")
         self.folder = folder or Path(tempfile.mkdtemp(prefix="imgclf-cluster-"))
@@ -161,6 +163,8 @@ class Cluster:
     def start(self) -> Cluster:
         self.postgres.start()
         url = self.postgres.create_database("imgclf")
+        if self.database_password:  # a URL with a password, as deployed (it must never leak)
+            url = url.replace("://postgres@", f"://postgres:{self.database_password}@", 1)
         self.settings = replace(self.settings, database_url=url)
         migrations.upgrade(url)
         for index in range(self.replicas):
