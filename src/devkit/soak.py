@@ -144,6 +144,61 @@ def growth(samples: list[dict], key: str) -> tuple[float, float]:
     return slope(values[:half]), slope(values[half:])
 
 
+def run(cluster: Cluster, test_dir: Path, minutes: float, every_s: float) -> tuple[list, dict]:
+    """The traffic for ``minutes``, sampled every ``every_s``; returns the samples and counts."""
+    traffic = Traffic(cluster.url, test_dir)
+    threads = [threading.Thread(target=traffic.predict, daemon=True) for _ in range(3)]
+    threads += [
+        threading.Thread(target=traffic.every, args=(1.0, traffic.batch), daemon=True),
+        threading.Thread(target=traffic.every, args=(1.0, traffic.feedback), daemon=True),
+        threading.Thread(target=traffic.every, args=(10.0, traffic.upload), daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    started, retrained, samples = time.monotonic(), False, []
+    while time.monotonic() - started < minutes * 60:
+        samples.append(sample(cluster, started))
+        print(samples[-1], flush=True)
+        if not retrained and time.monotonic() - started > minutes * 20:
+            job = requests.post(
+                f"{cluster.url}/retrain", json={"epochs": 1}, headers=AUTH, timeout=30
+            )
+            traffic.count("retrain", job.status_code)
+            retrained = True
+        time.sleep(every_s)
+    traffic.stop.set()
+    for thread in threads:
+        thread.join(timeout=60)
+    samples.append(sample(cluster, started))
+    return samples, traffic.counts
+
+
+def report(samples: list[dict], counts: dict, minutes: float, reports: Path) -> Path:
+    """Write the JSON record and print the table; returns the record's path."""
+    keys = [k for k in samples[-1] if k != "minute"]
+    halves = {k: growth(samples, k) for k in keys}
+    record = {
+        "date": datetime.now(UTC).isoformat(),
+        "minutes": minutes,
+        "requests": counts,
+        "samples": samples,
+        "growth_per_minute": {
+            k: {"first_half": first, "second_half": second}
+            for k, (first, second) in halves.items()
+        },
+    }
+    reports.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    path = write_json_atomic(reports / f"soak-{stamp}.json", record)
+    print(f"\nrequests: {counts}")
+    print("| measure | start | end | growth a minute, first half | second half |")
+    print("|---|---|---|---|---|")
+    for key, (first, second) in halves.items():
+        start, end = samples[0].get(key), samples[-1].get(key)
+        print(f"| {key} | {start} | {end} | {first:.3g} | {second:.3g} |")
+    return path
+
+
 def main() -> int:
     minutes = float(os.environ.get("SOAK_MINUTES") or 30)
     every_s = float(os.environ.get("SOAK_SAMPLE_S") or 10)
@@ -158,62 +213,12 @@ def main() -> int:
     copy = replace(settings, data_dir=folder / "data", models_dir=folder / "models",
                    reports_dir=folder / "reports", cache_dir=None)  # fmt: skip
     copy.reports_dir.mkdir()
-    samples: list[dict] = []
     with Cluster(
         copy, replicas=1, workers_per_replica=2, admin_token=TOKEN, rate_limits=False
     ) as cluster:
-        traffic = Traffic(cluster.url, copy.test_dir)
-        threads = [threading.Thread(target=traffic.predict, daemon=True) for _ in range(3)]
-        threads += [
-            threading.Thread(target=traffic.every, args=(1.0, traffic.batch), daemon=True),
-            threading.Thread(target=traffic.every, args=(1.0, traffic.feedback), daemon=True),
-            threading.Thread(target=traffic.every, args=(10.0, traffic.upload), daemon=True),
-        ]
-        for thread in threads:
-            thread.start()
-        started = time.monotonic()
-        retrained = False
-        while time.monotonic() - started < minutes * 60:
-            samples.append(sample(cluster, started))
-            print(samples[-1], flush=True)
-            if not retrained and time.monotonic() - started > minutes * 20:
-                job = requests.post(
-                    f"{cluster.url}/retrain", json={"epochs": 1}, headers=AUTH, timeout=30
-                )
-                traffic.count("retrain", job.status_code)
-                retrained = True
-            time.sleep(every_s)
-        traffic.stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
-        samples.append(sample(cluster, started))
-    keys = [k for k in samples[-1] if k != "minute"]
-    record = {
-        "date": datetime.now(UTC).isoformat(),
-        "minutes": minutes,
-        "requests": traffic.counts,
-        "samples": samples,
-        "growth_per_minute": {
-            k: dict(zip(("first_half", "second_half"), growth(samples, k), strict=True))
-            for k in keys
-        },
-    }
+        samples, counts = run(cluster, copy.test_dir, minutes, every_s)
     shutil.rmtree(folder, ignore_errors=True)
-    reports = settings.reports_dir
-    reports.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    path = write_json_atomic(reports / f"soak-{stamp}.json", record)
-    print(f"\nrequests: {traffic.counts}")
-    print("| measure | start | end | growth a minute, first half | second half |")
-    print("|---|---|---|---|---|")
-    for key in keys:
-        first, second = (
-            record["growth_per_minute"][key]["first_half"],
-            record["growth_per_minute"][key]["second_half"],
-        )
-        start, end = samples[0].get(key), samples[-1].get(key)
-        print(f"| {key} | {start} | {end} | {first:.3g} | {second:.3g} |")
-    print(f"wrote {path}")
+    print("wrote", report(samples, counts, minutes, settings.reports_dir))
     return 0
 
 
