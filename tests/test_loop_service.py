@@ -273,6 +273,15 @@ def test_feedback_errors_are_clear_and_the_review_queue_lists_unsure_predictions
     assert not (project.data_dir / "uploads").exists()  # nothing was half-stored
 
 
+def darker(payload: bytes) -> bytes:
+    """The image at a quarter of its brightness (inputs that drift)."""
+    with Image.open(io.BytesIO(payload)) as image:
+        pixels = (np.asarray(image, dtype=float) * 0.25).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def test_drift_needs_a_minimum_sample_and_flags_darker_inputs(client, project, monkeypatch):
     def predict(images):
         files = [(io.BytesIO(p), f"{i}.png") for i, p in enumerate(images)]
@@ -288,13 +297,6 @@ def test_drift_needs_a_minimum_sample_and_flags_darker_inputs(client, project, m
     like_training = client.get("/drift").get_json()
     assert like_training["verdict"] == "no-drift", like_training
     assert like_training["features"]["brightness"]["p_value"] > like_training["threshold"]
-
-    def darker(payload: bytes) -> bytes:
-        with Image.open(io.BytesIO(payload)) as image:
-            pixels = (np.asarray(image, dtype=float) * 0.25).astype(np.uint8)
-        buffer = io.BytesIO()
-        Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
-        return buffer.getvalue()
 
     predict([darker(p) for p in normal])
     shifted = client.get("/drift").get_json()
@@ -317,13 +319,6 @@ def test_drift_from_one_client_does_not_retrain_but_from_several_it_does(project
                         "AUTO_RETRAIN_MIN_INTERVAL_S": "0"}.items():  # fmt: skip
         monkeypatch.setenv(name, value)
     client = create_app(project).test_client()
-
-    def darker(payload: bytes) -> bytes:
-        with Image.open(io.BytesIO(payload)) as image:
-            pixels = (np.asarray(image, dtype=float) * 0.25).astype(np.uint8)
-        buffer = io.BytesIO()
-        Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
-        return buffer.getvalue()
 
     images = [darker(p) for p in digits_across_classes(project, 4)]
 
