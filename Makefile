@@ -20,7 +20,7 @@ WORKERS ?= 2
 DASHBOARD_PORT ?= 5006
 export PORT WORKERS DASHBOARD_PORT
 
-.PHONY: help setup lock lock-cuda bench-gate bench-stats soak bench-train data eda train evaluate retrain pipeline run model db serve worker \
+.PHONY: help setup lock lock-cuda bench-gate bench-stats bench-quality soak bench-train data data-fashion eda train evaluate retrain pipeline run model db serve worker \
         cluster dashboard token bench loadtest reports lab test test-fast lint format clean
 
 # make run / make serve start one job worker beside the API; WORKER=0 leaves it out
@@ -62,6 +62,9 @@ lock: ## re-pin requirements.lock from what .venv holds now
 
 data: setup ## write the default data set (scikit-learn digits as PNG folders) into data/
 	$(PY) -m imgclf.cli data
+
+data-fashion: setup ## Fashion-MNIST as PNG folders into DATA_DIR (set it: data/ has the digits)
+	$(PY) -m imgclf.cli data --source fashion_mnist
 
 eda: setup ## run notebooks/01_eda.ipynb -> reports/
 	$(PY) -m imgclf.pipeline run eda $(PARAMS)
@@ -108,6 +111,9 @@ bench: model db ## /predict over HTTP (hey): this API against a plain Flask serv
 
 bench-gate: setup ## simulate the promotion gate: false rejections and power by test-set size
 	$(PY) -m devkit.bench_gate
+
+bench-quality: setup ## accuracy on digits and Fashion-MNIST: CNN vs pretrained EfficientNet-Lite0
+	$(PY) -m devkit.bench_quality
 
 bench-stats: setup ## /stats' cost with 1,000 to 1,000,000 logged predictions (SQLite)
 	$(PY) -m devkit.bench_stats

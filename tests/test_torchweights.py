@@ -22,8 +22,31 @@ def legacy_file(path, state: bytes, keys: list[str], storages: list[np.ndarray])
     info = {"protocol_version": 1001, "little_endian": True, "type_sizes": {"int": 4}}
     parts = [pickle.dumps(v, protocol=2) for v in (MAGIC_NUMBER, 1001, info)]
     parts += [state, pickle.dumps(keys, protocol=2)]
-    parts += [struct.pack("<q", a.size) + a.astype("<f4").tobytes() for a in storages]
+    parts += [struct.pack("<q", a.size) + a.astype(a.dtype.newbyteorder("<")).tobytes()
+              for a in storages]  # fmt: skip
     path.write_bytes(b"".join(parts))
+
+
+def number(n: int) -> bytes:
+    return b"J" + struct.pack("<i", n)
+
+
+def state_dict_file(path, arrays: dict[str, np.ndarray]) -> None:
+    """A legacy ``.pth`` of any state dict, as torch wrote it (each tensor its own storage)."""
+    storage_types = {np.dtype(np.float32): b"FloatStorage", np.dtype(np.int64): b"LongStorage"}
+    ordered = b"ccollections\nOrderedDict\n)R"
+    state = b"\x80\x02" + ordered + b"("
+    shape = lambda values: b"(" + b"".join(map(number, values)) + b"t" if values else b")"  # noqa: E731
+    storages = []
+    for key, (name, array) in enumerate(arrays.items()):
+        array = np.ascontiguousarray(array)
+        persistent = b"(" + text("storage") + b"ctorch\n" + storage_types[array.dtype] + b"\n"
+        persistent += text(str(key)) + text("cpu") + number(array.size) + b"NtQ"
+        strides = tuple(s // array.itemsize for s in array.strides)
+        state += text(name) + b"ctorch._utils\n_rebuild_tensor_v2\n(" + persistent + number(0)
+        state += shape(array.shape) + shape(strides) + b"\x89" + ordered + b"tR"
+        storages.append(array.ravel())
+    legacy_file(path, state + b"u.", [str(k) for k in range(len(arrays))], storages)
 
 
 def state_pickle(name: str, size: int, shape: tuple, stride: tuple, offset: int = 0,
@@ -49,6 +72,20 @@ def test_a_state_dict_is_read_as_arrays_with_their_shapes_and_strides(tmp_path):
     transposed = tmp_path / "transposed.pth"
     legacy_file(transposed, state_pickle("t", 12, (4, 3), (1, 4)), ["0"], [values])
     np.testing.assert_array_equal(read_state_dict(transposed)["t"], values.reshape(3, 4).T)
+
+
+def test_a_state_dict_of_many_tensors_and_types_reads_back_equal(tmp_path):
+    arrays = {
+        "a.weight": np.arange(6 * 70_000, dtype=np.float32).reshape(6, 70_000),
+        "a.num_batches_tracked": np.array(7, dtype=np.int64),
+        "b": np.ones((2, 3, 1, 1), np.float32),
+    }
+    state_dict_file(tmp_path / "many.pth", arrays)
+    read = read_state_dict(tmp_path / "many.pth")
+    assert list(read) == list(arrays)
+    for name, array in arrays.items():
+        assert read[name].dtype == array.dtype
+        np.testing.assert_array_equal(read[name], array)
 
 
 def test_a_file_that_names_code_is_refused_before_anything_runs(tmp_path):

@@ -14,10 +14,11 @@ def _data(args) -> int:
     settings = get_settings()
     if args.source == "digits":
         written = folders.prepare_digits(settings.data_dir, seed=settings.seed)
-        state = "written" if written else "already there"
     else:
-        folders.prepare_keras_dataset(args.source, settings.data_dir, args.limit)
-        state = "written"
+        written = folders.prepare_public_dataset(args.source, settings.data_dir, args.limit)
+    state = "written" if written else "already there: nothing written"
+    if not written and args.source != "digits":
+        state += " (for another data set, set DATA_DIR to an empty folder)"
     train = folders.discover(settings.train_dir)
     print(
         f"data {state}: {settings.data_dir} ({len(train.paths)} training images, "
@@ -52,9 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         "--source",
         default="digits",
         choices=["digits", "mnist", "fashion_mnist", "cifar10"],
-        help="digits is bundled (offline); the others download (online)",
+        help="digits is bundled; fashion_mnist is read from Debian's dataset-fashion-mnist "
+        "when installed (offline); otherwise these download (online)",
     )
-    prepare.add_argument("--limit", type=int, help="at most this many images per split")
+    prepare.add_argument("--limit", type=int, help="keep the first this many images of each split")
     prepare.set_defaults(run=_data)
     database = commands.add_parser("db", help="the database schema")
     database.add_argument("action", choices=["upgrade"], help="migrate to the newest schema")

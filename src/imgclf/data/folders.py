@@ -184,21 +184,45 @@ def merge_splits(base: Split, extra: Split | None) -> Split:
     return Split(base.root, names, list(base.paths) + list(extra.paths), labels)
 
 
-def _write_split(root: Path, images: np.ndarray, labels: np.ndarray, indices) -> None:
+def _write_split(root: Path, images, labels, ids, names: list[str], file_name: str) -> None:
     from PIL import Image
 
-    for index in indices:
-        folder = root / str(labels[index])
-        folder.mkdir(parents=True, exist_ok=True)
-        pixels = np.uint8(np.round(images[index] / 16.0 * 255.0))
-        Image.fromarray(pixels, mode="L").save(folder / f"digit_{index:04d}.png")
+    for name in names:
+        (root / name).mkdir(parents=True, exist_ok=True)
+    for pixels, label, number in zip(images, labels, ids, strict=True):
+        Image.fromarray(pixels).save(root / names[int(label)] / file_name.format(number))
+
+
+def _write_splits(data_dir: Path, file_name: str, names: list[str], **splits) -> bool:
+    """Write ``splits`` (``train=(images, labels, ids)``, ``test=...``; uint8 images) as class
+    folders named ``names``, each image as ``file_name.format(id)``, into a temporary folder
+    renamed into place: ``data_dir/train`` and ``data_dir/test`` appear whole or not at all.
+
+    Returns:
+        True if written, False if both splits already existed (nothing done).
+
+    Raises:
+        DataError: only one of the two splits exists (a half-made or foreign data set).
+    """
+    train_dir, test_dir = data_dir / "train", data_dir / "test"
+    if train_dir.exists() and test_dir.exists():
+        return False
+    if train_dir.exists() or test_dir.exists():
+        raise DataError(f"{data_dir}: has only one of train/ and test/; remove it or complete it")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=data_dir))
+    try:
+        for split, (images, labels, ids) in splits.items():
+            _write_split(staging / split, images, labels, ids, names, file_name)
+        os.rename(staging / "train", train_dir)
+        os.rename(staging / "test", test_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return True
 
 
 def prepare_digits(data_dir: Path, test_size: float = 0.2, seed: int = 42) -> bool:
     """Write scikit-learn's bundled digits as PNG class folders (offline, stratified, seeded).
-
-    Writes into a temporary folder and renames it into place, so ``data_dir/train`` and
-    ``data_dir/test`` appear whole or not at all.
 
     Returns:
         True if the data was written, False if both splits already existed (nothing done).
@@ -209,57 +233,131 @@ def prepare_digits(data_dir: Path, test_size: float = 0.2, seed: int = 42) -> bo
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    train_dir, test_dir = data_dir / "train", data_dir / "test"
-    if train_dir.exists() and test_dir.exists():
-        return False
-    if train_dir.exists() or test_dir.exists():
-        raise DataError(f"{data_dir}: has only one of train/ and test/; remove it or complete it")
     digits = load_digits()
-    indices = np.arange(len(digits.target))
-    train_idx, test_idx = train_test_split(
-        indices, test_size=test_size, stratify=digits.target, random_state=seed
-    )
-    data_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".digits-", dir=data_dir))
-    try:
-        _write_split(staging / "train", digits.images, digits.target, train_idx)
-        _write_split(staging / "test", digits.images, digits.target, test_idx)
-        os.rename(staging / "train", train_dir)
-        os.rename(staging / "test", test_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return True
+    pixels = np.uint8(np.round(digits.images / 16.0 * 255.0))
+    train, test = train_test_split(
+        np.arange(len(digits.target)), test_size=test_size, stratify=digits.target,
+        random_state=seed,
+    )  # fmt: skip
+    return _write_splits(
+        data_dir, "digit_{:04d}.png", [str(d) for d in range(10)],
+        train=(pixels[train], digits.target[train], train),
+        test=(pixels[test], digits.target[test], test),
+    )  # fmt: skip
 
 
-def prepare_keras_dataset(name: str, data_dir: Path, limit: int | None = None) -> None:
-    """Write a public data set from ``keras.datasets`` (needs the network) as class folders.
+#: Where Debian's ``dataset-fashion-mnist`` package puts the four idx files.
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = [
+    "tshirt_top", "trouser", "pullover", "dress", "coat",
+    "sandal", "shirt", "sneaker", "bag", "ankle_boot",
+]  # fmt: skip
+IDX_TYPES = {0x08: np.uint8}
 
-    Args:
-        name: ``"fashion_mnist"``, ``"mnist"`` or ``"cifar10"``.
-        limit: keep at most this many images per split (for a quick try).
+
+def read_idx(path: Path) -> np.ndarray:
+    """An array from an idx file (gzipped or not): the MNIST family's format (magic: two zero
+    bytes, the element type, the number of dimensions; big-endian sizes; the elements).
 
     Raises:
-        DataError: unknown name, or the download failed (e.g. offline).
+        DataError: not an idx file of unsigned bytes, or truncated.
     """
-    import keras
-    from PIL import Image
+    import gzip
 
-    loaders = {
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as stream:
+            raw = stream.read()
+    except (OSError, EOFError) as error:
+        raise DataError(f"{path}: cannot be read ({error})") from None
+    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in IDX_TYPES:
+        raise DataError(f"{path}: not an idx file of unsigned bytes")
+    dims = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
+    body = raw[4 + 4 * dims :]
+    if len(body) != int(np.prod(shape)):
+        raise DataError(f"{path}: {len(body)} bytes of data for the shape {shape}")
+    return np.frombuffer(body, np.uint8).reshape(shape)
+
+
+def _fashion_mnist_offline(source: Path):
+    files = {
+        "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+        "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+    }
+    if not all((source / name).is_file() for pair in files.values() for name in pair):
+        return None
+    return {
+        split: (read_idx(source / images), read_idx(source / labels))
+        for split, (images, labels) in files.items()
+    }
+
+
+def _keras_download(name: str):
+    import keras
+
+    loader = {
         "mnist": keras.datasets.mnist,
         "fashion_mnist": keras.datasets.fashion_mnist,
         "cifar10": keras.datasets.cifar10,
+    }[name]
+    (x_train, y_train), (x_test, y_test) = loader.load_data()
+    return {"train": (x_train, np.ravel(y_train)), "test": (x_test, np.ravel(y_test))}
+
+
+def prepare_public_dataset(
+    name: str, data_dir: Path, limit: int | None = None, source: Path = FASHION_MNIST_DIR
+) -> bool:
+    """Write a public data set as class folders. Fashion-MNIST is read from Debian's
+    ``dataset-fashion-mnist`` (``source``) when installed, offline; otherwise, and for the
+    others, ``keras.datasets`` downloads it (needs the network).
+
+    Args:
+        name: ``"fashion_mnist"``, ``"mnist"`` or ``"cifar10"``.
+        limit: keep the first this many images of each split (for a quick try, or few labels).
+
+    Returns:
+        True if written, False if ``data_dir`` already held both splits (nothing done).
+
+    Raises:
+        DataError: unknown name, or not installed and the download failed (the message says
+            which package to install).
+    """
+    names = {
+        "fashion_mnist": FASHION_MNIST_CLASSES,
+        "mnist": [str(d) for d in range(10)],
+        "cifar10": [
+            "airplane",
+            "automobile",
+            "bird",
+            "cat",
+            "deer",
+            "dog",
+            "frog",
+            "horse",
+            "ship",
+            "truck",
+        ],  # fmt: skip
     }
-    if name not in loaders:
-        raise DataError(f"unknown data set {name!r}; expected one of {sorted(loaders)}")
-    try:
-        (x_train, y_train), (x_test, y_test) = loaders[name].load_data()
-    except Exception as error:
-        raise DataError(
-            f"could not download {name!r} ({type(error).__name__}: {error}); this needs the "
-            "network. The default data set (make data) works offline."
-        ) from None
-    for split, images, labels in (("train", x_train, y_train), ("test", x_test, y_test)):
-        for index in range(len(images) if limit is None else min(limit, len(images))):
-            folder = data_dir / split / str(int(np.ravel(labels[index])[0]))
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(images[index]).save(folder / f"{name}_{index:05d}.png")
+    if name not in names:
+        raise DataError(f"unknown data set {name!r}; expected one of {sorted(names)}")
+    splits = _fashion_mnist_offline(source) if name == "fashion_mnist" else None
+    if splits is None:
+        try:
+            splits = _keras_download(name)
+        except Exception as error:
+            hint = (
+                "install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist) "
+                "to have it offline"
+                if name == "fashion_mnist"
+                else "this one needs the network"
+            )
+            raise DataError(
+                f"could not download {name!r} ({type(error).__name__}: {error}); {hint}. The "
+                "default data set (make data) works offline."
+            ) from None
+    kept = {
+        split: (images[:limit], labels[:limit], range(len(images[:limit])))
+        for split, (images, labels) in splits.items()
+    }
+    return _write_splits(data_dir, name + "_{:05d}.png", names[name], **kept)

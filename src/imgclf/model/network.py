@@ -12,12 +12,15 @@ import keras  # the backend is chosen by importing the package (imgclf/__init__.
 import numpy as np
 from keras import layers, regularizers
 
+from imgclf.model import efficientnet_lite
 from imgclf.model.batches import Batches, as_inputs, device_multiple
 
 HEAD_NAME = "head"
 #: Optimisation steps before early stopping may judge the validation loss.
 WARMUP_STEPS = 100
 FEATURES_NAME = "features"
+#: The pretrained feature extractor's name inside the classifier (``freeze_backbone``).
+BACKBONE_NAME = "backbone"
 
 #: Backbones from keras.applications: constructor and the scale it expects its input in.
 #: Our input is always [0, 1]; a Rescaling layer maps it to the backbone's range.
@@ -42,6 +45,12 @@ class TrainParams:
     #: Classes with fewer training images than this share of the median class are repeated up
     #: to it every epoch (``training.oversample_rare``); 0 leaves the data as it is.
     balance: float = 0.5
+    #: With a pretrained backbone (``has_backbone``): the head is trained first on the frozen
+    #: backbone's features, then its last ``fine_tune_blocks`` blocks are trained with it for
+    #: at most ``fine_tune_epochs`` at ``fine_tune_learning_rate`` (0 epochs: head only).
+    fine_tune_blocks: int = 2
+    fine_tune_epochs: int = 5
+    fine_tune_learning_rate: float = 1e-4
 
 
 def set_seed(seed: int) -> None:
@@ -66,12 +75,36 @@ def _conv_block(x, filters: int, l2: float, name: str):
     return layers.MaxPooling2D(name=f"{name}_pool")(x)
 
 
-def _backbone(name: str, x, input_shape: tuple[int, int, int], weights: str | None):
-    if name not in BACKBONES:
-        raise ValueError(f"backbone={name!r}: expected one of {sorted(BACKBONES)} or None")
-    constructor, scale, offset = BACKBONES[name]
+def _backbone(
+    name: str, x, input_shape: tuple[int, int, int], weights: str | None, size: int | None
+):
+    """The pretrained feature extractor on ``x`` (images in [0, 1]), pooled.
+
+    Grayscale is repeated to three channels; an EfficientNet-Lite resizes its input to
+    ``size`` (default: its native resolution) inside the model, so that data, evaluation and
+    serving keep the data set's own size."""
+    known = sorted({*BACKBONES, *efficientnet_lite.VARIANTS})
+    if name not in known:
+        raise ValueError(f"backbone={name!r}: expected one of {known} or None")
+    if weights not in (None, "imagenet"):
+        raise ValueError(f"backbone_weights={weights!r}: expected None or 'imagenet'")
     if input_shape[-1] == 1:  # pretrained backbones take three channels
         x = layers.Concatenate(name="to_rgb")([x, x, x])
+    if name in efficientnet_lite.VARIANTS:
+        size = size or efficientnet_lite.VARIANTS[name].resolution
+        if tuple(input_shape[:2]) != (size, size):
+            x = layers.Resizing(size, size, name="backbone_resize")(x)
+        x = layers.Rescaling(
+            efficientnet_lite.INPUT_SCALE, efficientnet_lite.INPUT_OFFSET, name="backbone_scale"
+        )(x)
+        shape = (size, size, 3)
+        if weights == "imagenet":
+            base = efficientnet_lite.pretrained(name, shape)
+        else:
+            base = efficientnet_lite.build(name, shape)
+        base.name = BACKBONE_NAME
+        return layers.GlobalAveragePooling2D(name="backbone_pool")(base(x))
+    constructor, scale, offset = BACKBONES[name]
     x = layers.Rescaling(scale, offset, name="backbone_scale")(x)
     try:
         base = getattr(keras.applications, constructor)(
@@ -81,9 +114,12 @@ def _backbone(name: str, x, input_shape: tuple[int, int, int], weights: str | No
         if weights is None:
             raise
         raise ValueError(
-            f"could not load {weights!r} weights for {name} ({error}); they are downloaded "
-            "on first use and need the network. Use backbone_weights=None offline."
+            f"could not load {weights!r} weights for {name} ({error}); keras.applications "
+            "downloads them on first use and needs the network. Offline, use "
+            "backbone=efficientnet_lite0 (its weights ship with a package) or "
+            "backbone_weights=None."
         ) from None
+    base.name = BACKBONE_NAME
     return layers.GlobalAveragePooling2D(name="backbone_pool")(base(x))
 
 
@@ -95,17 +131,24 @@ def build_model(
     backbone: str | None = None,
     backbone_weights: str | None = None,
     filters: tuple[int, ...] = (16, 32, 64),
+    backbone_size: int | None = None,
 ) -> keras.Model:
     """Build the classifier: a feature extractor, dropout and a softmax head.
 
     The feature extractor is a small CNN (three double-convolution blocks with batch norm and
-    L2 regularisation) or, with ``backbone``, a ``keras.applications`` network.
+    L2 regularisation) or, with ``backbone``, a pretrained network: EfficientNet-Lite 0-2
+    (``imgclf.model.efficientnet_lite``, ImageNet weights offline) or a ``keras.applications``
+    one (ImageNet weights downloaded).
 
     Args:
         num_classes: size of the softmax head (at least 2).
         input_shape: ``(height, width, channels)`` of inputs scaled to [0, 1].
-        backbone: None for the custom CNN, or a key of ``BACKBONES``.
-        backbone_weights: None (random, offline) or ``"imagenet"`` (downloads once).
+        backbone: None for the custom CNN, ``efficientnet_lite0`` (1, 2) or a key of
+            ``BACKBONES``.
+        backbone_weights: None (random) or ``"imagenet"`` (EfficientNet-Lite: from the
+            installed package; the others download once).
+        backbone_size: the side EfficientNet-Lite sees its input resized to (default: its
+            native resolution, 224 for lite0).
         filters: width of each block of the custom CNN (each block halves the resolution).
 
     Returns:
@@ -119,7 +162,7 @@ def build_model(
     inputs = keras.Input(shape=input_shape, name="image")
     x = inputs
     if backbone:
-        x = _backbone(backbone, x, input_shape, backbone_weights)
+        x = _backbone(backbone, x, input_shape, backbone_weights, backbone_size)
     else:
         for index, width in enumerate(filters):
             x = _conv_block(x, width, l2, name=f"block{index + 1}")
@@ -129,6 +172,76 @@ def build_model(
         num_classes, activation="softmax", kernel_regularizer=regularizers.L2(l2), name=HEAD_NAME
     )(x)
     return keras.Model(inputs, outputs, name="imgclf")
+
+
+def has_backbone(model: keras.Model) -> bool:
+    """Whether the classifier's features come from a pretrained backbone (``build_model``)."""
+    return any(layer.name == BACKBONE_NAME for layer in model.layers)
+
+
+def _trainable_groups(base: keras.Model) -> list[list]:
+    """The backbone's weighted layers (BatchNorm aside) grouped by block, input first."""
+    groups: dict[str, list] = {}
+    for layer in base.layers:
+        if not layer.weights or isinstance(layer, layers.BatchNormalization):
+            continue
+        if base.name == BACKBONE_NAME and layer.name.startswith(("block", "stem", "top")):
+            key = layer.name.split("_")[0]  # EfficientNet-Lite: block7, top
+        else:
+            key = layer.name  # keras.applications: a layer is its own group
+        groups.setdefault(key, []).append(layer)
+    return list(groups.values())
+
+
+def freeze_backbone(model: keras.Model, trainable_blocks: int = 0) -> int:
+    """Freeze the backbone but for its last ``trainable_blocks`` blocks (EfficientNet-Lite:
+    an inverted-residual block, or the final convolution; other backbones: a weighted layer
+    each). BatchNorm layers stay frozen, which in Keras 3 also keeps them in inference mode
+    (their statistics are ImageNet's, not a small batch's). Compile after calling this.
+
+    Returns:
+        How many backbone layers train.
+    """
+    base = model.get_layer(BACKBONE_NAME)
+    base.trainable = True
+    for layer in base.layers:
+        layer.trainable = False
+    groups = _trainable_groups(base)[-trainable_blocks:] if trainable_blocks > 0 else []
+    for group in groups:
+        for layer in group:
+            layer.trainable = True
+    return sum(len(group) for group in groups)
+
+
+def head_model(model: keras.Model) -> keras.Model:
+    """The classifier's dropout and head as a model of their own on pooled backbone features
+    (the layers are shared: training it trains the classifier's head)."""
+    pooled = model.get_layer(FEATURES_NAME).input
+    inputs = keras.Input(shape=tuple(pooled.shape[1:]), name="backbone_features")
+    outputs = model.get_layer(HEAD_NAME)(model.get_layer(FEATURES_NAME)(inputs))
+    return keras.Model(inputs, outputs, name="head_on_features")
+
+
+def backbone_features(model: keras.Model, images, batch_size: int = 64) -> np.ndarray:
+    """The pooled backbone features of ``images`` (inference mode), batch by batch."""
+    pooled = model.get_layer(FEATURES_NAME).input
+    extractor = keras.Model(model.input, pooled, name="features_of")
+    return predict_proba(extractor, images, batch_size)
+
+
+def describe_input(model: keras.Model) -> str:
+    """One sentence on what the model does to an image before its features (for reports)."""
+    height, width, channels = model.input_shape[1:]
+    mode = "grayscale" if channels == 1 else "RGB"
+    names = {layer.name: layer for layer in model.layers}
+    if BACKBONE_NAME not in names:
+        return f"Input: {width}x{height} {mode}, as the data set has it."
+    steps = ["repeated to three channels"] if "to_rgb" in names else []
+    if "backbone_resize" in names:
+        resize = names["backbone_resize"]
+        steps.append(f"resized to {resize.width}x{resize.height}")
+    steps.append("scaled to the range the pretrained backbone was trained on")
+    return f"Input: {width}x{height} {mode}, {', '.join(steps)} inside the model."
 
 
 def compile_model(model: keras.Model, learning_rate: float = 1e-3) -> keras.Model:
@@ -178,6 +291,7 @@ def train(
     verbose: int | str = 2,
     callbacks: list | None = None,
     multiple: int | None = None,
+    warmup_steps: int = WARMUP_STEPS,
 ) -> dict[str, list[float]]:
     """Fit a compiled model with early stopping on validation loss (best weights restored).
 
@@ -190,6 +304,8 @@ def train(
         callbacks: more Keras callbacks (e.g. progress reporting).
         multiple: the number of devices a data-parallel run splits each batch over (default:
             the distribution's, ``device_multiple``).
+        warmup_steps: steps before early stopping may judge (a model whose batch-norm
+            statistics are already settled, e.g. a frozen pretrained backbone's, needs none).
 
     Returns:
         The training history: ``{"loss": [...], "val_loss": [...], "accuracy": [...], ...}``.
@@ -202,7 +318,7 @@ def train(
     )
     # Small data sets give few steps an epoch, and batch-norm statistics need about
     # WARMUP_STEPS to settle: judging (and keeping "best" weights) earlier stops on a fluke.
-    warmup = min(params.epochs, -(-WARMUP_STEPS // len(batches)))
+    warmup = min(params.epochs, -(-warmup_steps // len(batches)))
     callbacks = [*(callbacks or []), *_stopping(params, warmup, checkpoint_path)]
     history = model.fit(
         batches,

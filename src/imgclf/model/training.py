@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import keras
@@ -229,6 +229,10 @@ def fit(
     (``epoch``, ``epochs``, ``val_loss``), which is how the API reports a job's progress.
     """
     train_part, validation, _ = training_indices(dataset.train.labels, params, seed)
+    if network.has_backbone(model):
+        return _fit_pretrained(
+            model, dataset, params, augment, seed, verbose, run_dir, train_part, validation
+        )
     with tempfile.TemporaryDirectory() as folder:
         return network.train(
             model,
@@ -243,6 +247,45 @@ def fit(
             verbose=verbose,
             callbacks=[ProgressReporter(run_dir, params.epochs)] if run_dir else None,
         )
+
+
+def _fit_pretrained(
+    model, dataset, params, augment, seed, verbose, run_dir, train_part, validation
+) -> dict[str, list[float]]:
+    """The recipe for a pretrained backbone: the head trained on the frozen backbone's
+    features (computed once: every epoch then costs almost nothing), then the backbone's last
+    ``params.fine_tune_blocks`` blocks trained with it, augmented, at the lower
+    ``params.fine_tune_learning_rate``, BatchNorm kept in inference mode throughout. The
+    history's ``phase`` says which epochs were which (1 head, 2 fine-tuning)."""
+    network.freeze_backbone(model, 0)
+    features = network.backbone_features(model, dataset.train.images)
+    head = network.compile_model(network.head_model(model), params.learning_rate)
+    reporter = [ProgressReporter(run_dir, params.epochs)] if run_dir else None
+    history = network.train(
+        head, features, dataset.train.labels, train_part, validation, params, seed=seed,
+        verbose=verbose, callbacks=reporter,
+    )  # fmt: skip
+    history["phase"] = [1.0] * len(history["loss"])
+    if params.fine_tune_blocks > 0 and params.fine_tune_epochs > 0:
+        before = model.get_weights()
+        network.freeze_backbone(model, params.fine_tune_blocks)
+        network.compile_model(model, params.fine_tune_learning_rate)
+        tuning = replace(
+            params, epochs=params.fine_tune_epochs, patience=max(2, params.patience // 3)
+        )
+        reporter = [ProgressReporter(run_dir, params.fine_tune_epochs)] if run_dir else None
+        with tempfile.TemporaryDirectory() as folder:
+            more = network.train(
+                model, dataset.train.images, dataset.train.labels, train_part, validation,
+                tuning, augment=augment, checkpoint_path=Path(folder) / "best.keras",
+                seed=seed, verbose=verbose, callbacks=reporter, warmup_steps=0,
+            )  # fmt: skip
+        if min(more["val_loss"]) > min(history["val_loss"]):
+            model.set_weights(before)  # fine-tuning did not help: keep the head-only model
+        for key in history:
+            history[key] = history[key] + more.get(key, [2.0] * len(more["loss"]))
+    network.freeze_backbone(model, 0)
+    return history
 
 
 def evaluate(model, split) -> tuple[dict, np.ndarray]:
