@@ -91,3 +91,81 @@ def test_merge_uploads_appends_new_classes_after_existing(tmp_path):
     merged = folders.merge_splits(base, folders.discover_uploads(tmp_path / "uploads"))
     assert merged.class_names == ["a", "b", "c"]
     assert merged.counts() == {"a": 2, "b": 1, "c": 1}
+
+
+def write_idx(path: Path, array, magic_type: int = 0x08) -> Path:
+    """An idx file as the MNIST family ships them (gzipped)."""
+    import gzip
+
+    import numpy as np
+
+    array = np.asarray(array, np.uint8)
+    header = bytes([0, 0, magic_type, array.ndim])
+    header += b"".join(n.to_bytes(4, "big") for n in array.shape)
+    with gzip.open(path, "wb") as stream:
+        stream.write(header + array.tobytes())
+    return path
+
+
+def fake_fashion_package(folder: Path, per_split: int = 20) -> Path:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    for prefix in ("train", "t10k"):
+        labels = np.arange(per_split) % 10
+        write_idx(
+            folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (per_split, 28, 28))
+        )
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return folder
+
+
+def test_fashion_mnist_is_read_offline_from_the_debian_package_layout(tmp_path):
+    source = fake_fashion_package(tmp_path / "package")
+    data_dir = tmp_path / "fashion"
+    assert folders.prepare_public_dataset("fashion_mnist", data_dir, limit=15, source=source)
+    train = folders.discover(data_dir / "train")
+    assert train.class_names == sorted(folders.FASHION_MNIST_CLASSES)
+    assert len(train.paths) == 15 and train.counts()["ankle_boot"] == 1
+    assert (data_dir / "train" / "tshirt_top" / "fashion_mnist_00010.png").is_file()
+    # a folder that holds a data set already is left alone
+    assert not folders.prepare_public_dataset("fashion_mnist", data_dir, source=source)
+    assert not list(data_dir.glob(".prepare-*"))
+
+
+def test_idx_files_that_are_not_what_they_claim_are_refused(tmp_path):
+    import numpy as np
+
+    with pytest.raises(folders.DataError, match="not an idx file of unsigned bytes"):
+        folders.read_idx(write_idx(tmp_path / "floats.gz", np.zeros((2, 2)), magic_type=0x0D))
+    path = write_idx(tmp_path / "short.gz", np.zeros((4, 28, 28)))
+    import gzip
+
+    raw = gzip.decompress(path.read_bytes())
+    (tmp_path / "short").write_bytes(raw[:-100])
+    with pytest.raises(folders.DataError, match=r"bytes of data for the shape \(4, 28, 28\)"):
+        folders.read_idx(tmp_path / "short")
+
+
+def test_without_the_package_and_offline_fashion_mnist_names_what_to_install(
+    tmp_path, monkeypatch
+):
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # nothing listens: offline
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    with pytest.raises(folders.DataError, match="apt-get install dataset-fashion-mnist"):
+        folders.prepare_public_dataset("fashion_mnist", tmp_path / "d", source=tmp_path / "none")
+    assert not (tmp_path / "d" / "train").exists()
+
+
+def test_the_installed_debian_package_reads_whole():
+    if not (folders.FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte.gz").is_file():
+        pytest.skip(
+            "dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)"
+        )
+    import numpy as np
+
+    images = folders.read_idx(folders.FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz")
+    labels = folders.read_idx(folders.FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte.gz")
+    assert images.shape == (10_000, 28, 28) and np.bincount(labels).tolist() == [1000] * 10

@@ -7,6 +7,7 @@ train, evaluate and register the result with everything needed to reproduce it.
 from __future__ import annotations
 
 import hashlib
+import logging
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -18,6 +19,8 @@ from sklearn.model_selection import train_test_split
 from imgclf import runs
 from imgclf.data import cache, folders
 from imgclf.model import evaluation, network, registry
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -280,8 +283,14 @@ def _fit_pretrained(
                 tuning, augment=augment, checkpoint_path=Path(folder) / "best.keras",
                 seed=seed, verbose=verbose, callbacks=reporter, warmup_steps=0,
             )  # fmt: skip
-        if min(more["val_loss"]) > min(history["val_loss"]):
-            model.set_weights(before)  # fine-tuning did not help: keep the head-only model
+        kept = min(more["val_loss"]) <= min(history["val_loss"])
+        log.info(
+            "fine-tuning the last %d block(s): validation loss %.4f -> %.4f (%s)",
+            params.fine_tune_blocks, min(history["val_loss"]), min(more["val_loss"]),
+            "kept" if kept else "dropped: the head-only model is kept",
+        )  # fmt: skip
+        if not kept:
+            model.set_weights(before)
         for key in history:
             history[key] = history[key] + more.get(key, [2.0] * len(more["loss"]))
     network.freeze_backbone(model, 0)
