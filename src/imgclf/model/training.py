@@ -291,8 +291,9 @@ def _fit_pretrained(
         )  # fmt: skip
         if not kept:
             model.set_weights(before)
+        more["phase"] = [2.0] * len(more["loss"])
         for key in history:
-            history[key] = history[key] + more.get(key, [2.0] * len(more["loss"]))
+            history[key] = history[key] + more.get(key, [float("nan")] * len(more["loss"]))
     network.freeze_backbone(model, 0)
     return history
 
