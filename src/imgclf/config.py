@@ -416,6 +416,15 @@ SECRET_NAMES = re.compile(
 _environment_lock = threading.Lock()
 
 
+def backbone_cache_dir() -> Path:
+    """Where converted pretrained weights are kept (``imgclf.model.efficientnet_lite``):
+    ``IMGCLF_CACHE_DIR``, else ``$XDG_CACHE_HOME/imgclf`` (``~/.cache/imgclf``)."""
+    explicit = os.environ.get("IMGCLF_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imgclf"
+
+
 @contextlib.contextmanager
 def secrets_hidden() -> Iterator[list[str]]:
     """Remove the secrets from this process's environment while a kernel is started and runs

