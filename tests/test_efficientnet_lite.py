@@ -191,3 +191,46 @@ def test_the_pretrained_recipe_trains_the_head_then_the_last_blocks_with_batchno
         "Input: 24x24 grayscale, repeated to three channels, resized to 32x32, scaled to the "
         "range the pretrained backbone was trained on inside the model."
     )
+
+
+def test_a_feature_tap_pools_the_named_stages_saves_and_is_chosen_on_training_images(tmp_path):
+    from types import SimpleNamespace
+
+    from imgclf.model import taps
+
+    base = el.build("efficientnet_lite0", (32, 32, 3))
+    # the ends of stages 6 and 7 of lite0: block 14 (residual) and block 15 (projection)
+    assert el.tap_layers(base, "mid") == ["block14_add", "block15_project_bn"]
+    assert el.tap_layers(base, "all")[-1] == "top_relu6"
+    with pytest.raises(ValueError, match="backbone_tap='middle'"):
+        el.tap_layers(base, "middle")
+    widths = {}
+    for tap in el.TAPS:
+        model = network.build_model(3, (24, 24, 1), backbone="efficientnet_lite0",
+                                    backbone_size=32, backbone_tap=tap)  # fmt: skip
+        widths[tap] = model.get_layer(network.FEATURES_NAME).input.shape[-1]
+    assert widths == {"top": 1280, "mid": 192 + 320, "all": 192 + 320 + 1280}
+    # the tap survives saving; "top" is not part of a "mid" model, so fine-tuning skips it
+    images = np.random.default_rng(1).integers(0, 255, (4, 24, 24, 1), dtype=np.uint8)
+    before = network.predict_proba(model, images)
+    loaded = network.load_model(network.save_model(model, tmp_path / "model.keras"))
+    np.testing.assert_allclose(network.predict_proba(loaded, images), before, atol=1e-5)
+    mid = network.build_model(3, (24, 24, 1), backbone="efficientnet_lite0",
+                              backbone_size=32, backbone_tap="mid")  # fmt: skip
+    assert network.freeze_backbone(mid, 1) == 3  # block 15's three convolutions, no "top"
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 20)
+    pictures = rng.integers(0, 60, (40, 24, 24, 1), dtype=np.uint8)
+    pictures[labels == 1, 6:18, 6:18] = 255  # a bright square: class 1
+    dataset = SimpleNamespace(
+        train=SimpleNamespace(images=pictures, labels=labels), class_names=["a", "b"],
+        input_shape=(24, 24, 1),
+    )  # fmt: skip
+    choice = taps.choose_tap(dataset, "efficientnet_lite0", 32, backbone_weights=None)
+    assert set(choice.scores) == set(el.TAPS) and choice.folds == 5 and choice.images == 40
+    assert choice.scores[choice.tap] == max(choice.scores.values())
+    assert choice.scores[choice.tap] >= 0.9, choice.scores  # a square any features show
+    assert "cross-validated" in choice.describe()
+    with pytest.raises(ValueError, match="EfficientNet-Lite"):
+        taps.choose_tap(dataset, "mobilenet_v2")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import itertools
 import math
 import os
 from dataclasses import dataclass
@@ -164,6 +165,32 @@ def build(
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
         x = layers.Dense(IMAGENET_CLASSES, activation="softmax", name="predictions")(x)
     return keras.Model(inputs, x, name=name)
+
+
+#: Where a classifier may take its features (``tap_layers``): ``top``, the last 1x1
+#: convolution (1,280 features, the ones ImageNet's classes were read from); ``mid``, the
+#: outputs of the last two stages pooled side by side (lite0: 192 + 320; less specific to
+#: ImageNet's objects, and better on small images unlike ImageNet's, such as Fashion-MNIST's);
+#: ``all``, both.
+TAPS = ("top", "mid", "all")
+
+
+def tap_layers(model: keras.Model, tap: str) -> list[str]:
+    """The names of the layers whose outputs are a tap's features (see ``TAPS``).
+
+    Raises:
+        ValueError: an unknown tap.
+    """
+    if tap not in TAPS:
+        raise ValueError(f"backbone_tap={tap!r}: expected one of {', '.join(TAPS)}")
+    variant = _variant(model.name)
+    ends = list(itertools.accumulate(stage[-1] for stage in _stages(variant)))
+    mid = []
+    for last in ends[-2:]:  # a block's output: its residual sum, or its projection
+        prefix = f"block{last - 1}_"
+        mid.append([layer.name for layer in model.layers if layer.name.startswith(prefix)][-1])
+    top = ["top_relu6"]
+    return {"top": top, "mid": mid, "all": mid + top}[tap]
 
 
 def _variant(name: str) -> Variant:

@@ -76,13 +76,19 @@ def _conv_block(x, filters: int, l2: float, name: str):
 
 
 def _backbone(
-    name: str, x, input_shape: tuple[int, int, int], weights: str | None, size: int | None
+    name: str,
+    x,
+    input_shape: tuple[int, int, int],
+    weights: str | None,
+    size: int | None,
+    tap: str = "top",
 ):
     """The pretrained feature extractor on ``x`` (images in [0, 1]), pooled.
 
     Grayscale is repeated to three channels; an EfficientNet-Lite resizes its input to
     ``size`` (default: its native resolution) inside the model, so that data, evaluation and
-    serving keep the data set's own size."""
+    serving keep the data set's own size, and gives the features of ``tap``
+    (``efficientnet_lite.TAPS``; the others always give their last layer's)."""
     known = sorted({*BACKBONES, *efficientnet_lite.VARIANTS})
     if name not in known:
         raise ValueError(f"backbone={name!r}: expected one of {known} or None")
@@ -102,8 +108,15 @@ def _backbone(
             base = efficientnet_lite.pretrained(name, shape)
         else:
             base = efficientnet_lite.build(name, shape)
-        base.name = BACKBONE_NAME
-        return layers.GlobalAveragePooling2D(name="backbone_pool")(base(x))
+        outputs = [base.get_layer(n).output for n in efficientnet_lite.tap_layers(base, tap)]
+        base = keras.Model(base.input, outputs, name=BACKBONE_NAME)
+        pooled = [
+            layers.GlobalAveragePooling2D(name=f"backbone_pool{index}")(output)
+            for index, output in enumerate(base(x))
+        ]
+        return layers.Concatenate(name="backbone_pool")(pooled) if len(pooled) > 1 else pooled[0]
+    if tap != "top":
+        raise ValueError(f"backbone_tap={tap!r}: {name} gives its last layer's features only")
     constructor, scale, offset = BACKBONES[name]
     x = layers.Rescaling(scale, offset, name="backbone_scale")(x)
     try:
@@ -132,6 +145,7 @@ def build_model(
     backbone_weights: str | None = None,
     filters: tuple[int, ...] = (16, 32, 64),
     backbone_size: int | None = None,
+    backbone_tap: str = "top",
 ) -> keras.Model:
     """Build the classifier: a feature extractor, dropout and a softmax head.
 
@@ -149,6 +163,8 @@ def build_model(
             installed package; the others download once).
         backbone_size: the side EfficientNet-Lite sees its input resized to (default: its
             native resolution, 224 for lite0).
+        backbone_tap: which EfficientNet-Lite layers give the features
+            (``efficientnet_lite.TAPS``; ``training.choose_tap`` chooses by cross-validation).
         filters: width of each block of the custom CNN (each block halves the resolution).
 
     Returns:
@@ -162,7 +178,7 @@ def build_model(
     inputs = keras.Input(shape=input_shape, name="image")
     x = inputs
     if backbone:
-        x = _backbone(backbone, x, input_shape, backbone_weights, backbone_size)
+        x = _backbone(backbone, x, input_shape, backbone_weights, backbone_size, backbone_tap)
     else:
         for index, width in enumerate(filters):
             x = _conv_block(x, width, l2, name=f"block{index + 1}")
