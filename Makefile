@@ -69,22 +69,22 @@ data-fashion: setup ## Fashion-MNIST as PNG folders into DATA_DIR (set it: data/
 eda: setup ## run notebooks/01_eda.ipynb -> reports/
 	$(PY) -m imgclf.pipeline run eda $(PARAMS)
 
-train: setup ## train a new model (notebooks/02_train.ipynb) and register it in models/
+train: setup db ## train a new model (notebooks/02_train.ipynb) and register it in models/
 	$(PY) -m imgclf.pipeline run train $(PARAMS)
 
 evaluate: setup ## evaluate the current model on the test split (notebooks/03_evaluate.ipynb)
 	$(PY) -m imgclf.pipeline run evaluate $(PARAMS)
 
-retrain: setup ## fine-tune on train + uploads; promote only if not worse (04_retrain.ipynb)
+retrain: setup db ## fine-tune on train + uploads; promote only if not worse (04_retrain.ipynb)
 	$(PY) -m imgclf.pipeline run retrain $(PARAMS)
 
 pipeline: data eda train evaluate ## the whole offline pipeline: data, EDA, train, evaluate
 
-model: data ## prepare data and train (EDA, train, evaluate) unless a current model exists
+model: data db ## prepare data and train (EDA, train, evaluate) unless a current model exists
 	@if [ -z "$$($(PY) -c 'from imgclf import config; from imgclf.model import registry; print(registry.current_version(config.get_settings().models_dir) or "")')" ]; then \
 	  $(MAKE) --no-print-directory eda train evaluate; \
 	else echo "a current model exists: skipping training (make train to train anew)"; fi
-	@$(PY) -m imgclf.model.registry list
+	@$(PY) -m imgclf.cli models list
 	@echo "reports: $(CURDIR)/reports/index.html"
 
 db: setup ## create or migrate the database (DATABASE_URL) to the newest schema

@@ -29,7 +29,7 @@ def notebook_parameters(name: str) -> dict[str, object]:
 
 KINDS = {fields.Integer: int, fields.Float: float, fields.Boolean: bool, fields.String: str}
 #: Notebook parameters the API does not let a client set: where files go is the server's choice.
-SERVER_ONLY = {"data_dir", "models_dir", "run_dir"}
+SERVER_ONLY = {"data_dir", "models_dir", "run_dir", "model_version"}
 
 
 def test_every_retrain_parameter_the_api_accepts_is_a_parameter_of_the_retrain_notebook():

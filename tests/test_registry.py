@@ -53,11 +53,20 @@ def test_promote_unknown_version_fails_and_keeps_pointer(models):
     assert registry.current_version(models_dir) == "v0001"
 
 
-def test_cli_lists_and_reports_errors_without_traceback(models, monkeypatch, capsys):
+def test_cli_lists_and_reports_errors_without_traceback(models, monkeypatch, capsys, tmp_path):
+    from imgclf import cli
+
     models_dir, _ = models
     monkeypatch.setenv("MODELS_DIR", str(models_dir))
-    assert registry.main(["promote", "v0002"]) == 0
-    assert registry.main(["rollback"]) == 1
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'registry.db'}")
+    assert cli.main(["models", "promote"]) == 1  # promote needs a version
+    assert cli.main(["models", "promote", "v0002"]) == 1  # no database yet: says what to run
+    assert "imgclf db upgrade" in capsys.readouterr().err
+    assert cli.main(["db", "upgrade"]) == 0
+    assert cli.main(["models", "promote", "v0002"]) == 0
+    assert cli.main(["models", "list"]) == 0
+    assert "* v0002" in capsys.readouterr().out
+    assert cli.main(["models", "rollback"]) == 1
     assert "nothing to roll back" in capsys.readouterr().err
 
 

@@ -148,6 +148,8 @@ def test_make_train_with_two_forced_devices_trains_data_parallel(digits_dir, tmp
         "DISTRIBUTION": "data_parallel",
         "IMAGE_SIZE": "16",
     }
+    upgrade = [sys.executable, "-m", "imgclf.cli", "db", "upgrade"]  # as make train does
+    subprocess.run(upgrade, cwd=PROJECT_ROOT, env=env, check=True, capture_output=True)
     result = subprocess.run(
         [sys.executable, "-m", "imgclf.pipeline", "run", "train", "-p", "epochs", "2",
          "-p", "patience", "2", "-p", "batch_size", "63"],

@@ -1,5 +1,7 @@
 """Command line: ``imgclf data`` prepares a data set, ``imgclf db upgrade`` migrates the
-database, ``imgclf worker`` runs retrain jobs. Registry and pipeline have their own CLIs."""
+database, ``imgclf worker`` runs retrain jobs, ``imgclf models list|show [VERSION]|promote
+VERSION|rollback`` reads and changes the model registry (promote and rollback through the
+database: ``imgclf.store.pointer``). The pipeline has its own CLI."""
 
 from __future__ import annotations
 
@@ -38,6 +40,48 @@ def _db(args) -> int:
     return 0
 
 
+def _describe(models_dir, version: str, current: str | None) -> str:
+    from imgclf.model import registry
+
+    info = registry.metadata(models_dir, version)
+    test = info.get("test_metrics", {})
+    mark = "*" if version == current else " "
+    return (
+        f"{mark} {version}  {info.get('created_at', '')[:19]}  "
+        f"acc={test.get('accuracy', float('nan')):.4f}  "
+        f"f1={test.get('f1_macro', float('nan')):.4f}"
+        f"  classes={len(info.get('class_names', []))}  parent={info.get('parent_version')}"
+    )
+
+
+def _models(args) -> int:
+    import json
+
+    from imgclf.model import registry
+    from imgclf.store import Store
+
+    models_dir = get_settings().models_dir
+    current = registry.current_version(models_dir)
+    if args.action == "list":
+        for version in registry.list_versions(models_dir):
+            print(_describe(models_dir, version, current))
+    elif args.action == "show":
+        version = args.version or current
+        if version is None:
+            raise registry.RegistryError("no current model; train one with `make train`")
+        print(json.dumps(registry.metadata(models_dir, version), indent=2))
+    else:
+        store = Store(get_settings().database_url)
+        if args.action == "promote":
+            if not args.version:
+                raise registry.RegistryError("promote needs a VERSION (imgclf models list)")
+            pointer = store.promote_version(models_dir, args.version)
+        else:
+            pointer = store.rollback_version(models_dir)
+        print(f"current -> {pointer['version']}")
+    return 0
+
+
 def _worker(args) -> int:
     from imgclf.loop import worker
 
@@ -64,10 +108,16 @@ def main(argv: list[str] | None = None) -> int:
     worker = commands.add_parser("worker", help="claim and run queued retrain jobs")
     worker.add_argument("--once", action="store_true", help="exit after one job")
     worker.set_defaults(run=_worker)
+    models = commands.add_parser("models", help="list, show, promote or roll back models")
+    models.add_argument("action", choices=["list", "show", "promote", "rollback"])
+    models.add_argument("version", nargs="?", help="show: default the current; promote: which")
+    models.set_defaults(run=_models)
     args = parser.parse_args(argv)
+    from imgclf.model.registry import RegistryError
+
     try:
         return args.run(args)
-    except (folders.DataError, ConfigError) as error:
+    except (folders.DataError, ConfigError, RegistryError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 

@@ -280,6 +280,22 @@ def describe_history(history: dict[str, list[float]]) -> str:
     validation = history.get("val_loss") or []
     if not validation:
         return "No training history was recorded for this model."
+    phases = history.get("phase") or []
+    if phases and phases.count(1.0) == 1:  # the pretrained recipe: a linear head, fitted once
+        head = (
+            f"The head was fitted once, as a logistic regression on the frozen backbone's "
+            f"features: accuracy {history['accuracy'][0]:.4f} on its training images, "
+            f"{history['val_accuracy'][0]:.4f} on images it had not seen"
+        )
+        if len(phases) == 1:
+            return head + "."
+        tuned = validation[1:]
+        kept = min(tuned) <= validation[0]
+        return (
+            f"{head}. Fine-tuning the last blocks for {len(tuned)} epoch(s) brought the "
+            f"validation loss from {validation[0]:.4f} to {min(tuned):.4f}: "
+            + ("kept." if kept else "dropped, the head-only model was kept.")
+        )
     best = int(np.argmin(validation))
     gap = (history.get("val_accuracy") or [0])[-1] - (history.get("accuracy") or [0])[-1]
     fit = (

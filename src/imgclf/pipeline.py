@@ -28,6 +28,9 @@ NOTEBOOKS = {
     "evaluate": "03_evaluate.ipynb",
     "retrain": "04_retrain.ipynb",
 }
+#: The notebooks that register a model: their runner reserves its version number in the
+#: database first and makes it current afterwards (``imgclf.loop.commit``).
+REGISTERING = ("train", "retrain")
 
 
 class PipelineError(RuntimeError):
@@ -86,7 +89,9 @@ def run_notebook(
 
     Args:
         name: a key of ``NOTEBOOKS`` (``eda``, ``train``, ``evaluate``, ``retrain``).
-        parameters: values for the notebook's ``parameters`` cell; ``run_dir`` is added.
+        parameters: values for the notebook's ``parameters`` cell; ``run_dir`` is added, and
+            for ``train`` and ``retrain`` the ``model_version`` reserved for the run (which is
+            made current here once the notebook has ended, if the gate passed it).
         run_dir: where to write (default: a new folder under the reports folder).
 
     Returns:
@@ -102,6 +107,37 @@ def run_notebook(
     run_dir = run_dir or runs.new_run_dir(settings.reports_dir, name)
     run_dir.mkdir(parents=True, exist_ok=True)
     parameters = {**(parameters or {}), "run_dir": str(run_dir)}
+    ledger = _ledger(settings) if name in REGISTERING else None
+    if ledger is not None:
+        parameters["model_version"] = ledger.reserve_version(settings.models_dir)
+    try:
+        return _run(name, parameters, settings, run_dir, show_code, log_output, ledger)
+    finally:
+        if ledger is not None:
+            ledger.engine.dispose()
+
+
+def _ledger(settings: Settings):
+    """The database's model pointer (``store.pointer``) for a registering run.
+
+    Raises:
+        PipelineError: the database cannot be used (the message says why, and what to run).
+    """
+    from imgclf.config import ConfigError
+    from imgclf.store import UNAVAILABLE, Store, unavailable
+
+    try:
+        return Store(settings.database_url)
+    except ConfigError as error:
+        raise PipelineError(f"the model registry's database: {error}") from None
+    except UNAVAILABLE as error:
+        raise PipelineError(
+            f"the model registry's database is unavailable ({unavailable(error)}): version "
+            "numbers and the current model live there; nothing was run"
+        ) from None
+
+
+def _run(name, parameters, settings, run_dir, show_code, log_output, ledger) -> RunResult:
     record = {
         "name": name,
         "notebook": NOTEBOOKS[name],
@@ -112,6 +148,16 @@ def run_notebook(
     runs.write_record(run_dir, record)
     started = time.monotonic()
     error = _execute(settings.notebooks_dir / NOTEBOOKS[name], run_dir, parameters, log_output)
+    if ledger is not None and not error:
+        from imgclf.loop import commit
+
+        try:
+            summary = runs.read_summary(run_dir)
+            runs.write_summary(
+                run_dir, **commit.settle_summary(summary, settings.models_dir, ledger)
+            )
+        except RuntimeError as failure:
+            error = str(failure)
     record.update(
         status="failed" if error else "succeeded",
         error=error,

@@ -7,12 +7,12 @@ The one place where that decision is made: the train and retrain notebooks call
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from imgclf.loop import evidence, gate
+from imgclf.loop import commit, evidence, gate
 from imgclf.model import network, registry, training
 from imgclf.model.evaluation import GATE_METRIC
 from imgclf.store.jobstates import JobState
@@ -29,6 +29,12 @@ class Outcome:
     promoted: bool
     decision: gate.GateDecision
     parent_version: str | None = None
+    #: The version the gate compared with (None: no current model), and the policy: a runner
+    #: promotes only if that version is still current (unless the policy is "always").
+    compared_with: str | None = None
+    policy: str = "if-not-worse"
+    #: Promoted by the gate, to be made current by the run's runner (``commit.settle``).
+    pending: bool = False
 
     @property
     def state(self) -> JobState:
@@ -41,6 +47,9 @@ class Outcome:
             "promoted": self.promoted,
             "parent_version": self.parent_version,
             "decision": self.decision.as_dict(),
+            "compared_with": self.compared_with,
+            "policy": self.policy,
+            "pending": self.pending,
         }
 
     @classmethod
@@ -57,7 +66,23 @@ class Outcome:
             promoted=bool(values["promoted"]),
             decision=gate.GateDecision(**values["decision"]),
             parent_version=values.get("parent_version"),
+            compared_with=values.get("compared_with"),
+            policy=values.get("policy", "if-not-worse"),
+            pending=bool(values.get("pending", False)),
         )
+
+    def headline(self) -> str:
+        """The outcome in one line, for the report."""
+        decision = self.decision
+        current = "none" if decision.current is None else f"{decision.current:.4f}"
+        scores = f"{decision.metric} {decision.candidate:.4f} against {current}"
+        if self.pending:
+            return (
+                f"**PASSED THE GATE**: registered {self.version} ({scores}); made current when "
+                f"the run ends if {self.compared_with or 'no model'} is still current. "
+                f"{decision.reason}"
+            )
+        return f"**{self.state.upper()}**: registered {self.version} ({scores}). {decision.reason}"
 
     def summary(self) -> dict:
         """The outcome as the run summary records it (``outcome``, plus flat figures)."""
@@ -151,20 +176,24 @@ def register_and_decide(
     min_new_class_recall: float = 0.0,
     alpha: float = evidence.ALPHA,
     candidate_answers: np.ndarray | None = None,
+    version: str | None = None,
+    ledger=None,
 ) -> tuple[Outcome, dict | None]:
     """Register a trained candidate, gate it against the current model, promote if it passes.
 
-    The candidate is always registered (a rejected one too, with the gate's decision in its
-    metadata, so that a person can still promote it by hand), with both models' answers on
-    each test image and the test set's fingerprint (``gate_evidence``), so the decision can be
-    checked later. The checks are the gate's (``gate.gate``): every class tested by
-    ``min_test_images``, no class shown worse by more than ``max_recall_drop`` and the overall
-    ``metric`` not shown worse by more than ``tolerance`` (paired tests at family-wise level
-    ``alpha``), every class new to the current model recognised with ``min_new_class_recall``.
+    The candidate is always registered (a rejected one too, so that a person can still promote
+    it), with both models' answers and the test set's fingerprint (``gate_evidence``). The
+    checks are the gate's (``gate.gate``): every class tested by ``min_test_images``, no class
+    shown worse by more than ``max_recall_drop`` and the overall ``metric`` not shown worse by
+    more than ``tolerance`` (paired tests at family-wise level ``alpha``), every class new to
+    the current model recognised with ``min_new_class_recall``.
 
     Args:
         candidate_answers: the candidate's class index for each test image (default: computed
             again from the model).
+        version: reserved by the run's runner, which makes it current (outcome ``pending``).
+        ledger: else the database's ``ModelPointer`` to number and promote through (a
+            notebook run by hand); without either, the registry's file lock (one machine).
 
     Returns:
         ``(outcome, current_metrics)``: the outcome, and the current model's metrics on the
@@ -191,7 +220,25 @@ def register_and_decide(
     extra = {"gate": decision.as_dict()}
     if paired is not None:
         extra["gate_evidence"] = {"current_version": current, **paired.as_dict()}
-    version = training.register(models_dir, model, dataset, candidate_metrics, record, extra)
-    if decision.promote:
-        registry.promote(models_dir, version)
-    return Outcome(version, decision.promote, decision, record.parent_version), current_metrics
+    registration = (models_dir, model, dataset, candidate_metrics, record, extra)
+    return _register(registration, decision, current, policy, version, ledger), current_metrics
+
+
+def _register(registration: tuple, decision, current, policy, version, ledger) -> Outcome:
+    """Register the candidate (as ``version``, or a number the ledger reserves, or the next
+    under the file lock) and promote it if the gate passed it, unless its runner will."""
+    models_dir, record = registration[0], registration[4]
+    by_runner = version is not None
+    if version is None and ledger is not None:
+        version = ledger.reserve_version(models_dir)
+    version = training.register(*registration, version=version)
+    outcome = Outcome(
+        version, decision.promote, decision, record.parent_version, current, policy,
+        pending=decision.promote,
+    )  # fmt: skip
+    if not decision.promote or by_runner:
+        return outcome
+    if ledger is not None:
+        return commit.settle(outcome, models_dir, ledger)
+    registry.promote(models_dir, version)
+    return replace(outcome, pending=False)

@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 #: How often an idle worker evaluates the automatic retraining policy.
 POLICY_EVERY_S = 5.0
+#: How often an idle worker checks ``models/current.json`` against the database's pointer
+#: (and rewrites it if a process died between changing the pointer and writing the mirror).
+POINTER_SYNC_S = 10.0
 
 
 def check_folders(settings: Settings) -> None:
@@ -75,12 +78,15 @@ def work(
         return 0
     references = drift.ReferenceCache(settings.data_dir, settings.models_dir)
     check_drift = partial(drift.check, references, store, loop)
-    done, last_policy, backoff = 0, 0.0, Backoff(poll_s)
+    done, last_policy, last_sync, backoff = 0, 0.0, 0.0, Backoff(poll_s)
     while not stop.is_set():
         try:
             job = store.claim_job(jobs.KIND, pid=os.getpid())
             if job is None:
                 store.fail_dead_jobs()
+            if job is None and time.monotonic() - last_sync >= POINTER_SYNC_S:
+                last_sync = time.monotonic()  # a promotion whose mirror write was cut short
+                store.model_pointer(settings.models_dir)
         except UNAVAILABLE as error:  # the database is away: wait for it, never exit
             backoff.wait(
                 stop, f"claiming a job: the database is unavailable ({unavailable(error)})"

@@ -16,7 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, cross_val_score, train_test_split
+from sklearn.model_selection import (
+    StratifiedKFold,
+    cross_val_score,
+    cross_validate,
+    train_test_split,
+)
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -104,3 +109,84 @@ def choose_tap(
     choice = TapChoice(best, scores, len(chosen), folds)
     log.info("backbone tap %s (cross-validated accuracy: %s)", best, scores)
     return choice
+
+
+#: Inverse L2 strengths the linear head is chosen among (by cross-validation).
+HEAD_C = (0.01, 0.03, 0.1)
+
+
+def _linear(c: float, balanced: bool):
+    weights = "balanced" if balanced else None
+    return make_pipeline(
+        StandardScaler(), LogisticRegression(C=c, max_iter=3000, class_weight=weights)
+    )
+
+
+def fit_linear_head(
+    model, features: np.ndarray, labels: np.ndarray, balanced: bool, seed: int
+) -> dict:
+    """Set the classifier's head to a logistic regression on standardised ``features``
+    (the frozen backbone's, one row per image), its L2 strength chosen among ``HEAD_C`` by
+    cross-validation on at most ``CHOICE_IMAGES`` of them: a convex fit, the same on any
+    machine, using every image given (no early stopping needs any held out). The scaling is
+    folded into the head's weights, so the model stays backbone, dropout, dense softmax.
+
+    Returns:
+        ``{"C": ..., "cv_accuracy": ..., "cv_loss": ..., "train_accuracy": ...,
+        "train_loss": ...}``.
+    """
+    labels = np.asarray(labels)
+    present = np.unique(labels)
+    folds = min(FOLDS, int(np.bincount(labels)[present].min()))
+    chosen = _sample(labels, seed)
+    splitter = StratifiedKFold(max(folds, 2), shuffle=True, random_state=seed)
+    scored = {}
+    for c in HEAD_C:
+        if folds < 2:
+            scored[c] = (float("nan"), float("nan"))
+            continue
+        result = cross_validate(
+            _linear(c, balanced), features[chosen], labels[chosen], cv=splitter,
+            scoring=("accuracy", "neg_log_loss"),
+        )  # fmt: skip
+        scored[c] = (
+            float(result["test_accuracy"].mean()),
+            -float(result["test_neg_log_loss"].mean()),
+        )
+    best = min(HEAD_C, key=lambda c: (np.nan_to_num(scored[c][1], nan=np.inf), -c))
+    pipeline = _linear(best, balanced).fit(features, labels)
+    _fold_into_head(model, pipeline, features.shape[1], present)
+    probabilities = pipeline.predict_proba(features)
+    rows = np.arange(len(labels))
+    train_loss = float(
+        -np.log(np.clip(probabilities[rows, np.searchsorted(present, labels)], 1e-12, 1)).mean()
+    )
+    figures = {
+        "C": best,
+        "cv_accuracy": round(scored[best][0], 4),
+        "cv_loss": round(scored[best][1], 5),
+        "train_accuracy": round(float((present[probabilities.argmax(1)] == labels).mean()), 4),
+        "train_loss": round(train_loss, 5),
+    }
+    log.info("linear head on %d images: %s", len(labels), figures)
+    return figures
+
+
+def _fold_into_head(model, pipeline, width: int, present: np.ndarray) -> None:
+    """Set the head's weights to the fitted scaler and logistic regression, composed (a
+    binary regression as a two-way softmax)."""
+    scaler, regression = pipeline[0], pipeline[1]
+    classes = network_classes(model)
+    kernel = np.zeros((width, classes), np.float32)
+    bias = np.full(classes, -5e3, np.float32)  # a class with no image: never chosen
+    coef, intercept = regression.coef_, regression.intercept_
+    if len(present) == 2:
+        coef, intercept = np.vstack([-coef, coef]) / 2, np.array([-1, 1]) * intercept / 2
+    kernel[:, present] = (coef / scaler.scale_).T
+    bias[present] = intercept - (coef / scaler.scale_) @ scaler.mean_
+    model.get_layer(network.HEAD_NAME).set_weights([kernel, bias])
+
+
+def network_classes(model) -> int:
+    """How many classes the classifier's head answers."""
+    return int(model.get_layer(network.HEAD_NAME).units)

@@ -18,7 +18,7 @@ from sklearn.model_selection import train_test_split
 
 from imgclf import runs
 from imgclf.data import cache, folders
-from imgclf.model import evaluation, network, registry
+from imgclf.model import evaluation, network, registry, taps
 
 log = logging.getLogger(__name__)
 
@@ -255,32 +255,38 @@ def fit(
 def _fit_pretrained(
     model, dataset, params, augment, seed, verbose, run_dir, train_part, validation
 ) -> dict[str, list[float]]:
-    """The recipe for a pretrained backbone: the head trained on the frozen backbone's
-    features (computed once: every epoch then costs almost nothing), then the backbone's last
-    ``params.fine_tune_blocks`` blocks trained with it, augmented, at the lower
-    ``params.fine_tune_learning_rate``, BatchNorm kept in inference mode throughout. The
-    history's ``phase`` says which epochs were which (1 head, 2 fine-tuning)."""
+    """The recipe for a pretrained backbone: the head fitted as a logistic regression on the
+    frozen backbone's standardised features (computed once; ``taps.fit_linear_head``), then
+    the backbone's last ``params.fine_tune_blocks`` blocks trained with it, augmented, at the
+    lower ``params.fine_tune_learning_rate``, BatchNorm kept in inference mode throughout.
+    The validation images are kept out of both, so that their loss can say whether
+    fine-tuning helped (and calibration and the unknown threshold have images no part of the
+    model has seen). The history's ``phase`` says which epochs were which (1 head, one row; 2
+    fine-tuning)."""
     network.freeze_backbone(model, 0)
-    features = network.backbone_features(model, dataset.train.images)
-    head = network.compile_model(network.head_model(model), params.learning_rate)
-    reporter = [ProgressReporter(run_dir, params.epochs)] if run_dir else None
-    history = network.train(
-        head, features, dataset.train.labels, train_part, validation, params, seed=seed,
-        verbose=verbose, callbacks=reporter,
-    )  # fmt: skip
-    history["phase"] = [1.0] * len(history["loss"])
+    labels = np.asarray(dataset.train.labels)
+    fitted_on = np.unique(train_part)
+    features = network.backbone_features(model, dataset.train.images[fitted_on])
+    head = taps.fit_linear_head(model, features, labels[fitted_on], params.balance > 0, seed)
+    chance = network.predict_proba(model, dataset.train.images[validation])
+    right = chance[np.arange(len(validation)), labels[validation]]
+    history = {
+        "loss": [head["train_loss"]], "accuracy": [head["train_accuracy"]],
+        "val_loss": [float(-np.log(np.clip(right, 1e-12, 1.0)).mean())],
+        "val_accuracy": [float((chance.argmax(1) == labels[validation]).mean())], "phase": [1.0],
+    }  # fmt: skip
     if params.fine_tune_blocks > 0 and params.fine_tune_epochs > 0:
         before = model.get_weights()
         network.freeze_backbone(model, params.fine_tune_blocks)
         network.compile_model(model, params.fine_tune_learning_rate)
-        tuning = replace(
+        second = replace(
             params, epochs=params.fine_tune_epochs, patience=max(2, params.patience // 3)
         )
         reporter = [ProgressReporter(run_dir, params.fine_tune_epochs)] if run_dir else None
         with tempfile.TemporaryDirectory() as folder:
             more = network.train(
                 model, dataset.train.images, dataset.train.labels, train_part, validation,
-                tuning, augment=augment, checkpoint_path=Path(folder) / "best.keras",
+                second, augment=augment, checkpoint_path=Path(folder) / "best.keras",
                 seed=seed, verbose=verbose, callbacks=reporter, warmup_steps=0,
             )  # fmt: skip
         kept = min(more["val_loss"]) <= min(history["val_loss"])
@@ -327,6 +333,8 @@ class TrainingRecord:
     report: str | None = None
     parent_version: str | None = None
     distribution: dict | None = None
+    #: The fitted temperature and unknown detector (``imgclf.model.trust``), if any.
+    trust: object | None = None
 
 
 def register(
@@ -336,8 +344,10 @@ def register(
     test_metrics: dict,
     record: TrainingRecord,
     extra: dict | None = None,
+    version: str | None = None,
 ) -> str:
-    """Save a trained model into the registry with its metadata; returns the version name."""
+    """Save a trained model into the registry with its metadata, as ``version`` (reserved in
+    the database) or the next number; returns the version name."""
     info = {
         "parent_version": record.parent_version,
         "parameters": record.parameters,
@@ -352,11 +362,13 @@ def register(
         "skipped_files": [{"path": p, "reason": r} for p, r in dataset.skipped],
         "report": record.report,
         "distribution": record.distribution or {"distribution": "none", "count": 1},
+        **(record.trust.metadata() if record.trust else {}),
         **(extra or {}),
     }
+    attachments = record.trust.attachments() if record.trust else None
     with tempfile.TemporaryDirectory() as folder:
         path = network.save_model(model, Path(folder) / registry.MODEL_FILE)
-        return registry.register(models_dir, path, info)
+        return registry.register(models_dir, path, info, version, attachments)
 
 
 def params_dict(params: network.TrainParams, **more) -> dict:

@@ -3,7 +3,8 @@
 ``database`` (engine and tables), ``migrations`` (the schema's history, Alembic), ``jobstates``
 (a job's states), ``audit`` (who changed the uploads, and how), and the ``Store`` below.
 
-``Store`` is both (``predictions.PredictionLog`` and ``queue.JobQueue`` over one connection,
+``Store`` is all three (``predictions.PredictionLog``, ``queue.JobQueue`` and
+``pointer.ModelPointer``, the registry's numbers and current model, over one connection,
 ``base.Connected``); the engine and the schema are ``imgclf.store.database``'s, the job states
 ``imgclf.store.jobstates``'. Create a ``Store`` in the process that uses it (after gunicorn forks):
 it holds a connection pool, and refuses a database whose schema is behind rather than changing
@@ -23,6 +24,7 @@ from imgclf.store.base import (
 )
 from imgclf.store.database import create_engine, describe_url, metadata
 from imgclf.store.jobstates import FINAL_STATES, LIVE_STATES, JobState
+from imgclf.store.pointer import ModelPointer
 from imgclf.store.predictions import PredictionLog, PredictionLogWriter
 from imgclf.store.queue import HEARTBEAT_TIMEOUT_S, HOST, QUEUE_TIMEOUT_S, JobQueue
 
@@ -48,5 +50,6 @@ __all__ = [
 ]
 
 
-class Store(PredictionLog, JobQueue):
-    """Prediction log, feedback and jobs in one database (see the module docstring)."""
+class Store(PredictionLog, JobQueue, ModelPointer):
+    """Prediction log, feedback, jobs and the model pointer in one database (see the module
+    docstring)."""

@@ -82,10 +82,13 @@ def list_models():
 @blueprint.response(200, schemas.Pointer)
 @blueprint.alt_response(401, description="no or a wrong admin token")
 @blueprint.alt_response(409, description="there is no earlier version to go back to")
+@blueprint.alt_response(503, description="the database is unavailable")
 def rollback():
-    """Make the previously current version current again."""
+    """Make the previously current version current again (in the database, then its mirror
+    ``current.json``, which every API worker watches)."""
     try:
-        return registry.rollback(state.current().settings.models_dir)
+        worker = state.current()
+        return worker.store.rollback_version(worker.settings.models_dir)
     except registry.RegistryError as error:
         abort(409, message=str(error))
 
@@ -97,9 +100,11 @@ def rollback():
 @blueprint.response(200, schemas.Pointer)
 @blueprint.alt_response(401, description="no or a wrong admin token")
 @blueprint.alt_response(404, description="no such version")
+@blueprint.alt_response(503, description="the database is unavailable")
 def promote(body):
     """Make a given version current (e.g. one the gate rejected, after a human look)."""
     try:
-        return registry.promote(state.current().settings.models_dir, body["version"])
+        worker = state.current()
+        return worker.store.promote_version(worker.settings.models_dir, body["version"])
     except registry.RegistryError as error:
         abort(404, message=str(error))

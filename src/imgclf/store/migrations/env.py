@@ -3,7 +3,10 @@ passes in."""
 
 from alembic import context
 
-from imgclf.store import audit  # noqa: F401  (its table is on the store's metadata)
+from imgclf.store import (
+    audit,  # noqa: F401  (its table is on the store's metadata)
+    pointer,  # noqa: F401  (its tables too)
+)
 from imgclf.store.database import metadata
 
 connection = context.config.attributes["connection"]
