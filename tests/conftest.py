@@ -81,6 +81,9 @@ MODEL_SOURCES = (
     "data/cache.py",
     "data/preprocessing.py",
     "data/folders.py",
+    "model/trust.py",
+    "model/novelty.py",
+    "model/calibration.py",
 )
 
 
@@ -98,15 +101,18 @@ def session_model_key() -> str:
 
 
 def _train_session_model(root: Path) -> None:
-    from imgclf.model import network, registry, training
+    from imgclf.model import network, registry, training, trust
 
     network.set_seed(TEST_SEED)
     dataset = training.load_dataset(root / "data", 16, "grayscale")
     model = network.compile_model(network.build_model(10, dataset.input_shape))
     params = network.TrainParams(epochs=3, patience=3)
     history = training.fit(model, dataset, params, None, seed=TEST_SEED, verbose=0)
-    metrics, _ = training.evaluate(model, dataset.test)
-    record = training.TrainingRecord(training.params_dict(params), history, "grayscale")
+    metrics, probabilities = training.evaluate(model, dataset.test)
+    trusted = trust.fit(model, dataset, params, TEST_SEED, probabilities)
+    record = training.TrainingRecord(
+        training.params_dict(params), history, "grayscale", trust=trusted
+    )
     version = training.register(root / "models", model, dataset, metrics, record)
     registry.promote(root / "models", version)
 

@@ -63,8 +63,9 @@ class ApiClient:
     def health(self) -> dict:
         return self._call("GET", "/health", timeout=3)
 
-    def predict(self, payload: bytes, filename: str = "image") -> dict:
-        return self._call("POST", "/predict", files={"image": (filename, payload)})
+    def predict(self, payload: bytes, filename: str = "image", explain: bool = False) -> dict:
+        path = "/predict?explain=true" if explain else "/predict"
+        return self._call("POST", path, files={"image": (filename, payload)})
 
     def feedback(self, prediction_id: str, label: str) -> dict:
         """The true label of a prediction; with the admin token its image becomes training data."""

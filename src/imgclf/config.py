@@ -348,6 +348,7 @@ class LoopSettings:
     drift_p_value: float
     drift_window: int
     drift_min_clients: int = 5
+    unknown_false_rate: float = 0.05
 
 
 def get_loop_settings() -> LoopSettings:
@@ -363,7 +364,8 @@ def get_loop_settings() -> LoopSettings:
     ``AUTO_RETRAIN_ON_DRIFT`` (0/1), ``AUTO_RETRAIN_MIN_INTERVAL_S`` (3600),
     ``DRIFT_MIN_SAMPLE`` (30 production images), ``DRIFT_P_VALUE`` (0.01),
     ``DRIFT_WINDOW`` (500 latest predictions), ``AUTO_RETRAIN_DRIFT_MIN_CLIENTS`` (5 distinct
-    clients among them before drift may start a retrain).
+    clients among them before drift may start a retrain), ``UNKNOWN_FALSE_RATE`` (0.05: the
+    share of images like the training ones a model's "unknown" threshold may call unknown).
 
     Raises:
         ConfigError: a value of the wrong kind or out of range, naming the variable.
@@ -386,6 +388,7 @@ def get_loop_settings() -> LoopSettings:
             "DRIFT_P_VALUE": (_float, 0.01, 1e-9, 0.5),
             "DRIFT_WINDOW": (_int, 500, 10, 1_000_000),
             "AUTO_RETRAIN_DRIFT_MIN_CLIENTS": (_int, 5, 1, 1_000_000),
+            "UNKNOWN_FALSE_RATE": (_float, 0.05, 0.001, 0.5),
         }
     )
     return LoopSettings(
@@ -405,6 +408,7 @@ def get_loop_settings() -> LoopSettings:
         drift_p_value=values["DRIFT_P_VALUE"],
         drift_window=values["DRIFT_WINDOW"],
         drift_min_clients=values["AUTO_RETRAIN_DRIFT_MIN_CLIENTS"],
+        unknown_false_rate=values["UNKNOWN_FALSE_RATE"],
     )
 
 

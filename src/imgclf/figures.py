@@ -310,3 +310,50 @@ def describe_history(history: dict[str, list[float]]) -> str:
         f"Validation loss was lowest at epoch {best + 1} of {len(validation)} "
         f"({validation[best]:.4f}), whose weights were kept; {fit}."
     )
+
+
+def plot_reliability(calibration: dict):
+    """The reliability diagram of the test images before and after temperature scaling: each
+    bin's accuracy against its mean confidence (the diagonal is perfect calibration), with
+    the ECE of each; returns the figure."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook")
+    figure, axis = plt.subplots(figsize=(4.5, 4), layout="constrained")
+    axis.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    for key, label, ece in (
+        ("bins_uncalibrated", "as trained", calibration["ece_uncalibrated"]),
+        ("bins", f"T = {calibration['temperature']:.2f}", calibration["ece"]),
+    ):
+        bins = calibration[key]
+        points = [(c, a) for c, a in zip(bins["confidence"], bins["accuracy"], strict=True)
+                  if c is not None]  # fmt: skip
+        if points:
+            confidence, accuracy = zip(*points, strict=True)
+            axis.plot(confidence, accuracy, marker="o", label=f"{label} (ECE {ece:.3f})")
+    axis.set(xlabel="confidence (top class)", ylabel="accuracy", xlim=(0, 1.01), ylim=(0, 1.01),
+             title="Reliability on the test images")  # fmt: skip
+    axis.legend(loc="upper left", fontsize="small")
+    return figure
+
+
+def describe_trust(calibration: dict, unknown: dict) -> str:
+    """Two sentences on the fitted temperature and the unknown threshold (for the reports)."""
+    temperature = calibration["temperature"]
+    direction = (
+        "the model was over-confident: its probabilities are softened"
+        if temperature > 1.0
+        else "the model was under-confident: its probabilities are sharpened"
+        if temperature < 1.0
+        else "the probabilities are served as the model gives them"
+    )
+    return (
+        f"Temperature **{temperature:.2f}**, fitted on {calibration['fitted_on']} validation "
+        f"images: {direction}. Expected calibration error on {calibration['measured_on']} test "
+        f"images: {calibration['ece_uncalibrated']:.4f} as trained, **{calibration['ece']:.4f}** "
+        f"after scaling. An image is answered *unknown* when its features are farther from "
+        f"every class than the threshold set on {unknown['held_out_images']} held-out images "
+        f"for at most {unknown['false_unknown_target']:.0%} of images like the training ones "
+        "(Mahalanobis distance to the nearest class mean)."
+    )

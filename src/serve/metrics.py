@@ -47,13 +47,20 @@ PREDICTIONS = Counter(
     ["label", "model_version"],
     registry=None,
 )
+UNKNOWN = Counter(
+    "imgclf_unknown_predictions_total",
+    "Images answered unknown (unlike every class the model knows), by model version; "
+    "against imgclf_predictions_total, the unknown rate (a drift signal).",
+    ["model_version"],
+    registry=None,
+)
 UPLOADED = Counter(
     "imgclf_uploaded_images_total",
     "Uploaded images by outcome (accepted, duplicate, rejected).",
     ["outcome"],
     registry=None,
 )
-OWN_METRICS = (REQUESTS, PREDICT_LATENCY, PREDICTIONS, UPLOADED)
+OWN_METRICS = (REQUESTS, PREDICT_LATENCY, PREDICTIONS, UNKNOWN, UPLOADED)
 
 
 class ServiceCollector:

@@ -108,6 +108,21 @@ class Promote(StrictSchema):
     version = fields.String(required=True, validate=validate.Regexp(VERSION_PATTERN))
 
 
+#: Most images of one batch request that may ask for heat maps (one backward pass each).
+EXPLAIN_MAX_BATCH = 16
+
+
+class ExplainQuery(StrictSchema):
+    explain = fields.Boolean(
+        load_default=False,
+        metadata={
+            "description": "add `saliency` to each prediction: a base64 PNG heat map at the "
+            "model's input size of the pixels that carried the answer (gradient x input); "
+            f"batches of at most {EXPLAIN_MAX_BATCH} images"
+        },
+    )
+
+
 class SamplesQuery(StrictSchema):
     per_class = fields.Integer(load_default=4, validate=validate.Range(1, 16))
 
@@ -120,7 +135,26 @@ class ClassScores(Schema):
     )
     label = fields.String()
     confidence = fields.Float()
-    probabilities = fields.Dict(keys=fields.String(), values=fields.Float())
+    probabilities = fields.Dict(
+        keys=fields.String(),
+        values=fields.Float(),
+        metadata={"description": "calibrated (temperature scaling fitted after training)"},
+    )
+    unknown = fields.Boolean(
+        allow_none=True,
+        metadata={
+            "description": "the image is unlike every class the model knows (its features lie "
+            "beyond the threshold set for UNKNOWN_FALSE_RATE); label and probabilities are "
+            "still given. null: the model has no detector (registered before it existed)"
+        },
+    )
+    unknown_score = fields.Float(
+        allow_none=True,
+        metadata={"description": "distance to the nearest class over the threshold (1.0 at it)"},
+    )
+    saliency = fields.String(
+        metadata={"description": "with ?explain=true: a base64 PNG heat map (255: strongest)"}
+    )
 
 
 class Prediction(ClassScores):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 
 import panel as pn
@@ -27,6 +28,23 @@ def preview(payload: bytes, side: int = 220) -> bytes | None:
         return None
 
 
+def overlay(payload: bytes, heat_png: str, side: int = 220) -> bytes | None:
+    """The image (as the model sees it: square, its input size) with the heat map over it in
+    red, enlarged with sharp pixels."""
+    try:
+        heat = Image.open(io.BytesIO(base64.b64decode(heat_png))).convert("L")
+        image = Image.open(io.BytesIO(payload)).convert("RGB").resize(heat.size)
+        red = Image.new("RGB", heat.size, (230, 30, 30))
+        mixed = Image.composite(red, image, heat.point(lambda v: int(v * 0.8)))
+        factor = max(1, side // max(heat.size))
+        mixed = mixed.resize((heat.width * factor, heat.height * factor), Image.NEAREST)
+        buffer = io.BytesIO()
+        mixed.save(buffer, format="PNG")
+        return buffer.getvalue()
+    except Exception:  # no map shown rather than a broken page
+        return None
+
+
 class PredictView(Component):
     title = "Predict"
 
@@ -36,6 +54,7 @@ class PredictView(Component):
         self.image_input = pn.widgets.FileInput(accept="image/*", label="Image")
         self.image_input.param.watch(self.on_image, "value")
         self.preview = pn.pane.PNG(None, height=220, width=220)
+        self.heat = pn.pane.PNG(None, height=220, width=220)
         self.verdict = pn.pane.Markdown("Upload or drop an image to classify it.")
         self.chart = pn.Column()
         self.feedback_buttons = pn.FlexBox()
@@ -45,7 +64,7 @@ class PredictView(Component):
         return pn.Column(
             pn.pane.Markdown("### Classify an image\nChoose an image file (PNG, JPEG, ...)."),
             self.image_input,
-            pn.Row(self.preview, pn.Column(self.verdict, self.chart)),
+            pn.Row(self.preview, self.heat, pn.Column(self.verdict, self.chart)),
             pn.pane.Markdown("**Wrong? This image is actually:** (one click stores it)"),
             self.feedback_buttons,
             self.feedback_text,
@@ -55,13 +74,23 @@ class PredictView(Component):
         if not event.new:
             return
         self.preview.object = preview(event.new)
-        result = self.call(self.client.predict, event.new, self.image_input.filename or "image")
+        name = self.image_input.filename or "image"
+        result = self.call(self.client.predict, event.new, name, True)
         if result is None:
             self.verdict.object = "Prediction failed: see the message above."
             return
         self.last_prediction = result
+        # which pixels carried the answer (red), over the image as the model sees it
+        self.heat.object = overlay(event.new, result["saliency"]) if "saliency" in result else None
+        headline = f"## Predicted: **{result['label']}**"
+        if result.get("unknown"):  # shown apart: the model does not know this kind of image
+            headline = (
+                f"## Unknown: unlike every class this model knows\nclosest: "
+                f"**{result['label']}** (distance {result['unknown_score']:.1f} times the "
+                "threshold); label it below if it belongs to a class"
+            )
         self.verdict.object = (
-            f"## Predicted: **{result['label']}**\nconfidence {result['confidence']:.1%} · "
+            f"{headline}\nconfidence {result['confidence']:.1%} · "
             f"model {result['model_version']} · {result['latency_ms']:.0f} ms · id "
             f"`{result['prediction_id'][:8]}`"
         )

@@ -14,16 +14,23 @@ import numpy as np
 from imgclf.config import MAX_IMAGE_PIXELS
 from imgclf.data import imagestats
 from imgclf.data.preprocessing import ImageDecodeError, decode
-from imgclf.model import registry
+from imgclf.model import calibration, novelty, registry
 
 
 @dataclass
 class Prediction:
-    """One image's result: the label, its probability and every class's probability."""
+    """One image's result: the label, its probability and every class's probability
+    (calibrated: ``imgclf.model.calibration``), and whether the image is unlike every class
+    the model knows (``unknown``, with its ``unknown_score``: 1.0 at the threshold; None for
+    a model registered without a detector)."""
 
     label: str
     confidence: float
     probabilities: dict[str, float]
+    unknown: bool | None = None
+    unknown_score: float | None = None
+    #: With ``explain``: a base64 PNG heat map at the model's input size (``saliency``).
+    saliency: str | None = None
 
 
 @dataclass
@@ -47,6 +54,8 @@ _FORWARDS_LOCK = threading.Lock()
 
 
 def _compiled_forward(model):
+    """``forward(trainable, non_trainable, images) -> outputs`` of ``model``, jitted once per
+    architecture."""
     import jax
 
     key = json.dumps(model.get_config(), sort_keys=True, default=str)
@@ -77,12 +86,21 @@ class Predictor:
     metadata: dict
     model: object
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    models_dir: Path | None = None
 
     def __post_init__(self) -> None:
         import jax.numpy as jnp
 
-        model = self.model
+        from imgclf.model.trust import with_features
+
+        model = with_features(self.model)  # features for the unknown answer, in one pass
+        self._both = model
         self._forward = _compiled_forward(model)
+        self.temperature = float(self.metadata.get("calibration", {}).get("temperature", 1.0))
+        attached = None
+        if self.models_dir is not None:
+            attached = registry.attachment(Path(self.models_dir), self.version, novelty.FILE)
+        self.novelty = novelty.Novelty.from_bytes(attached) if attached else None
         # copies: a later model.predict() on the same model may donate the variables' buffers
         self._trainable = [jnp.array(v.value, copy=True) for v in model.trainable_variables]
         self._non_trainable = [
@@ -102,7 +120,8 @@ class Predictor:
         if version is None:
             raise registry.RegistryError(f"no current model in {models_dir}; run `make train`")
         metadata = registry.metadata(models_dir, version)
-        return cls(version, metadata, load_model(registry.model_path(models_dir, version)))
+        model = load_model(registry.model_path(models_dir, version))
+        return cls(version, metadata, model, models_dir=models_dir)
 
     @property
     def class_names(self) -> list[str]:
@@ -116,8 +135,12 @@ class Predictor:
     def color_mode(self) -> str:
         return self.metadata["color_mode"]
 
-    def predict_images(self, images: np.ndarray) -> np.ndarray:
-        """Return probabilities for preprocessed images ``(n, h, w, c)``.
+    def answers(
+        self, images: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """``(probabilities, unknown, scores)`` for preprocessed images ``(n, h, w, c)``: the
+        calibrated probabilities, and per image whether it is unknown and its score (None
+        without a detector).
 
         Batches are padded to a power of two so that only a few shapes are ever compiled.
         """
@@ -126,20 +149,36 @@ class Predictor:
         if padded != count:
             filler = np.zeros((padded - count, *images.shape[1:]), images.dtype)
             images = np.concatenate([images, filler])
-        outputs = self._forward(self._trainable, self._non_trainable, images)
+        features, outputs = self._forward(self._trainable, self._non_trainable, images)
         # wait without the GIL: other request threads decode and answer meanwhile
         outputs.block_until_ready()
-        return np.asarray(outputs)[:count]
+        probabilities = calibration.scale(np.asarray(outputs)[:count], self.temperature)
+        if self.novelty is None:
+            return probabilities, None, None
+        unknown, scores = self.novelty.unknown(np.asarray(features)[:count])
+        return probabilities, unknown, scores
+
+    def predict_images(self, images: np.ndarray) -> np.ndarray:
+        """Return the calibrated probabilities for preprocessed images ``(n, h, w, c)``."""
+        return self.answers(images)[0]
 
     def warm_up(self) -> None:
         """Compile the forward pass for one image now, not on the first request."""
         channels = 1 if self.color_mode == "grayscale" else 3
         self.predict_images(np.zeros((1, *self.image_size, channels), np.float32))
 
+    def saliency(self, images: np.ndarray, classes) -> np.ndarray:
+        """Heat maps ``(n, h, w)`` in [0, 1] of why ``images`` got ``classes`` (one backward
+        pass; ``imgclf.model.saliency``)."""
+        from imgclf.model import saliency
+
+        return saliency.maps(self._both, self._trainable, self._non_trainable, images, classes)
+
     def classify(
-        self, payloads: list[bytes], max_pixels: int = MAX_IMAGE_PIXELS
+        self, payloads: list[bytes], max_pixels: int = MAX_IMAGE_PIXELS, explain: bool = False
     ) -> list[Classified]:
-        """Decode and classify encoded images in one forward pass; one result per payload.
+        """Decode and classify encoded images in one forward pass; one result per payload
+        (with ``explain``, each prediction carries its heat map too).
 
         A payload that is not a readable image (or has more than ``max_pixels``) gets a
         ``Classified`` with ``error`` (the reason) and no prediction; the others are classified
@@ -157,19 +196,30 @@ class Predictor:
             results.append(Classified(facts=facts))
             decoded.append((results[-1], image.array))
         if decoded:
-            rows = self.predict_images(np.stack([array for _, array in decoded]))
-            for (result, _), row in zip(decoded, rows, strict=True):
-                result.prediction = self.describe(row)
+            images = np.stack([array for _, array in decoded])
+            rows, unknown, scores = self.answers(images)
+            for index, (result, _) in enumerate(decoded):
+                known = None if unknown is None else (bool(unknown[index]), float(scores[index]))
+                result.prediction = self.describe(rows[index], known)
+            if explain:
+                from imgclf.model.saliency import as_png
+
+                heat = self.saliency(images, rows.argmax(axis=1))
+                for (result, _), found in zip(decoded, heat, strict=True):
+                    result.prediction.saliency = as_png(found)
         return results
 
-    def describe(self, probabilities: np.ndarray) -> Prediction:
-        """Turn one row of probabilities into a ``Prediction``."""
+    def describe(
+        self, probabilities: np.ndarray, unknown: tuple[bool, float] | None = None
+    ) -> Prediction:
+        """Turn one row of probabilities (and ``(unknown, score)``) into a ``Prediction``."""
         best = int(np.argmax(probabilities))
         names = self.class_names
         return Prediction(
             names[best],
             float(probabilities[best]),
             {name: float(p) for name, p in zip(names, probabilities, strict=True)},
+            *(unknown or (None, None)),
         )
 
 

@@ -41,6 +41,8 @@ predictions = sa.Table(
     sa.Column("error", sa.Text),
     # a keyed hash of the client's address (drift needs several distinct clients to retrain)
     sa.Column("client", sa.String(16)),
+    # the model answered "unknown" (the image is unlike its classes); None: it has no detector
+    sa.Column("unknown", sa.Boolean),
     sa.Index("predictions_time", "created_at"),
 )
 feedback = sa.Table(

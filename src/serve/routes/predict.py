@@ -31,9 +31,11 @@ def _read_image_payload() -> tuple[str, bytes]:
     )
 
 
-def _classify(predictor: Predictor, payloads: list[bytes]) -> tuple[list[dict], float]:
+def _classify(
+    predictor: Predictor, payloads: list[bytes], explain: bool = False
+) -> tuple[list[dict], float]:
     """Classify, log every result (off the request path) and count it; returns the rows."""
-    results = predictor.classify(payloads, state.current().service.predict_max_pixels)
+    results = predictor.classify(payloads, state.current().service.predict_max_pixels, explain)
     latency_ms = (time.perf_counter() - g.started) * 1000
     rows = [
         _row(predictor, result, payload, latency_ms)
@@ -47,6 +49,8 @@ def _classify(predictor: Predictor, payloads: list[bytes]) -> tuple[list[dict], 
     for result in results:
         if result.prediction:
             metrics.PREDICTIONS.labels(result.prediction.label, predictor.version).inc()
+            if result.prediction.unknown:
+                metrics.UNKNOWN.labels(predictor.version).inc()
     return rows, latency_ms
 
 
@@ -69,20 +73,25 @@ def _row(predictor: Predictor, result: Classified, payload: bytes, latency_ms: f
         "label": prediction.label,
         "confidence": prediction.confidence,
         "probabilities": prediction.probabilities,
+        "unknown": prediction.unknown,
+        "unknown_score": prediction.unknown_score,
+        **({"saliency": prediction.saliency} if prediction.saliency else {}),
     }
 
 
 @blueprint.route("/predict", methods=["POST"])
+@blueprint.arguments(schemas.ExplainQuery, location="query")
 @blueprint.doc(requestBody=schemas.IMAGE_BODY)
 @blueprint.response(200, schemas.Prediction)
 @blueprint.alt_response(400, description="no image in the request")
 @blueprint.alt_response(415, description="neither multipart/form-data nor image/*")
 @blueprint.alt_response(422, description="not a readable image")
-def predict_one():
-    """Classify one image (multipart field `image`, or a raw `image/*` body)."""
+def predict_one(query):
+    """Classify one image (multipart field `image`, or a raw `image/*` body); with
+    `?explain=true`, also why (a heat map)."""
     predictor = state.current().predictor()
     _, payload = _read_image_payload()
-    (row,), latency_ms = _classify(predictor, [payload])
+    (row,), latency_ms = _classify(predictor, [payload], query["explain"])
     metrics.PREDICT_LATENCY.labels("predict").observe(latency_ms / 1000)
     if "error" in row:
         abort(422, message=row["error"])
@@ -92,19 +101,24 @@ def predict_one():
         "label": row["label"],
         "confidence": row["confidence"],
         "probabilities": row["probabilities"],
+        "unknown": row["unknown"],
+        "unknown_score": row["unknown_score"],
         "model_version": predictor.version,
         "latency_ms": round(latency_ms, 3),
+        **({"saliency": row["saliency"]} if "saliency" in row else {}),
     }
 
 
 @blueprint.route("/predict/batch", methods=["POST"])
+@blueprint.arguments(schemas.ExplainQuery, location="query")
 @blueprint.doc(requestBody=schemas.BATCH_BODY)
 @blueprint.response(200, schemas.BatchPrediction)
 @blueprint.alt_response(400, description="no images in the request")
 @blueprint.alt_response(413, description="more images than the batch limit")
 @blueprint.alt_response(422, description="no image was readable")
-def predict_batch():
-    """Classify many images (multipart field `images`, repeated); errors are per image."""
+def predict_batch(query):
+    """Classify many images (multipart field `images`, repeated); errors are per image. With
+    `?explain=true` (at most 16 images), each prediction has its heat map."""
     worker = state.current()
     predictor = worker.predictor()
     files = request.files.getlist("images") + request.files.getlist("image")
@@ -112,8 +126,11 @@ def predict_batch():
         abort(400, message="send the images as multipart fields named 'images'")
     if len(files) > worker.service.max_batch:
         abort(413, message=f"{len(files)} images in one batch; at most {worker.service.max_batch}")
+    if query["explain"] and len(files) > schemas.EXPLAIN_MAX_BATCH:
+        abort(413, message=f"{len(files)} images with explain=true; at most "
+              f"{schemas.EXPLAIN_MAX_BATCH} (each needs a backward pass)")  # fmt: skip
     names = [f.filename or "image" for f in files]
-    rows, latency_ms = _classify(predictor, [f.read() for f in files])
+    rows, latency_ms = _classify(predictor, [f.read() for f in files], query["explain"])
     metrics.PREDICT_LATENCY.labels("predict_batch").observe(latency_ms / 1000)
     failed = sum("error" in row for row in rows)
     if failed == len(rows):
@@ -121,7 +138,8 @@ def predict_batch():
             f"{name}: {row['error']}" for name, row in zip(names, rows, strict=True)
         )
         abort(422, message=message)
-    keys = ("label", "confidence", "probabilities", "error")
+    keys = ("label", "confidence", "probabilities", "unknown", "unknown_score", "saliency",
+            "error")  # fmt: skip
     return {
         "model_version": predictor.version,
         "latency_ms": round(latency_ms, 3),

@@ -1,0 +1,131 @@
+"""Calibrated probabilities and the "unknown" answer: temperature scaling on known cases, the
+detector's threshold, and the served model on digits, photos and noise."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgclf.data.preprocessing import decode
+from imgclf.model import calibration, novelty, ood, registry
+from imgclf.model.prediction import Predictor
+
+
+def overconfident(n: int, seed: int, temperature: float = 3.0):
+    """Labels drawn from calibrated probabilities, reported sharpened by ``temperature``."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 1.5, (n, 5))
+    true = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    labels = np.array([rng.choice(5, p=row) for row in true])
+    return calibration.scale(true, 1 / temperature), labels
+
+
+def test_temperature_scaling_undoes_overconfidence_and_keeps_every_answer():
+    validation, test = overconfident(3000, 1), overconfident(3000, 2)
+    fitted = calibration.calibrate(validation, test)
+    # reported with T=1/3: the fit finds about 3 (3,000 images pin it well within 20 %)
+    assert 2.4 < fitted["temperature"] < 3.6, fitted["temperature"]
+    assert fitted["ece"] < 0.03 < 0.1 < fitted["ece_uncalibrated"], fitted
+    scaled = calibration.scale(test[0], fitted["temperature"])
+    assert (scaled.argmax(1) == test[0].argmax(1)).all()  # the answers do not change
+    np.testing.assert_allclose(scaled.sum(1), 1.0, atol=1e-5)
+    assert sum(fitted["bins"]["counts"]) == 3000
+    # no error to learn from: the temperature stays 1 (the fit would shrink it to its bound)
+    right = np.eye(5)[test[1]] * 0.9 + 0.02
+    assert calibration.fit_temperature(right, test[1]) == 1.0
+    with pytest.raises(ValueError, match="labels"):
+        calibration.fit_temperature(test[0], test[1][:10])
+
+
+def test_the_unknown_threshold_holds_its_false_rate_with_confidence_and_flags_far_points():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 4, (4, 8))
+
+    def sample(n):
+        labels = rng.integers(0, 4, n)
+        return centres[labels] + rng.normal(0, 1, (n, 8)), labels
+
+    features, labels = sample(2000)
+    held_out, _ = sample(150)
+    detector = novelty.fit(features, labels, held_out, target=0.05)
+    # the conservative threshold lets at most 2 of 150 held-out images above it (an upper
+    # 95 % bound of 5 % on 150 images), fewer than the plain 95th percentile's 7
+    assert (detector.scores(held_out) > detector.threshold).sum() <= 2
+    fresh, _ = sample(5000)
+    false_rate = detector.unknown(fresh)[0].mean()
+    assert false_rate <= 0.05, false_rate  # in expectation about 1.5 %; 5,000 images
+    far = rng.normal(0, 1, (200, 8)) + 15  # a cluster away from every class
+    unknown, scores = detector.unknown(far)
+    assert unknown.all() and (scores > 1).all()
+    again = novelty.Novelty.from_bytes(detector.to_bytes())
+    np.testing.assert_allclose(again.scores(far), detector.scores(far))
+    with pytest.raises(ValueError, match="held-out"):
+        novelty.fit(features, labels, held_out[:0])
+
+
+def test_the_served_digits_model_answers_photos_and_noise_unknown_and_digits_known(
+    trained_root,
+):
+    predictor = Predictor.load(trained_root / "models")
+    info = registry.metadata(trained_root / "models", predictor.version)
+    assert info["unknown"]["file"] == novelty.FILE and predictor.novelty is not None
+    assert info["calibration"]["temperature"] == predictor.temperature
+    digits = sorted((trained_root / "data" / "test").rglob("*.png"))
+    answered = predictor.classify([path.read_bytes() for path in digits])
+    digit_unknown = np.mean([result.prediction.unknown for result in answered])
+    photos = predictor.classify(ood.photo_crops())
+    photo_unknown = np.mean([result.prediction.unknown for result in photos])
+    noise = np.random.default_rng(1).integers(0, 256, (60, 16, 16, 1), dtype=np.uint8)
+    noise_unknown = predictor.answers(noise.astype(np.float32) / 255)[1].mean()
+    # digits: at most the 5 % target (measured 1.1 %: the threshold is set for an upper
+    # bound of 5 %, so about 1.5 % is expected). Photos: this 3-epoch model at 16 px answered
+    # 87 % of the crops unknown and all of the noise; 60 % leaves seeds and CPUs room (the
+    # issue's 80 % is for the default model, measured by make train: see the README)
+    assert digit_unknown <= 0.05, digit_unknown
+    assert photo_unknown >= 0.6 and noise_unknown >= 0.9, (photo_unknown, noise_unknown)
+    result = answered[0].prediction
+    assert abs(sum(result.probabilities.values()) - 1) < 1e-4 and result.unknown_score > 0
+    shape = decode(ood.photo_crops(1)[0], predictor.image_size, predictor.color_mode).array.shape
+    assert shape == (16, 16, 1)
+
+
+def test_the_evaluate_report_scores_the_unknown_answer_on_offline_sets(trained_root):
+    from imgclf.data.preprocessing import decode as read
+
+    predictor = Predictor.load(trained_root / "models")
+    digits = sorted((trained_root / "data" / "test").rglob("*.png"))
+    test = np.stack([read(p.read_bytes(), (16, 16), "grayscale").array for p in digits])
+    found = ood.sets(test, (16, 16), "grayscale", predictor.class_names)
+    assert {"noise", "shuffled patches", "photos"} <= set(found)
+    assert all(images.shape[1:] == test.shape[1:] for images in found.values())
+    rows = {row["set"]: row for row in ood.report(predictor, test, found)}
+    # measured: AUROC 0.994 (photos), 1.0 (noise, shuffled tiles), FPR at 95 % recall 0.05
+    # (photos); the thresholds leave room for other seeds and CPUs
+    assert rows["photos"]["auroc"] >= 0.9 and rows["noise"]["auroc"] >= 0.9, rows
+    assert rows["shuffled patches"]["auroc"] > 0.7, rows
+    assert rows["photos"]["fpr_at_95_recall"] <= 0.3, rows
+
+
+def test_heat_maps_lie_on_the_ink_of_digits(trained_root):
+    from imgclf.data.preprocessing import decode as read
+
+    predictor = Predictor.load(trained_root / "models")
+    digits = sorted((trained_root / "data" / "test").rglob("*.png"))[::6]  # 60 of 360
+    images = np.stack([read(p.read_bytes(), (16, 16), "grayscale").array for p in digits])
+    classes = predictor.predict_images(images).argmax(axis=1)
+    heat = predictor.saliency(images, classes)
+    assert heat.shape == (len(digits), 16, 16) and heat.max() == pytest.approx(1.0)
+    ink, background = images[..., 0] > 0.5, images[..., 0] < 0.1
+    ratios = [
+        h[i].mean() / max(h[b].mean(), 1e-6) for h, i, b in zip(heat, ink, background, strict=True)
+    ]
+    # the issue asks for 1.5 on average; every single image is held to it here
+    assert min(ratios) >= 1.5, sorted(ratios)[:5]
+    answered = predictor.classify([digits[0].read_bytes()], explain=True)[0].prediction
+    picture = Image.open(io.BytesIO(base64.b64decode(answered.saliency)))
+    assert picture.size == (16, 16) and picture.mode == "L"
+    assert predictor.classify([digits[0].read_bytes()])[0].prediction.saliency is None
