@@ -39,11 +39,17 @@ class Novelty:
     target: float
     held_out: int
 
+    def __post_init__(self) -> None:
+        # precision = L L^T: the distance is a Euclidean one after one (d x d) product, so a
+        # request costs n*d*d + n*k*d, not n*k*d*d (served on every prediction)
+        whiten = np.linalg.cholesky(self.precision)
+        object.__setattr__(self, "_whiten", whiten)
+        object.__setattr__(self, "_centres", self.means @ whiten)
+
     def scores(self, features: np.ndarray) -> np.ndarray:
         """The squared Mahalanobis distance of each row to the nearest class mean."""
-        features = np.asarray(features, np.float64)
-        centred = features[:, None, :] - self.means[None, :, :]  # (n, k, d)
-        distances = np.einsum("nkd,de,nke->nk", centred, self.precision, centred)
+        moved = np.asarray(features, np.float64) @ self._whiten  # (n, d)
+        distances = ((moved[:, None, :] - self._centres[None, :, :]) ** 2).sum(axis=-1)
         return distances.min(axis=1)
 
     def unknown(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
