@@ -142,25 +142,29 @@ def per_class_table(candidate: dict, decision) -> pd.DataFrame:
 
 
 def overall_table(decision) -> pd.DataFrame:
-    """The gate's overall comparison as a one-row table (empty with no current model)."""
+    """The gate's overall comparison, then its checks on calibration and the unknown answer,
+    a row each (empty with no current model)."""
     import pandas as pd
 
     decision = decision if isinstance(decision, dict) else decision.as_dict()
     overall = decision.get("overall") or {}
     if not overall:
         return pd.DataFrame()
+    named = [(overall["metric"], overall)]
+    named += [(f"{row['check']} ({row['what']})", row) for row in decision.get("trust", [])]
     return pd.DataFrame(
         [
             {
-                "metric": overall["metric"],
-                "current": overall["current"],
-                "candidate": overall["candidate"],
-                "change": overall["difference"],
-                "95% interval": f"{overall['ci_low']:+.4f} to {overall['ci_high']:+.4f}",
-                "p": overall["p_value"],
-                "level": overall["level"],
-                "verdict": overall["verdict"],
+                "metric": name,
+                "current": row["current"],
+                "candidate": row["candidate"],
+                "change": row["difference"],
+                "95% interval": f"{row['ci_low']:+.4f} to {row['ci_high']:+.4f}",
+                "p": row["p_value"],
+                "level": row["level"],
+                "verdict": row["verdict"],
             }
+            for name, row in named
         ]
     )
 
@@ -348,6 +352,12 @@ def describe_trust(calibration: dict, unknown: dict) -> str:
         if temperature < 1.0
         else "the probabilities are served as the model gives them"
     )
+    fitted = calibration.get("fitted_temperature", temperature)
+    if fitted != temperature:
+        direction += (
+            f" (the best fit, {fitted:.2f}, was no better than 1 with confidence: "
+            f"likelihood-ratio p = {calibration['p_value']:.2g})"
+        )
     return (
         f"Temperature **{temperature:.2f}**, fitted on {calibration['fitted_on']} validation "
         f"images: {direction}. Expected calibration error on {calibration['measured_on']} test "

@@ -47,7 +47,8 @@ def job_text(job: dict, base_url: str) -> str:
 
 def evidence_frame(result: dict | None) -> pd.DataFrame:
     """The gate's evidence from a finished job's result: one row a compared class, then the
-    overall metric (empty before the gate ran, or with no current model to compare)."""
+    overall metric and the checks on calibration and the unknown answer (empty before the gate
+    ran, or with no current model to compare)."""
     decision = ((result or {}).get("outcome") or {}).get("decision") or {}
     rows = [
         (
@@ -65,18 +66,20 @@ def evidence_frame(result: dict | None) -> pd.DataFrame:
         for row in decision.get("comparisons", [])
     ]
     overall = decision.get("overall")
-    if overall:
+    named = [(f"overall ({overall['metric']})", overall)] if overall else []
+    named += [(f"{row['check']} ({row['what']})", row) for row in decision.get("trust", [])]
+    for name, row in named:
         rows.append(
             (
-                f"overall ({overall['metric']})",
-                None,
-                overall["current"],
-                overall["candidate"],
-                overall["difference"],
-                f"{overall['ci_low']:+.3f} to {overall['ci_high']:+.3f}",
-                overall["p_value"],
-                overall["level"],
-                overall["verdict"],
+                name,
+                row.get("n"),
+                row["current"],
+                row["candidate"],
+                row["difference"],
+                f"{row['ci_low']:+.3f} to {row['ci_high']:+.3f}",
+                row["p_value"],
+                row["level"],
+                row["verdict"],
                 None,
             )
         )

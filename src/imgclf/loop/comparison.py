@@ -55,7 +55,7 @@ def _class_rows(paired: evidence.Paired, compared: list[str]) -> dict:
 
 
 def _judge(row: dict, rejected: bool, margin: float) -> str:
-    drop = -row["difference"]
+    drop = row["harm"] if "harm" in row else -row["difference"]
     if drop > margin + 1e-12:
         return Verdict.WORSE if rejected else Verdict.NOT_ENOUGH_EVIDENCE
     return Verdict.NOT_WORSE
@@ -101,8 +101,10 @@ def compare(
     alpha: float,
     resamples: int = evidence.RESAMPLES,
     plan: bool = True,
+    trust: list[dict] = (),
 ) -> tuple[list[dict], dict]:
-    """Checks 2 and 3: every class the current model knows, and the overall metric.
+    """Checks 2 and 3: every class the current model knows, and the overall metric; with
+    ``trust`` (``trustcheck.rows``) also calibration and the unknown answer, in one family.
 
     Returns:
         ``(rows, overall)``: a row per compared class and one for the metric, each with its
@@ -124,7 +126,11 @@ def compare(
         "p_value": evidence.permutation_worse(paired, metric, resamples),
         "p_min": 1 / (resamples + 1),
     }
-    everything = {**{f"class:{n}": r for n, r in rows.items()}, OVERALL: overall}
+    everything = {
+        **{f"class:{n}": r for n, r in rows.items()},
+        OVERALL: overall,
+        **{f"trust:{r['check']}": r for r in trust},
+    }
     rejected, levels = evidence.step_down(
         {k: r["p_value"] for k, r in everything.items()},
         {k: r["p_min"] for k, r in everything.items()},
@@ -134,9 +140,11 @@ def compare(
     for key, row in everything.items():
         row["level"] = levels[key]
         margin = margins.tolerance if key == OVERALL else margins.max_recall_drop
-        row["verdict"] = _judge(row, key in rejected, margin).value
-        if key != OVERALL and _too_small(row, planning_level, margins.floor):
+        row["verdict"] = _judge(row, key in rejected, row.get("margin", margin)).value
+        if not key.startswith("class:"):
+            continue
+        if _too_small(row, planning_level, margins.floor):
             row["verdict"] = Verdict.WORSE.value
-        if plan and key != OVERALL:
+        if plan:
             _plan(row, planning_level, margin)
     return list(rows.values()), overall

@@ -18,7 +18,11 @@ by image, not by two point estimates that differ by noise. The checks:
    member of the family the correction covers (Holm's step-down with Tarone's count of
    testable comparisons, ``evidence.step_down``): the chance of rejecting a candidate that is
    as good as the current model is at most ``alpha``, whatever the number of classes.
-4. **New classes.** Every class the current model never saw (``unseen_classes``) reaches at
+4. **Calibration and the unknown answer** (``imgclf.loop.trustcheck``), when both models
+   have them: the candidate's ECE and its share of test images answered unknown must not be
+   higher, nor its share of unlike images answered unknown lower, with confidence and by more
+   than their margins; these comparisons are members of the same family.
+5. **New classes.** Every class the current model never saw (``unseen_classes``) reaches at
    least ``min_new_class_recall``. The current model scores zero there, so a comparison says
    nothing about it.
 
@@ -35,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from imgclf.config import GATE_RANGES
-from imgclf.loop import evidence
+from imgclf.loop import evidence, trustcheck
 from imgclf.loop.comparison import OVERALL, Margins, Verdict, compare
 from imgclf.model.evaluation import GATE_METRIC
 
@@ -51,7 +55,7 @@ class GateDecision:
     set could not confirm, what would settle it. ``comparisons`` has one row per class (test
     images, both recalls, the difference with its 95 % interval, the p-value, the level it was
     held to, the verdict, the smallest drop this many test images can detect) and ``overall``
-    the same for ``metric``.
+    the same for ``metric``; ``trust`` the same for calibration and the unknown answer.
     """
 
     promote: bool
@@ -71,6 +75,7 @@ class GateDecision:
     comparisons: list[dict] = field(default_factory=list)
     overall: dict = field(default_factory=dict)
     detectable_drop: float | None = None
+    trust: list[dict] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -182,6 +187,9 @@ def _block_worse(decision: GateDecision) -> str:
             worse.append(f"{row['class']!r}: {text}")
     if decision.overall.get("verdict") == Verdict.WORSE:
         worse.append(_describe(decision.overall, decision.metric))
+    for row in decision.trust:
+        if row["verdict"] == Verdict.WORSE:
+            worse.append(f"{row['check']}: {_describe(row, row['what'])}")
     if not worse:
         return ""
     return "the candidate is worse with confidence, by more than the margin: " + "; ".join(worse)
@@ -202,6 +210,9 @@ def _note_inconclusive(decision: GateDecision) -> str:
         decision.inconclusive[row["class"]] = f"{_describe(row, 'recall')}: {settle}"
     if decision.overall.get("verdict") == Verdict.NOT_ENOUGH_EVIDENCE:
         decision.inconclusive[OVERALL] = _describe(decision.overall, decision.metric)
+    for row in decision.trust:
+        if row["verdict"] == Verdict.NOT_ENOUGH_EVIDENCE:
+            decision.inconclusive[row["check"]] = _describe(row, row["what"])
     if not decision.inconclusive:
         return ""
     return (
@@ -223,6 +234,7 @@ def gate(
     alpha: float = evidence.ALPHA,
     resamples: int = evidence.RESAMPLES,
     plan: bool = True,
+    trust: tuple | None = None,
 ) -> GateDecision:
     """Decide whether a candidate may be promoted over the current model (see the module).
 
@@ -232,6 +244,8 @@ def gate(
         paired: both models' answers on that test set; required with ``current_metrics``.
         plan: work out the detectable drops and the test images that would settle open
             questions (``make bench-gate`` leaves it out: it changes no decision).
+        trust: ``(candidate, current)`` ``trustcheck.Answers``, to compare calibration and the
+            unknown answer too (None: not compared).
 
     Raises:
         ValueError: unknown metric, a figure out of range, a metric missing from a dict, or a
@@ -258,8 +272,10 @@ def gate(
         raise ValueError("the gate needs both models' answers on the test set (paired)")
     _check_pairing(candidate_metrics, current_metrics, paired, metric)
     margins = Margins(tolerance, max_recall_drop, min_new_class_recall)
+    if trust is not None:
+        decision.trust = trustcheck.rows(*trust, max_recall_drop, resamples)
     decision.comparisons, decision.overall = compare(
-        paired, current_metrics, metric, margins, alpha, resamples, plan
+        paired, current_metrics, metric, margins, alpha, resamples, plan, decision.trust
     )
     drops = [row["detectable_drop"] for row in decision.comparisons if "detectable_drop" in row]
     if plan and drops:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf.loop import commit, evidence, gate
+from imgclf.loop import commit, evidence, gate, trustcheck
 from imgclf.model import network, registry, training
+from imgclf.model.batches import as_inputs
 from imgclf.model.evaluation import GATE_METRIC
 from imgclf.store.jobstates import JobState
 
@@ -125,6 +126,33 @@ def score_current(
     return version, metrics, probabilities.argmax(axis=1)
 
 
+def trust_answers(models_dir: Path, current: str | None, model, dataset, record) -> tuple | None:
+    """``(candidate, current)`` ``trustcheck.Answers`` on the test images of the classes the
+    current model knows and on unlike images (``ood.sets``: noise, shuffled tiles, photos);
+    None when either model has no calibration (trained before it existed)."""
+    from imgclf.model import ood
+    from imgclf.model.prediction import Predictor
+
+    if current is None or record.trust is None:
+        return None
+    known = registry.metadata(models_dir, current)
+    if "calibration" not in known:
+        return None
+    keep = np.asarray(dataset.test.labels) < len(known["class_names"])
+    images = as_inputs(np.asarray(dataset.test.images)[keep])
+    labels = np.asarray(dataset.test.labels)[keep]
+    found = ood.sets(
+        images, tuple(known["image_size"]), known["color_mode"], labels, other_data=False
+    )
+    unlike = np.concatenate([found[name] for name in sorted(found)]).astype(np.float32)
+    candidate = Predictor("candidate", {"calibration": record.trust.calibration}, model)
+    candidate.novelty = record.trust.novelty
+    return tuple(
+        trustcheck.answers(predictor, images, labels, unlike)
+        for predictor in (candidate, Predictor.load(models_dir, current))
+    )
+
+
 def _decide(
     candidate_metrics: dict,
     current: str | None,
@@ -132,8 +160,9 @@ def _decide(
     paired: evidence.Paired | None,
     policy: str,
     checks: dict,
+    trust: tuple | None = None,
 ) -> gate.GateDecision:
-    decision = gate.gate(candidate_metrics, current_metrics, paired, **checks)
+    decision = gate.gate(candidate_metrics, current_metrics, paired, trust=trust, **checks)
     if policy != "if-not-worse":
         decision.promote = policy == "always"
         decision.reason = f"promote={policy!r}: the gate was not asked ({decision.reason})"
@@ -160,6 +189,17 @@ def _pair(model, dataset: training.Dataset, candidate_answers, current_answers):
         dataset.class_names,
         training.test_fingerprint(dataset),
     )
+
+
+def _evidence(current: str | None, paired, trust) -> dict:
+    """What the candidate's metadata keeps of the gate's evidence (``gate_evidence``): both
+    models' answers on the test images, and those the trust checks compared."""
+    if paired is None:
+        return {}
+    kept = {"current_version": current, **paired.as_dict()}
+    if trust is not None:
+        kept["trust"] = {"candidate": trust[0].as_dict(), "current": trust[1].as_dict()}
+    return {"gate_evidence": kept}
 
 
 def register_and_decide(
@@ -214,12 +254,10 @@ def register_and_decide(
     gate.check_arguments(metric, **figures)  # before the current model is scored
     current, current_metrics, current_answers = score_current(models_dir, dataset)
     paired = _pair(model, dataset, candidate_answers, current_answers)
-    decision = _decide(
-        candidate_metrics, current, current_metrics, paired, policy, {"metric": metric, **figures}
-    )
-    extra = {"gate": decision.as_dict()}
-    if paired is not None:
-        extra["gate_evidence"] = {"current_version": current, **paired.as_dict()}
+    trust = trust_answers(models_dir, current, model, dataset, record) if paired else None
+    checks = {"metric": metric, **figures}
+    decision = _decide(candidate_metrics, current, current_metrics, paired, policy, checks, trust)
+    extra = {"gate": decision.as_dict(), **_evidence(current, paired, trust)}
     registration = (models_dir, model, dataset, candidate_metrics, record, extra)
     return _register(registration, decision, current, policy, version, ledger), current_metrics
 

@@ -20,6 +20,9 @@ BINS = 15
 #: The temperature is searched in this range (log scale): beyond it the held-out images say
 #: more about their own few errors than about the model.
 TEMPERATURE_RANGE = (0.2, 10.0)
+#: A fitted temperature is used only when it fits the held-out images better than T = 1 at
+#: this level (likelihood-ratio test): see ``fit_temperature``.
+SIGNIFICANCE = 0.05
 #: Probabilities are clipped to this before their logarithm (float32 softmax can give 0).
 FLOOR = 1e-12
 
@@ -37,9 +40,12 @@ def scale(probabilities: np.ndarray, temperature: float) -> np.ndarray:
     return scaled.astype(np.float32)
 
 
-def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature that minimises the negative log-likelihood of ``labels`` (1 when the
-    model answered every one of them right: nothing says how sure it should be).
+def temperature_evidence(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """``(temperature, p)``: the temperature that minimises the negative log-likelihood of
+    ``labels``, and the likelihood-ratio test's p-value against leaving the model as it is
+    (T = 1; twice the log-likelihood gained, chi-squared with one degree of freedom). With
+    every image answered right the temperature is 1 and p is 1: nothing says how sure it
+    should be (the likelihood only grows as T shrinks to 0).
 
     Raises:
         ValueError: no images, or labels out of the probabilities' range.
@@ -48,18 +54,35 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
     if len(labels) == 0 or len(labels) != len(probabilities):
         raise ValueError(f"{len(labels)} labels for {len(probabilities)} rows of probabilities")
     from scipy.optimize import minimize_scalar
+    from scipy.stats import chi2
 
     logits = log_probabilities(probabilities)
     rows = np.arange(len(labels))
     if (logits.argmax(axis=1) == labels).all():
-        return 1.0  # no error to learn from: the likelihood only grows as T shrinks to 0
+        return 1.0, 1.0
 
     def nll(log_t: float) -> float:
         return float(-log_softmax(logits / np.exp(log_t), axis=-1)[rows, labels].mean())
 
     low, high = np.log(TEMPERATURE_RANGE)
     found = minimize_scalar(nll, bounds=(low, high), method="bounded", options={"xatol": 1e-4})
-    return round(float(np.exp(found.x)), 4)
+    gained = max(2 * len(labels) * (nll(0.0) - found.fun), 0.0)
+    return round(float(np.exp(found.x)), 4), float(chi2.sf(gained, 1))
+
+
+def fit_temperature(
+    probabilities: np.ndarray, labels: np.ndarray, alpha: float = SIGNIFICANCE
+) -> float:
+    """The temperature to serve: the one that fits ``labels`` best (``temperature_evidence``)
+    when it fits them significantly better than 1 (p at most ``alpha``), else 1. A few
+    hundred held-out images pin a temperature loosely; changing a model that is already
+    calibrated by a temperature the data cannot tell from 1 only adds noise to its ECE.
+
+    Raises:
+        ValueError: no images, or labels out of the probabilities' range.
+    """
+    temperature, p = temperature_evidence(probabilities, labels)
+    return temperature if p <= alpha else 1.0
 
 
 @dataclass(frozen=True)
@@ -105,12 +128,15 @@ def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = BINS)
 def calibrate(validation: tuple, test: tuple) -> dict:
     """Fit the temperature on ``validation`` (probabilities, labels) and measure ECE on
     ``test`` before and after: the model's ``calibration`` metadata."""
-    temperature = fit_temperature(*validation)
+    fitted, p = temperature_evidence(*validation)
+    temperature = fitted if p <= SIGNIFICANCE else 1.0
     test_probabilities, test_labels = test
     before = reliability(test_probabilities, test_labels)
     after = reliability(scale(test_probabilities, temperature), test_labels)
     return {
         "temperature": temperature,
+        "fitted_temperature": fitted,
+        "p_value": round(p, 6),  # against T = 1: the fitted one is used when p <= 0.05
         "ece": after.ece,
         "ece_uncalibrated": before.ece,
         "bins": after.as_dict(),
