@@ -169,6 +169,11 @@ def test_predict_batch_reports_errors_per_image(client, project):
 def test_prediction_log_feedback_and_stats(client, project):
     first = client.post("/predict", data=digit(project), content_type="image/png").get_json()
     client.post("/predict", data=b"junk", content_type="image/png")
+    noise = np.random.default_rng(0).integers(0, 256, (16, 16), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, "PNG")
+    odd = client.post("/predict", data=buffer.getvalue(), content_type="image/png").get_json()
+    assert odd["unknown"] is True  # logged before the feedback below (which flushes the log)
     given = {"prediction_id": first["prediction_id"], "label": "3"}
     assert client.post("/feedback", json=given).status_code == 401  # no token: refused
     wrong = client.post("/feedback", json={**given, "feedback_token": "0" * 32})
@@ -187,14 +192,19 @@ def test_prediction_log_feedback_and_stats(client, project):
     bad = client.post("/feedback", json={**given, "label": "../x"})
     assert bad.status_code == 422
     stats = client.get("/stats").get_json()
-    assert stats["predictions"] == 1 and stats["failed_predictions"] == 1
-    assert stats["error_rate"] == 0.5
-    assert stats["by_class"] == {first["label"]: 1}
+    assert stats["predictions"] == 2 and stats["failed_predictions"] == 1
+    assert stats["error_rate"] == pytest.approx(1 / 3)
+    assert sum(stats["by_class"].values()) == 2 and first["label"] in stats["by_class"]
     assert stats["latency_ms"]["p50"] > 0
     assert stats["feedback"]["count"] == 1
-    assert stats["series"]["points"][-1]["requests"] == 2
+    # the noise is unknown; the digit is counted as it was answered (about 2 % of digits are
+    # unknown: which ones depends on the CPU the session model was trained on)
+    unknown = 1 + first["unknown"]
+    assert stats["unknown"] == {"count": unknown, "flagged_of": 2, "rate": unknown / 2}
+    assert stats["series"]["points"][-1]["requests"] == 3
+    assert stats["series"]["points"][-1]["unknown"] == unknown
     brightness = client.get("/data/brightness").get_json()
-    assert brightness["production_count"] == 1 and sum(brightness["train"]) > 100
+    assert brightness["production_count"] == 2 and sum(brightness["train"]) > 100
 
 
 def scrape(client) -> dict[tuple, float]:

@@ -114,6 +114,7 @@ def test_dashboard_predicts_uploads_retrains_and_shows_every_tab(dashboard, serv
             requests.post(f"{server[0]}/predict", files={"image": digit.read_bytes()}, timeout=10)
         tab("Monitor")
         page.get_by_text("latency p95").wait_for(timeout=30_000)
+        page.get_by_text("unknown answers").wait_for(timeout=30_000)
         # interactive charts (Bokeh canvases with their toolbars) inside the Panel template
         deadline = time.time() + 30
         while page.locator(".bk-Toolbar").count() < 3 and time.time() < deadline:

@@ -26,7 +26,7 @@ from imgclf.data import imagebytes
 from imgclf.store import Store, migrations
 from imgclf.store.database import jobs, predictions
 from imgclf.store.journal import Journal
-from imgclf.store.predictions import PredictionLogWriter
+from imgclf.store.logwriter import PredictionLogWriter
 from serve.app import create_app
 
 

@@ -75,21 +75,29 @@ def _time_axis(chart, times: Sequence[datetime]) -> None:
 
 
 def requests_over_time(points: Sequence[dict]):
-    """Predictions and errors per minute (last hour)."""
+    """Predictions, errors and unknown answers per minute (last hour)."""
     source = ColumnDataSource(
         {
             "t": _times(points),
             "requests": [p["requests"] for p in points],
             "errors": [p["errors"] for p in points],
+            "unknown": [p.get("unknown", 0) for p in points],
         }
     )
     chart = _figure("predictions per minute (UTC)", x_axis_type="datetime")
     _time_axis(chart, source.data["t"])
     chart.vbar(x="t", top="requests", width=45_000, source=source, color=BLUE, legend_label="all")
     chart.vbar(x="t", top="errors", width=45_000, source=source, color=RED, legend_label="errors")
+    chart.line(x="t", y="unknown", source=source, color="#7f3c8d", line_width=2,
+               legend_label="unknown")  # fmt: skip
     chart.add_tools(
         HoverTool(
-            tooltips=[("minute", "@t{%H:%M}"), ("requests", "@requests"), ("errors", "@errors")],
+            tooltips=[
+                ("minute", "@t{%H:%M}"),
+                ("requests", "@requests"),
+                ("errors", "@errors"),
+                ("unknown", "@unknown"),
+            ],  # fmt: skip
             formatters={"@t": "datetime"},
         )
     )

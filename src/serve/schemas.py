@@ -254,6 +254,12 @@ class Stats(OpenSchema):
     error_rate = fields.Float()
     by_class = fields.Dict(keys=fields.String(), values=fields.Integer())
     latency_ms = fields.Dict(keys=fields.String(), values=fields.Float(allow_none=True))
+    unknown = fields.Dict(
+        metadata={
+            "description": "answers the model called unknown among those of a model with a "
+            "detector: count, flagged_of, rate (a drift signal: images unlike the training data)"
+        }
+    )
     feedback = fields.Dict()
     series = fields.Dict()
     window = fields.Dict(metadata={"description": "rows read, their limit, oldest time"})

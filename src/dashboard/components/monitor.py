@@ -11,6 +11,7 @@ from dashboard.components.base import Component, clock
 INDICATORS = (
     ("predictions", ("predictions",), "{:,.0f}"),
     ("error rate", ("error_rate",), "{:.1%}"),
+    ("unknown answers", ("unknown", "rate"), "{:.1%}"),
     ("latency p50", ("latency_ms", "p50"), "{:.1f} ms"),
     ("latency p95", ("latency_ms", "p95"), "{:.1f} ms"),
     ("latency p99", ("latency_ms", "p99"), "{:.1f} ms"),

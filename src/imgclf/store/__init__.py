@@ -24,8 +24,9 @@ from imgclf.store.base import (
 )
 from imgclf.store.database import create_engine, describe_url, metadata
 from imgclf.store.jobstates import FINAL_STATES, LIVE_STATES, JobState
+from imgclf.store.logwriter import PredictionLogWriter
 from imgclf.store.pointer import ModelPointer
-from imgclf.store.predictions import PredictionLog, PredictionLogWriter
+from imgclf.store.predictions import PredictionLog
 from imgclf.store.queue import HEARTBEAT_TIMEOUT_S, HOST, QUEUE_TIMEOUT_S, JobQueue
 
 __all__ = [
