@@ -20,7 +20,7 @@ WORKERS ?= 2
 DASHBOARD_PORT ?= 5006
 export PORT WORKERS DASHBOARD_PORT
 
-.PHONY: help setup lock lock-cuda bench-gate bench-stats bench-quality soak bench-train data data-fashion eda train evaluate retrain pipeline run model db serve worker \
+.PHONY: help setup lock lock-cuda bench-gate bench-stats bench-trust bench-quality soak bench-train data data-fashion eda train evaluate retrain pipeline run model db serve worker \
         cluster dashboard token bench loadtest reports lab test test-fast lint format clean
 
 # make run / make serve start one job worker beside the API; WORKER=0 leaves it out
@@ -114,6 +114,9 @@ bench-gate: setup ## simulate the promotion gate: false rejections and power by 
 
 bench-quality: setup ## accuracy on digits and Fashion-MNIST: CNN vs pretrained EfficientNet-Lite0
 	$(PY) -m devkit.bench_quality
+
+bench-trust: model ## what the unknown answer and ?explain=true cost a prediction, in process
+	$(PY) -m devkit.bench_trust $(BENCH_TRUST_ARGS)
 
 bench-stats: setup ## /stats' cost with 1,000 to 1,000,000 logged predictions (SQLite)
 	$(PY) -m devkit.bench_stats
