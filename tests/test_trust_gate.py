@@ -13,33 +13,38 @@ from imgclf.model import network, novelty, registry, training, trust
 from imgclf.store import JobState
 
 
-def _answers(rng, n: int, accuracy: float, sharpness: float) -> trustcheck.Answers:
-    """A model right with chance ``accuracy`` whose stated confidence is ``accuracy`` moved
-    towards 1 by ``sharpness`` (0: calibrated), with per-image noise."""
-    right = rng.random(n) < accuracy
-    confidence = np.clip(accuracy + sharpness * (1 - accuracy) + rng.normal(0, 0.05, n), 0.1, 1)
-    return trustcheck.Answers(confidence, right, rng.random(n) < 0.05, rng.random(200) < 0.9)
+def _calibrated(rng, n: int, low: float, high: float) -> trustcheck.Answers:
+    """A perfectly calibrated model: confidence drawn in [low, high], right with exactly that
+    chance."""
+    confidence = rng.uniform(low, high, n)
+    right = rng.random(n) < confidence
+    return trustcheck.Answers(confidence, right, None, None)
 
 
-def test_the_calibration_test_holds_alpha_on_equal_models_and_catches_an_overconfident_one():
+def test_the_calibration_check_holds_its_level_whatever_the_sharpness_and_catches_overconfidence():
     rng = np.random.default_rng(0)
-    rejected, caught = 0, 0
-    trials = 200
-    for _ in range(trials):
-        current = _answers(rng, 300, 0.9, 0.0)
-        equal = _answers(rng, 300, 0.9, 0.0)
-        [calibration, *_] = trustcheck.rows(equal, current, 0.05, resamples=400)
-        assert calibration["check"] == trustcheck.CALIBRATION
-        rejected += calibration["p_value"] <= 0.05
-        sharp = _answers(rng, 300, 0.8, 0.95)  # says about 0.99 where it is right 80 %
-        [calibration, *_] = trustcheck.rows(sharp, current, 0.05, resamples=400)
-        caught += calibration["p_value"] <= 0.05 and calibration["harm"] > trustcheck.ECE_MARGIN
-    # the randomisation test is exact: about 5 % of equal pairs reach p <= 0.05; 200 trials
-    # put 0.09 over 2.5 standard deviations above it (a wrong, anti-conservative test, like the
-    # bootstrap p-value that rejected 7.5 % on small sets, would pass it only by luck)
-    assert rejected / trials <= 0.09, rejected
-    # its ECE is about 0.16 higher; between equally calibrated models the difference on 300
-    # images has a standard deviation near 0.02 (measured): found nearly always
+    trials, blocked, significant, caught = 150, 0, 0, 0
+    for trial in range(trials):
+        # equally (perfectly) calibrated, equally accurate: one model always 0.7 sure (one
+        # bin), the other anywhere from 0.4 to 1.0 (many thinly filled bins: a raw binned ECE
+        # calls it worse); each takes the candidate's seat in turn
+        steady, spread = _calibrated(rng, 360, 0.7, 0.7), _calibrated(rng, 360, 0.4, 1.0)
+        pair = (spread, steady) if trial % 2 else (steady, spread)
+        [row] = trustcheck.rows(*pair, 0.05, resamples=400)
+        significant += row["p_value"] <= 0.05
+        blocked += row["p_value"] <= 0.05 and row["harm"] > trustcheck.ECE_MARGIN
+        # the same answers stated 0.15 more sure than they are right: ECE about 0.15 higher
+        louder = trustcheck.Answers(np.minimum(spread.confidence + 0.15, 1.0), spread.right,
+                                    None, None)  # fmt: skip
+        [row] = trustcheck.rows(louder, steady, 0.05, resamples=400)
+        caught += row["p_value"] <= 0.05 and row["harm"] > trustcheck.ECE_MARGIN
+    # measured: 1 of 150 significant, 1 blocked, 146 of 150 overconfident ones caught (pure
+    # NumPy and seeded: the same on any CPU). A bootstrap p-value is approximate, so its bound
+    # is looser than the 5 % level; the raw binned ECE tested by swapping the answers (this
+    # check's first version) blocked equally calibrated models of different sharpness far
+    # more often
+    assert blocked / trials <= 0.05, blocked
+    assert significant / trials <= 0.10, significant
     assert caught / trials >= 0.95, caught
 
 

@@ -1,7 +1,8 @@
 """The gate's comparisons of a candidate with the current model on the same test images: one
 row per class the current model knows (an exact McNemar test) and one for the overall metric
-(a paired randomisation test), corrected together (``evidence.step_down``), each judged
-against its margin. ``imgclf.loop.gate`` turns them into a decision and its reasons."""
+(a paired randomisation test), and the checks of calibration and the unknown answer
+(``trustcheck.rows``) when both models have them, corrected together (``evidence.step_down``),
+each judged against its margin. ``imgclf.loop.gate`` turns them into a decision and its reasons."""
 
 from __future__ import annotations
 

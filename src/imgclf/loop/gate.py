@@ -18,13 +18,13 @@ by image, not by two point estimates that differ by noise. The checks:
    member of the family the correction covers (Holm's step-down with Tarone's count of
    testable comparisons, ``evidence.step_down``): the chance of rejecting a candidate that is
    as good as the current model is at most ``alpha``, whatever the number of classes.
-4. **Calibration and the unknown answer** (``imgclf.loop.trustcheck``), when both models
+4. **New classes.** Every class the current model never saw (``unseen_classes``) reaches at
+   least ``min_new_class_recall``. The current model scores zero there, so a comparison says
+   nothing about it.
+5. **Calibration and the unknown answer** (``imgclf.loop.trustcheck``), when both models
    have them: the candidate's ECE and its share of test images answered unknown must not be
    higher, nor its share of unlike images answered unknown lower, with confidence and by more
    than their margins; these comparisons are members of the same family.
-5. **New classes.** Every class the current model never saw (``unseen_classes``) reaches at
-   least ``min_new_class_recall``. The current model scores zero there, so a comparison says
-   nothing about it.
 
 A difference beyond the margin that the test set cannot confirm is "not enough evidence to
 tell": it does not block (blocking on it would reject equally good candidates most of the time),

@@ -139,10 +139,16 @@ def trust_answers(models_dir: Path, current: str | None, model, dataset, record)
     if "calibration" not in known:
         return None
     keep = np.asarray(dataset.test.labels) < len(known["class_names"])
+    if not keep.any():
+        return None
     images = as_inputs(np.asarray(dataset.test.images)[keep])
     labels = np.asarray(dataset.test.labels)[keep]
     found = ood.sets(
-        images, tuple(known["image_size"]), known["color_mode"], labels, other_data=False
+        images,
+        tuple(known["image_size"]),
+        known["color_mode"],
+        known["class_names"],
+        other_data=False,
     )
     unlike = np.concatenate([found[name] for name in sorted(found)]).astype(np.float32)
     candidate = Predictor("candidate", {"calibration": record.trust.calibration}, model)

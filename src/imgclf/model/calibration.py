@@ -48,7 +48,7 @@ def temperature_evidence(probabilities: np.ndarray, labels: np.ndarray) -> tuple
     should be (the likelihood only grows as T shrinks to 0).
 
     Raises:
-        ValueError: no images, or labels out of the probabilities' range.
+        ValueError: no images, or not one label per row of probabilities.
     """
     labels = np.asarray(labels)
     if len(labels) == 0 or len(labels) != len(probabilities):
@@ -79,9 +79,12 @@ def fit_temperature(
     calibrated by a temperature the data cannot tell from 1 only adds noise to its ECE.
 
     Raises:
-        ValueError: no images, or labels out of the probabilities' range.
+        ValueError: no images, or not one label per row of probabilities.
     """
-    temperature, p = temperature_evidence(probabilities, labels)
+    return _served(*temperature_evidence(probabilities, labels), alpha)
+
+
+def _served(temperature: float, p: float, alpha: float = SIGNIFICANCE) -> float:
     return temperature if p <= alpha else 1.0
 
 
@@ -129,7 +132,7 @@ def calibrate(validation: tuple, test: tuple) -> dict:
     """Fit the temperature on ``validation`` (probabilities, labels) and measure ECE on
     ``test`` before and after: the model's ``calibration`` metadata."""
     fitted, p = temperature_evidence(*validation)
-    temperature = fitted if p <= SIGNIFICANCE else 1.0
+    temperature = _served(fitted, p)
     test_probabilities, test_labels = test
     before = reliability(test_probabilities, test_labels)
     after = reliability(scale(test_probabilities, temperature), test_labels)
