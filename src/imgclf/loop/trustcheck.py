@@ -76,8 +76,8 @@ class Answers:
 def answers(predictor, images: np.ndarray, labels: np.ndarray, unlike: np.ndarray) -> Answers:
     """``predictor``'s answers (``Predictor.answers``: calibrated, with its detector) on the
     test images of the compared classes and on the unlike images."""
-    probabilities, unknown, _ = _answer(predictor, images)
-    _, unlike_unknown, _ = _answer(predictor, unlike)
+    probabilities, unknown = _answer(predictor, images)
+    _, unlike_unknown = _answer(predictor, unlike)
     return Answers(
         probabilities.max(axis=1),
         probabilities.argmax(axis=1) == np.asarray(labels),
@@ -87,12 +87,14 @@ def answers(predictor, images: np.ndarray, labels: np.ndarray, unlike: np.ndarra
 
 
 def _answer(predictor, images: np.ndarray, batch: int = 256):
+    """``(probabilities, unknown)`` of ``images``, batch by batch (unknown None without a
+    detector)."""
     parts = [predictor.answers(np.asarray(images[i : i + batch], np.float32))
              for i in range(0, len(images), batch)]  # fmt: skip
     probabilities = np.concatenate([p[0] for p in parts])
-    if any(p[1] is None for p in parts):
-        return probabilities, None, None
-    return probabilities, np.concatenate([p[1] for p in parts]), None
+    if parts[0][1] is None:
+        return probabilities, None
+    return probabilities, np.concatenate([p[1] for p in parts])
 
 
 def _ece(confidence: np.ndarray, right: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -102,10 +104,7 @@ def _ece(confidence: np.ndarray, right: np.ndarray, weights: np.ndarray) -> np.n
     ``c (1 - c)``), over the images. Binned ECE grows with the number of thinly filled bins;
     without the correction a calibrated model whose confidences spread over many bins looks
     worse than one whose confidences sit in a few."""
-    bins = calibration.BINS
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
-    table = np.eye(bins)[which]  # (n, bins)
+    table = np.eye(calibration.BINS)[calibration.bin_of(confidence)]  # (n, bins)
     gaps = (confidence - right.astype(float))[:, None] * table
     noise = (confidence * (1 - confidence))[:, None] * table
     found = []

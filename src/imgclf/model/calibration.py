@@ -103,6 +103,13 @@ class Reliability:
         return asdict(self)
 
 
+def bin_of(confidence: np.ndarray, bins: int = BINS) -> np.ndarray:
+    """The reliability bin (0 to ``bins - 1``, equal width, right edges closed) of each
+    confidence."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    return np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+
+
 def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = BINS) -> Reliability:
     """Expected calibration error (the count-weighted mean gap between confidence and accuracy
     over ``bins`` equal-width bins of the top class's probability) and its bins."""
@@ -110,7 +117,7 @@ def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = BINS)
     confidence = probabilities.max(axis=1)
     right = probabilities.argmax(axis=1) == labels
     edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    which = bin_of(confidence, bins)
     counts, mean_conf, mean_acc, gap = [], [], [], 0.0
     for index in range(bins):
         inside = which == index
