@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
+# the suite serves with JAX unless told otherwise (INFERENCE_RUNTIME=openvino make test runs
+# all of it on OpenVINO); tests/test_runtime.py covers OpenVINO, and JAX beside it, on its own
+os.environ.setdefault("INFERENCE_RUNTIME", "jax")
 
 import errno  # noqa: E402
 import hashlib  # noqa: E402

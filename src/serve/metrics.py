@@ -60,7 +60,21 @@ UPLOADED = Counter(
     ["outcome"],
     registry=None,
 )
-OWN_METRICS = (REQUESTS, PREDICT_LATENCY, PREDICTIONS, UNKNOWN, UPLOADED)
+BATCH_IMAGES = Histogram(
+    "imgclf_batch_images",
+    "Images in one inference call of micro-batching (coalesced concurrent requests).",
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64, 128),
+    registry=None,
+)
+BATCH_QUEUE_WAIT = Histogram(
+    "imgclf_batch_queue_wait_seconds",
+    "Time a request's decoded images waited for their micro-batch's inference call to start.",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+    registry=None,
+)
+OWN_METRICS = (
+    REQUESTS, PREDICT_LATENCY, PREDICTIONS, UNKNOWN, UPLOADED, BATCH_IMAGES, BATCH_QUEUE_WAIT,
+)  # fmt: skip
 
 
 class ServiceCollector:
@@ -87,6 +101,18 @@ class ServiceCollector:
         )
         loaded.add_metric([], 1 if worker.model.loaded else 0)
         yield loaded
+        served = GaugeMetricFamily(
+            "imgclf_inference_runtime",
+            "The runtime that computes the scraped worker's predictions (value 1): jax or "
+            "openvino; requested is INFERENCE_RUNTIME.",
+            labels=["runtime", "requested", "version"],
+        )
+        if worker.model.loaded:
+            predictor = worker.model.loaded
+            served.add_metric(
+                [predictor.runtime, predictor.requested_runtime, predictor.version], 1
+            )
+        yield served
         yield from _job_metrics(worker.store)
         yield from _drift_metrics(worker.drift())
 

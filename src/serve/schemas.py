@@ -194,6 +194,18 @@ class Health(Schema):
     model_version = fields.String(allow_none=True)
     model_loaded_at = fields.String(allow_none=True)
     model_error = fields.String(allow_none=True)
+    runtime = fields.String(
+        allow_none=True,
+        metadata={"description": "what computes this worker's predictions: jax or openvino"},
+    )
+    runtime_requested = fields.String(metadata={"description": "INFERENCE_RUNTIME"})
+    runtime_note = fields.String(
+        allow_none=True,
+        metadata={"description": "why the runtime is not the one requested (a fallback)"},
+    )
+    batching = fields.Dict(
+        metadata={"description": "micro-batching: max_size images a call (1: off), max_wait_ms"}
+    )
     worker_pid = fields.Integer()
 
 

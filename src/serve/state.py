@@ -18,6 +18,7 @@ from imgclf.loop.retention import ImageKeeper
 from imgclf.model.prediction import LiveModel, Predictor
 from imgclf.store import PredictionLogWriter, Store
 from serve import metrics
+from serve.batching import MicroBatcher
 
 EXTENSION = "imgclf"
 #: How long a drift report is reused by ``/metrics`` scrapes and ``/policy``.
@@ -44,7 +45,16 @@ class WorkerState:
             settings.prediction_journal_dir,
             keep_s=self.loop.retain_hours * 3600 or None,  # the log is kept as long as images
         )
-        self.model = LiveModel(settings.models_dir, service.reload_poll_s)
+        self.runtime = config.get_runtime_settings()
+        #: Micro-batching of this worker's predictions (None: off, ``BATCH_MAX_SIZE=1``).
+        self.batcher = (
+            MicroBatcher(self.runtime.batch_max_size, self.runtime.batch_max_wait_ms)
+            if self.runtime.batching
+            else None
+        )
+        self.model = LiveModel(
+            settings.models_dir, service.reload_poll_s, self.runtime.batch_max_size
+        )
         self.hashes = uploads.HashIndex(settings.data_dir)
         self.keeper = ImageKeeper(
             settings.data_dir / "retained",

@@ -155,7 +155,9 @@ def trust_answers(models_dir: Path, current: str | None, model, dataset, record)
     candidate.novelty = record.trust.novelty
     return tuple(
         trustcheck.answers(predictor, images, labels, unlike)
-        for predictor in (candidate, Predictor.load(models_dir, current))
+        # both by JAX: the candidate is not registered yet, and a paired comparison compares
+        # the models, not the runtimes
+        for predictor in (candidate, Predictor.load(models_dir, current, runtime="jax"))
     )
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
+import logging
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -11,10 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from imgclf import config
 from imgclf.config import MAX_IMAGE_PIXELS
 from imgclf.data import imagestats
 from imgclf.data.preprocessing import ImageDecodeError, decode
-from imgclf.model import calibration, novelty, registry
+from imgclf.model import calibration, novelty, registry, runtime
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -80,6 +85,12 @@ class Predictor:
     ``predict_images`` may be called from any number of threads at once, as gunicorn's gthread
     workers do (``tests/test_prediction.py`` checks it). A hot reload builds a new predictor
     rather than changing this one.
+
+    ``requested_runtime`` (``config.RUNTIMES``) says what computes the answers; ``runtime`` is
+    the one that does (``jax`` or ``openvino``) and ``runtime_note`` why it is not the one
+    asked for. OpenVINO needs a registered version (``models_dir``) and is used only when its
+    answers on probe images equal JAX's within ``runtime.TOLERANCE``; else JAX serves and the
+    reason is logged. Heat maps (``saliency``) are always JAX's: they need gradients.
     """
 
     version: str
@@ -87,6 +98,8 @@ class Predictor:
     model: object
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     models_dir: Path | None = None
+    requested_runtime: str = "jax"
+    threads: int = 1
 
     def __post_init__(self) -> None:
         import jax.numpy as jnp
@@ -106,10 +119,40 @@ class Predictor:
         self._non_trainable = [
             jnp.array(v.value, copy=True) for v in model.non_trainable_variables
         ]
+        self._openvino: runtime.OpenVinoForward | None = None
+        self.runtime_differences: dict | None = None  # OpenVINO's from JAX's, at load
+        self.runtime, self.runtime_note = runtime.choose(self.requested_runtime)
+        if self.runtime == "openvino":
+            self._start_openvino()
+        elif self.runtime_note and self.requested_runtime == "openvino":
+            log.warning("INFERENCE_RUNTIME=openvino: %s serves with JAX: %s", self.version,
+                        self.runtime_note)  # fmt: skip
+
+    def _start_openvino(self) -> None:
+        """Serve with OpenVINO when it runs this version and answers as JAX does; else JAX,
+        with the reason logged and kept in ``runtime_note``."""
+        try:
+            if self.models_dir is None:
+                raise runtime.RuntimeUnavailable("the model is not a registered version")
+            forward = runtime.OpenVinoForward(
+                runtime.export(Path(self.models_dir), self.version), self.threads
+            )
+            channels = 1 if self.color_mode == "grayscale" else 3
+            probe = runtime.probe_images((*self.image_size, channels))
+            self.runtime_differences = runtime.check_equal(
+                self._jax_outputs(probe), forward(probe), self.version
+            )
+            self._openvino = forward
+        except (runtime.RuntimeUnavailable, OSError) as error:
+            self.runtime, self.runtime_note = "jax", str(error)
+            log.warning("%s serves with JAX, not OpenVINO: %s", self.version, error)
 
     @classmethod
-    def load(cls, models_dir: Path, version: str | None = None) -> Predictor:
-        """Load a version (default: the current one).
+    def load(
+        cls, models_dir: Path, version: str | None = None, runtime: str | None = None
+    ) -> Predictor:
+        """Load a version (default: the current one), computed by ``runtime`` (default:
+        ``INFERENCE_RUNTIME``, with ``INFERENCE_THREADS``).
 
         Raises:
             registry.RegistryError: no such version, or no current model.
@@ -121,7 +164,11 @@ class Predictor:
             raise registry.RegistryError(f"no current model in {models_dir}; run `make train`")
         metadata = registry.metadata(models_dir, version)
         model = load_model(registry.model_path(models_dir, version))
-        return cls(version, metadata, model, models_dir=models_dir)
+        settings = config.get_runtime_settings()
+        return cls(
+            version, metadata, model, models_dir=models_dir,
+            requested_runtime=runtime or settings.runtime, threads=settings.threads,
+        )  # fmt: skip
 
     @property
     def class_names(self) -> list[str]:
@@ -142,8 +189,21 @@ class Predictor:
         calibrated probabilities, and per image whether it is unknown and its score (None
         without a detector).
 
-        Batches are padded to a power of two so that only a few shapes are ever compiled.
+        Computed by ``runtime``; for JAX, batches are padded to a power of two so that only a
+        few shapes are ever compiled.
         """
+        if self._openvino is not None:
+            features, outputs = self._openvino(images)
+        else:
+            features, outputs = self._jax_outputs(images)
+        probabilities = calibration.scale(outputs, self.temperature)
+        if self.novelty is None:
+            return probabilities, None, None
+        unknown, scores = self.novelty.unknown(features)
+        return probabilities, unknown, scores
+
+    def _jax_outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(features, probabilities)`` by the jitted JAX forward pass (uncalibrated)."""
         count = len(images)
         padded = 1 << max(0, (count - 1).bit_length())
         if padded != count:
@@ -152,20 +212,22 @@ class Predictor:
         features, outputs = self._forward(self._trainable, self._non_trainable, images)
         # wait without the GIL: other request threads decode and answer meanwhile
         outputs.block_until_ready()
-        probabilities = calibration.scale(np.asarray(outputs)[:count], self.temperature)
-        if self.novelty is None:
-            return probabilities, None, None
-        unknown, scores = self.novelty.unknown(np.asarray(features)[:count])
-        return probabilities, unknown, scores
+        return np.asarray(features)[:count], np.asarray(outputs)[:count]
 
     def predict_images(self, images: np.ndarray) -> np.ndarray:
         """Return the calibrated probabilities for preprocessed images ``(n, h, w, c)``."""
         return self.answers(images)[0]
 
-    def warm_up(self) -> None:
-        """Compile the forward pass for one image now, not on the first request."""
+    def warm_up(self, max_batch: int = 1) -> None:
+        """Compile the forward pass now, not on the first request: for one image and, up to
+        ``max_batch`` (micro-batching's largest batch), every size JAX pads to."""
         channels = 1 if self.color_mode == "grayscale" else 3
-        self.predict_images(np.zeros((1, *self.image_size, channels), np.float32))
+        size = 1
+        while True:
+            self.predict_images(np.zeros((size, *self.image_size, channels), np.float32))
+            if size >= max_batch:
+                break
+            size = min(2 * size, max_batch)
 
     def saliency(self, images: np.ndarray, classes) -> np.ndarray:
         """Heat maps ``(n, h, w)`` in [0, 1] of why ``images`` got ``classes`` (one backward
@@ -175,15 +237,43 @@ class Predictor:
         return saliency.maps(self._both, self._trainable, self._non_trainable, images, classes)
 
     def classify(
-        self, payloads: list[bytes], max_pixels: int = MAX_IMAGE_PIXELS, explain: bool = False
+        self,
+        payloads: list[bytes],
+        max_pixels: int = MAX_IMAGE_PIXELS,
+        explain: bool = False,
+        batcher=None,
     ) -> list[Classified]:
         """Decode and classify encoded images in one forward pass; one result per payload
-        (with ``explain``, each prediction carries its heat map too).
+        (with ``explain``, each prediction carries its heat map too). With ``batcher`` (a
+        ``serve.batching.MicroBatcher``), the forward pass is shared with concurrent requests.
 
         A payload that is not a readable image (or has more than ``max_pixels``) gets a
         ``Classified`` with ``error`` (the reason) and no prediction; the others are classified
         all the same.
         """
+        with batcher.arriving() if batcher else contextlib.nullcontext() as arrival:
+            results, decoded = self._decode(payloads, max_pixels)
+            if not decoded:
+                return results
+            images = np.stack([array for _, array in decoded])
+            if arrival is not None:
+                rows, unknown, scores = arrival.answers(self, images)
+            else:
+                rows, unknown, scores = self.answers(images)
+        for index, (result, _) in enumerate(decoded):
+            known = None if unknown is None else (bool(unknown[index]), float(scores[index]))
+            result.prediction = self.describe(rows[index], known)
+        if explain:
+            from imgclf.model.saliency import as_png
+
+            heat = self.saliency(images, rows.argmax(axis=1))
+            for (result, _), found in zip(decoded, heat, strict=True):
+                result.prediction.saliency = as_png(found)
+        return results
+
+    def _decode(self, payloads: list[bytes], max_pixels: int) -> tuple[list, list]:
+        """``(results, decoded)``: a ``Classified`` per payload (an error, or the facts), and
+        ``(result, array)`` for each that decoded."""
         results, decoded = [], []
         for payload in payloads:
             try:
@@ -195,19 +285,7 @@ class Predictor:
             facts.update(imagestats.brightness_contrast(image.array))
             results.append(Classified(facts=facts))
             decoded.append((results[-1], image.array))
-        if decoded:
-            images = np.stack([array for _, array in decoded])
-            rows, unknown, scores = self.answers(images)
-            for index, (result, _) in enumerate(decoded):
-                known = None if unknown is None else (bool(unknown[index]), float(scores[index]))
-                result.prediction = self.describe(rows[index], known)
-            if explain:
-                from imgclf.model.saliency import as_png
-
-                heat = self.saliency(images, rows.argmax(axis=1))
-                for (result, _), found in zip(decoded, heat, strict=True):
-                    result.prediction.saliency = as_png(found)
-        return results
+        return results, decoded
 
     def describe(
         self, probabilities: np.ndarray, unknown: tuple[bool, float] | None = None
@@ -232,9 +310,10 @@ class LiveModel:
     finish on the old predictor, new ones get the new one, none waits or fails.
     """
 
-    def __init__(self, models_dir: Path, poll_s: float = 0.5):
+    def __init__(self, models_dir: Path, poll_s: float = 0.5, warm_batch: int = 1):
         self.models_dir = Path(models_dir)
         self.poll_s = poll_s
+        self.warm_batch = warm_batch  # the largest batch compiled before a version serves
         self.last_error: str | None = None
         self._predictor: Predictor | None = None
         self._stamp: tuple | None = None
@@ -269,7 +348,7 @@ class LiveModel:
                     self._stamp = stamp
                     return False
                 predictor = Predictor.load(self.models_dir, version)
-                predictor.warm_up()
+                predictor.warm_up(self.warm_batch)
             except Exception as error:  # keep serving the loaded version; retry next poll
                 self.last_error = f"loading the current model failed: {error}"
                 return False

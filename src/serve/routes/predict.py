@@ -35,13 +35,15 @@ def _classify(
     predictor: Predictor, payloads: list[bytes], explain: bool = False
 ) -> tuple[list[dict], float]:
     """Classify, log every result (off the request path) and count it; returns the rows."""
-    results = predictor.classify(payloads, state.current().service.predict_max_pixels, explain)
+    worker = state.current()
+    results = predictor.classify(
+        payloads, worker.service.predict_max_pixels, explain, worker.batcher
+    )
     latency_ms = (time.perf_counter() - g.started) * 1000
     rows = [
         _row(predictor, result, payload, latency_ms)
         for result, payload in zip(results, payloads, strict=True)
     ]
-    worker = state.current()
     worker.log.add(rows)  # the store keeps its own columns, not the probabilities
     for row, payload in zip(rows, payloads, strict=True):
         if "error" not in row:  # kept a while, so that feedback can make it training data

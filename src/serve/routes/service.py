@@ -43,6 +43,13 @@ def health():
         "model_version": predictor.version if predictor else None,
         "model_loaded_at": predictor.loaded_at if predictor else None,
         "model_error": worker.model.last_error,
+        "runtime": predictor.runtime if predictor else None,
+        "runtime_requested": worker.runtime.runtime,
+        "runtime_note": predictor.runtime_note if predictor else None,
+        "batching": {
+            "max_size": worker.runtime.batch_max_size,
+            "max_wait_ms": worker.runtime.batch_max_wait_ms,
+        },
         "worker_pid": os.getpid(),
     }
 
