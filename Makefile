@@ -20,7 +20,7 @@ WORKERS ?= 2
 DASHBOARD_PORT ?= 5006
 export PORT WORKERS DASHBOARD_PORT
 
-.PHONY: help setup lock lock-cuda bench-gate bench-stats bench-trust bench-quality soak bench-train data data-fashion eda train evaluate retrain pipeline run model db serve worker \
+.PHONY: help setup lock lock-cuda bench-backbone bench-gate bench-stats bench-trust bench-quality soak bench-train data data-fashion eda train evaluate retrain pipeline run model db serve worker \
         cluster dashboard token bench loadtest reports lab test test-fast lint format clean
 
 # make run / make serve start one job worker beside the API; WORKER=0 leaves it out
@@ -105,9 +105,14 @@ dashboard: setup ## start the dashboard alone (expects the API at IMGCLF_API_URL
 token: setup ## print the admin token (created in .env on first use)
 	@$(PY) -c 'from devkit.launch import ensure_token; print(ensure_token())'
 
-bench: model db ## /predict over HTTP (hey): this API against a plain Flask server, both gunicorn
+bench: model db ## /predict over HTTP (hey): this API against a plain server; then the backbone section
 	@command -v hey >/dev/null || { echo "make bench needs hey: apt-get install hey"; exit 1; }
 	$(PY) -m devkit.bench
+	$(PY) -m devkit.bench_backbone
+
+bench-backbone: setup ## EfficientNet-Lite0 served by JAX and OpenVINO, with and without micro-batching
+	@command -v hey >/dev/null || { echo "make bench needs hey: apt-get install hey"; exit 1; }
+	$(PY) -m devkit.bench_backbone
 
 bench-gate: setup ## simulate the promotion gate: false rejections and power by test-set size
 	$(PY) -m devkit.bench_gate

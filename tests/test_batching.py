@@ -128,3 +128,13 @@ def test_versions_are_never_mixed_in_one_call(predictor, trained_root):
     assert batch_figures()[0] - calls >= 2
     for index, answer in enumerate(answers):
         assert np.abs(answer[0] - owners[index].answers(parts[index])[0]).max() <= 1e-5
+
+
+def test_by_default_jax_on_a_cpu_is_computed_side_by_side_not_batched(predictor):
+    """BATCH_MAX_SIZE=auto: no coalescing for JAX on a CPU (``runtime.batch_limit``), so the
+    requests run in their own threads at once, none waits for the others."""
+    batcher = MicroBatcher(None, PATIENT_MS)
+    assert batcher.limit(predictor) == 1
+    calls, _, _ = batch_figures()
+    answers = submit_together(batcher, predictor, [images(1, seed) for seed in range(4)])
+    assert batch_figures()[0] == calls and all(len(a[0]) == 1 for a in answers)

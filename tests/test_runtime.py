@@ -40,6 +40,12 @@ def test_settings_validate_the_runtime_and_batching(monkeypatch):
     monkeypatch.setenv("BATCH_MAX_SIZE", "1")
     settings = config.get_runtime_settings()
     assert settings.runtime == "openvino" and not settings.batching
+    monkeypatch.setenv("BATCH_MAX_SIZE", "auto")
+    assert config.get_runtime_settings().batch_max_size is None  # chosen per runtime
+    assert runtime.batch_limit(None, "openvino", 2) == runtime.AUTO_BATCH_MAX_SIZE
+    assert runtime.batch_limit(None, "openvino", 1) == 1  # one thread: a batch costs as much
+    assert runtime.batch_limit(None, "jax", 4) == 1  # JAX on a CPU (the suite's): off
+    assert runtime.batch_limit(4, "jax") == 4
     for name, value, said in (
         ("INFERENCE_RUNTIME", "tpu", "INFERENCE_RUNTIME='tpu': expected one of jax"),
         ("BATCH_MAX_SIZE", "0", "BATCH_MAX_SIZE=0"),
@@ -152,7 +158,8 @@ def test_gunicorn_serves_with_openvino_and_batches(openvino_served, trained_root
     url = openvino_served
     health = requests.get(f"{url}/health", timeout=10).json()
     assert (health["runtime"], health["runtime_requested"]) == ("openvino", "openvino")
-    assert health["batching"]["max_size"] == 8 and health["runtime_note"] is None
+    assert health["batching"] == {"setting": "auto", "max_size": 8, "max_wait_ms": 2.0}
+    assert health["runtime_note"] is None
     paths = sorted((trained_root / "data" / "test").glob("*/*.png"))[:40]
     bodies = [p.read_bytes() for p in paths] + [b"not an image"] * 8
 
@@ -182,6 +189,7 @@ def test_gunicorn_serves_with_openvino_and_batches(openvino_served, trained_root
 @pytest.fixture
 def openvino_served(monkeypatch, project, worker, tmp_path, request):
     monkeypatch.setenv("INFERENCE_RUNTIME", "openvino")
-    monkeypatch.setenv("BATCH_MAX_SIZE", "8")
+    monkeypatch.delenv("BATCH_MAX_SIZE", raising=False)  # auto: 8 for OpenVINO ...
+    monkeypatch.setenv("INFERENCE_THREADS", "2")  # ... with two threads a worker
     url, _ = request.getfixturevalue("server")
     return url

@@ -73,15 +73,27 @@ def start_server(app: str | None, env: dict, log: Path) -> tuple[subprocess.Pope
     return process, url
 
 
-def hey(url: str, payload: Path | None, content_type: str, count: int, concurrency: int) -> dict:
-    """Run hey (POST ``payload``, or GET without one); returns requests/s, latency
-    percentiles (ms) and the status codes seen."""
+def hey(
+    url: str,
+    payload: Path | None,
+    content_type: str,
+    count: int,
+    concurrency: int,
+    duration_s: float | None = None,
+    keepalive: bool = True,
+) -> dict:
+    """Run hey (POST ``payload``, or GET without one) for ``count`` requests, or for
+    ``duration_s`` seconds (without ``keepalive``: a connection per request); returns
+    requests/s, latency percentiles (ms), the status codes seen and the number of requests
+    that got no answer (``errors``)."""
     request = ["-m", "POST", "-T", content_type, "-D", str(payload)] if payload else []
     for _ in range(3 * concurrency):  # warm every worker: compilation, caches
         if payload:
             requests.post(url, data=payload.read_bytes(), headers={"Content-Type": content_type})
+    amount = ["-z", f"{duration_s}s"] if duration_s else ["-n", str(count)]
+    amount += [] if keepalive else ["-disable-keepalive"]
     output = subprocess.run(
-        ["hey", "-n", str(count), "-c", str(concurrency), *request, url],
+        ["hey", *amount, "-c", str(concurrency), *request, url],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
 
@@ -95,6 +107,12 @@ def hey(url: str, payload: Path | None, content_type: str, count: int, concurren
         "latency_p95_ms": seconds("95"),
         "latency_p99_ms": seconds("99"),
         "status": dict(re.findall(r"\[(\d{3})\]\s+(\d+) responses", output)),
+        "errors": sum(
+            int(n)
+            for n in re.findall(r"^\s+\[(\d+)\]\s", output.split("Error distribution:")[-1], re.M)
+        )
+        if "Error distribution:" in output
+        else 0,
     }
 
 

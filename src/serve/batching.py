@@ -3,9 +3,14 @@
 Each request decodes its own images, in its own thread (in parallel, as before), then hands
 them to the worker's ``MicroBatcher`` and waits. One thread runs the inference calls: it takes
 the queued requests of the same model version, up to ``BATCH_MAX_SIZE`` images, computes them
-in one call and hands each request its rows. A bad image never reaches the queue (its request
-answers its own 422), so it cannot fail the others; should a coalesced call itself fail, each
-of its requests is computed alone, so only the one that fails gets the error.
+in one call and hands each request its rows. ``BATCH_MAX_SIZE=auto`` (the default) batches
+only where a batch is cheaper than its images one by one: accelerators, and OpenVINO with two
+or more threads a worker (``imgclf.model.runtime.batch_limit`` says what was measured); other
+requests are computed in their own threads, side by side, as without it.
+
+A bad image never reaches the queue (its request answers its own 422), so it cannot fail the
+others; should a coalesced call itself fail, each of its requests is computed alone, so only
+the one that fails gets the error.
 
 Adaptive: the first request of a batch waits for more only while other requests are being
 decoded (they will arrive in a moment), and at most ``BATCH_MAX_WAIT_MS``. A lone request is
@@ -27,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from imgclf.model import runtime
 from serve import metrics
 
 
@@ -56,8 +62,8 @@ class Arrival:
 class MicroBatcher:
     """Coalesces concurrent ``Predictor.answers`` calls of one worker (see the module)."""
 
-    def __init__(self, max_size: int, max_wait_ms: float):
-        self.max_size = max(1, int(max_size))
+    def __init__(self, max_size: int | None, max_wait_ms: float):
+        self.setting = max_size  # None: per runtime (runtime.batch_limit)
         self.max_wait_s = max(0.0, float(max_wait_ms)) / 1000.0
         self._queue: deque[_Request] = deque()
         self._arriving = 0
@@ -80,12 +86,17 @@ class MicroBatcher:
 
     def answers(self, predictor, images: np.ndarray, arrival: Arrival | None = None) -> tuple:
         """Queue ``images`` for ``predictor`` and wait for their ``(probabilities, unknown,
-        scores)``; raises what computing them raised."""
+        scores)``; raises what computing them raised. A model whose batch limit is 1 (JAX on
+        a CPU, by default) is computed at once, in the calling thread."""
         request = _Request(predictor, images)
+        alone = self.limit(predictor) <= 1
         with self._changed:
             if arrival is not None and arrival.pending:
                 arrival.pending = False
                 self._arriving -= 1
+                self._changed.notify()
+            if alone:
+                return predictor.answers(images)
             self._queue.append(request)
             self._changed.notify()
             if self._thread is None:  # started on first use: in the worker, after the fork
@@ -96,6 +107,10 @@ class MicroBatcher:
             raise request.error
         return request.answer
 
+    def limit(self, predictor) -> int:
+        """The most images a call holds for ``predictor`` (``runtime.batch_limit``)."""
+        return runtime.batch_limit(self.setting, predictor.runtime, predictor.threads)
+
     def _next_batch(self) -> list[_Request]:
         """Wait for requests; return the next batch (same predictor, at most ``max_size``
         images, at least one request)."""
@@ -103,19 +118,20 @@ class MicroBatcher:
             while not self._queue:
                 self._changed.wait()
             deadline = self._queue[0].queued_at + self.max_wait_s
+            most = self.limit(self._queue[0].predictor)
             while (
                 self._arriving > 0
-                and self._queued_images(self._queue[0].predictor) < self.max_size
+                and self._queued_images(self._queue[0].predictor) < most
                 and (left := deadline - time.perf_counter()) > 0
             ):
                 self._changed.wait(left)
             first = self._queue.popleft()
             batch, count, skipped = [first], len(first.images), []
-            while self._queue and count < self.max_size:
+            while self._queue and count < most:
                 candidate = self._queue.popleft()
                 if candidate.predictor is not first.predictor:
                     skipped.append(candidate)  # another version (a hot reload): a later batch
-                elif count + len(candidate.images) > self.max_size:
+                elif count + len(candidate.images) > most:
                     self._queue.appendleft(candidate)
                     break
                 else:

@@ -204,7 +204,10 @@ class Health(Schema):
         metadata={"description": "why the runtime is not the one requested (a fallback)"},
     )
     batching = fields.Dict(
-        metadata={"description": "micro-batching: max_size images a call (1: off), max_wait_ms"}
+        metadata={
+            "description": "micro-batching: setting (BATCH_MAX_SIZE, auto or a number), "
+            "max_size (the most images a call for the served model; 1: off), max_wait_ms"
+        }
     )
     worker_pid = fields.Integer()
 

@@ -54,7 +54,7 @@ class WorkerState:
         )
         self.model = LiveModel(
             settings.models_dir, service.reload_poll_s, self.runtime.batch_max_size
-        )
+        )  # a version is compiled for the batches it will get before it serves
         self.hashes = uploads.HashIndex(settings.data_dir)
         self.keeper = ImageKeeper(
             settings.data_dir / "retained",

@@ -19,20 +19,23 @@ class RuntimeSettings:
 
     runtime: str = "auto"
     threads: int = 1
-    batch_max_size: int = 8
+    #: None: chosen per runtime (``imgclf.model.runtime.batch_limit``); 1: off
+    batch_max_size: int | None = None
     batch_max_wait_ms: float = 2.0
 
     @property
     def batching(self) -> bool:
-        return self.batch_max_size > 1
+        return self.batch_max_size is None or self.batch_max_size > 1
 
 
 def get_runtime_settings() -> RuntimeSettings:
     """Return ``INFERENCE_RUNTIME`` (auto; ``RUNTIMES``), ``INFERENCE_THREADS`` (the threads
     one inference may use; default ``OMP_NUM_THREADS``, which gunicorn's configuration sets to
-    the cores per worker, else every core), ``BATCH_MAX_SIZE`` (8 images a coalesced inference
-    call; 1 switches micro-batching off) and ``BATCH_MAX_WAIT_MS`` (2: the longest the first
-    request of a batch waits for others, and only while others are being decoded).
+    the cores per worker, else every core), ``BATCH_MAX_SIZE`` (the most images in a
+    coalesced inference call; ``auto``, the default: 8 where a batch is cheaper than its
+    images one by one, ``imgclf.model.runtime.batch_limit``; 1 switches micro-batching off)
+    and ``BATCH_MAX_WAIT_MS`` (2: the longest the first request of a batch waits for others,
+    and only while others are being decoded).
 
     Raises:
         ConfigError: a value of the wrong kind or out of range, naming the variable.
@@ -41,17 +44,18 @@ def get_runtime_settings() -> RuntimeSettings:
     if runtime not in RUNTIMES:
         raise ConfigError(f"INFERENCE_RUNTIME={runtime!r}: expected one of {', '.join(RUNTIMES)}")
     cores = os.cpu_count() or 1
-    values = _read_all(
-        {
-            "INFERENCE_THREADS": (_int, _int("OMP_NUM_THREADS", cores), 1, 1024),
-            "BATCH_MAX_SIZE": (_int, RuntimeSettings.batch_max_size, 1, 1024),
-            "BATCH_MAX_WAIT_MS": (_float, RuntimeSettings.batch_max_wait_ms, 0.0, 1000.0),
-        }
-    )
+    automatic = (os.environ.get("BATCH_MAX_SIZE") or "auto").strip().lower() == "auto"
+    spec = {
+        "INFERENCE_THREADS": (_int, _int("OMP_NUM_THREADS", cores), 1, 1024),
+        "BATCH_MAX_WAIT_MS": (_float, RuntimeSettings.batch_max_wait_ms, 0.0, 1000.0),
+    }
+    if not automatic:
+        spec["BATCH_MAX_SIZE"] = (_int, 1, 1, 1024)
+    values = _read_all(spec)
     return RuntimeSettings(
         runtime=runtime,
         threads=values["INFERENCE_THREADS"],
-        batch_max_size=values["BATCH_MAX_SIZE"],
+        batch_max_size=None if automatic else values["BATCH_MAX_SIZE"],
         batch_max_wait_ms=values["BATCH_MAX_WAIT_MS"],
     )
 

@@ -192,15 +192,18 @@ class Predictor:
         Computed by ``runtime``; for JAX, batches are padded to a power of two so that only a
         few shapes are ever compiled.
         """
-        if self._openvino is not None:
-            features, outputs = self._openvino(images)
-        else:
-            features, outputs = self._jax_outputs(images)
+        features, outputs = self._outputs(images)
         probabilities = calibration.scale(outputs, self.temperature)
         if self.novelty is None:
             return probabilities, None, None
         unknown, scores = self.novelty.unknown(features)
         return probabilities, unknown, scores
+
+    def _outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(features, probabilities)`` by ``runtime`` (uncalibrated)."""
+        if self._openvino is not None:
+            return self._openvino(images)
+        return self._jax_outputs(images)
 
     def _jax_outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(features, probabilities)`` by the jitted JAX forward pass (uncalibrated)."""
@@ -213,6 +216,17 @@ class Predictor:
         # wait without the GIL: other request threads decode and answer meanwhile
         outputs.block_until_ready()
         return np.asarray(features)[:count], np.asarray(outputs)[:count]
+
+    def uncalibrated(self, images, batch_size: int = 64) -> np.ndarray:
+        """The model's own probabilities (no temperature) of images (uint8 or floats in [0, 1];
+        a memory map is read batch by batch), computed by ``runtime``: batch evaluation."""
+        from imgclf.model.batches import as_inputs
+
+        rows = [
+            self._outputs(as_inputs(np.asarray(images[start : start + batch_size])))[1]
+            for start in range(0, len(images), batch_size)
+        ]
+        return np.concatenate(rows) if rows else np.zeros((0, len(self.class_names)), np.float32)
 
     def predict_images(self, images: np.ndarray) -> np.ndarray:
         """Return the calibrated probabilities for preprocessed images ``(n, h, w, c)``."""
@@ -310,10 +324,11 @@ class LiveModel:
     finish on the old predictor, new ones get the new one, none waits or fails.
     """
 
-    def __init__(self, models_dir: Path, poll_s: float = 0.5, warm_batch: int = 1):
+    def __init__(self, models_dir: Path, poll_s: float = 0.5, batch_setting: int | None = 1):
         self.models_dir = Path(models_dir)
         self.poll_s = poll_s
-        self.warm_batch = warm_batch  # the largest batch compiled before a version serves
+        #: ``BATCH_MAX_SIZE``: a version is compiled up to its batch limit before it serves
+        self.batch_setting = batch_setting
         self.last_error: str | None = None
         self._predictor: Predictor | None = None
         self._stamp: tuple | None = None
@@ -348,7 +363,10 @@ class LiveModel:
                     self._stamp = stamp
                     return False
                 predictor = Predictor.load(self.models_dir, version)
-                predictor.warm_up(self.warm_batch)
+                limit = runtime.batch_limit(
+                    self.batch_setting, predictor.runtime, predictor.threads
+                )
+                predictor.warm_up(limit)
             except Exception as error:  # keep serving the loaded version; retry next poll
                 self.last_error = f"loading the current model failed: {error}"
                 return False

@@ -304,16 +304,20 @@ def _fit_pretrained(
     return history
 
 
-def evaluate(model, split) -> tuple[dict, np.ndarray]:
+def evaluate(model, split, predict=None) -> tuple[dict, np.ndarray]:
     """Return ``(metrics, probabilities)`` of a model on a decoded split (``cache.CachedSplit``),
-    read batch by batch.
+    read batch by batch (by ``predict(images) -> probabilities`` where given, e.g. a
+    ``Predictor.uncalibrated`` computed by OpenVINO; else by Keras).
 
     A model that knows fewer classes than the split (the current model, when uploads brought
     new classes) gets zero probability for the classes it has never seen, so that it is scored
     on the same test set as a candidate that knows them all; their names are listed in the
     metrics as ``unseen_classes`` (the gate asks more of a candidate on them).
     """
-    probabilities = network.predict_proba(model, split.images)
+    if predict is not None:
+        probabilities = np.asarray(predict(split.images), np.float32)
+    else:
+        probabilities = network.predict_proba(model, split.images)
     missing = len(split.class_names) - probabilities.shape[1]
     if missing > 0:
         probabilities = np.pad(probabilities, ((0, 0), (0, missing)))

@@ -47,7 +47,8 @@ def health():
         "runtime_requested": worker.runtime.runtime,
         "runtime_note": predictor.runtime_note if predictor else None,
         "batching": {
-            "max_size": worker.runtime.batch_max_size,
+            "setting": worker.runtime.batch_max_size or "auto",
+            "max_size": worker.batcher.limit(predictor) if worker.batcher and predictor else 1,
             "max_wait_ms": worker.runtime.batch_max_wait_ms,
         },
         "worker_pid": os.getpid(),
