@@ -138,3 +138,24 @@ def test_by_default_jax_on_a_cpu_is_computed_side_by_side_not_batched(predictor)
     calls, _, _ = batch_figures()
     answers = submit_together(batcher, predictor, [images(1, seed) for seed in range(4)])
     assert batch_figures()[0] == calls and all(len(a[0]) == 1 for a in answers)
+
+
+class _Rendezvous:
+    """A model that answers only when two requests are being computed at the same moment
+    (a barrier): it shows that unbatched requests run side by side, not one after another."""
+
+    runtime, threads = "jax", 1
+
+    def __init__(self):
+        self.meeting = threading.Barrier(2, timeout=20)
+
+    def answers(self, images):
+        self.meeting.wait()
+        return np.ones((len(images), 2)), None, None
+
+
+def test_unbatched_requests_are_computed_at_the_same_time():
+    batcher = MicroBatcher(None, PATIENT_MS)
+    model = _Rendezvous()
+    answers = submit_together(batcher, model, [images(1, 0), images(1, 1)])
+    assert all(not isinstance(a, Exception) for a in answers), answers  # none waited 20 s

@@ -139,11 +139,12 @@ def _floor_child(models_dir: str, runtime: str, threads: str, batch: str, start_
 
 def as_served(models_dir: Path, runtime: str, workers: int, batch: int, seconds: float) -> float:
     """Images a second of ``workers`` processes side by side, each with the threads a gunicorn
-    worker gets (``INFERENCE_THREADS``, else as ``serve/gunicorn_conf.py`` sizes them), without
-    HTTP: the floor of the served layout."""
-    threads = int(os.environ.get("INFERENCE_THREADS") or max(1, (os.cpu_count() or 1) // workers))
-    env = {**os.environ, "INFERENCE_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
-    if threads == 1:
+    worker gets (``INFERENCE_THREADS``; BLAS and XLA as ``serve/gunicorn_conf.py`` sizes them),
+    without HTTP: the floor of the served layout."""
+    threads = config.get_runtime_settings().threads
+    per_worker = max(1, (os.cpu_count() or 1) // workers)  # as serve/gunicorn_conf.py sizes
+    env = {**os.environ, "INFERENCE_THREADS": str(threads), "OMP_NUM_THREADS": str(per_worker)}
+    if per_worker == 1:
         env.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
     start_at = time.time() + 40  # every child loaded and compiled by then
     command = [sys.executable, "-m", "devkit.bench_backbone", "floor-child", str(models_dir),
@@ -214,11 +215,20 @@ def http(env: dict, folder: Path, seconds: float, rounds: int) -> dict:
                     runs[name][concurrency].append(measured)
                     print(f"round {round_ + 1} c={concurrency:2d} {name:18s} "
                           f"{measured['throughput_rps']:7.1f} req/s", flush=True)  # fmt: skip
+        memory = {name: _workers_rss_mib(process.pid) for name, (process, _) in servers.items()}
     finally:
         for process, _ in servers.values():
             process.terminate()
             process.wait(timeout=60)
-    return {"runs": runs, "health": health, "batch_max_size": batch}
+    return {"runs": runs, "health": health, "batch_max_size": batch, "rss_mib": memory}
+
+
+def _workers_rss_mib(master: int) -> list[float]:
+    """Resident memory of each gunicorn worker of ``master`` now (after the load)."""
+    import psutil
+
+    workers = psutil.Process(master).children()
+    return sorted(round(worker.memory_info().rss / 2**20, 1) for worker in workers)
 
 
 def _timed_hey(url: str, payload: Path, concurrency: int, seconds: float) -> dict:
@@ -284,13 +294,16 @@ def table(record: dict) -> str:
     lines = [
         f"`make bench` (backbone section): EfficientNet-Lite0, 224 px RGB JPEG photo, gunicorn "
         f"WORKERS={settings['workers']} THREADS={settings['threads']}, INFERENCE_THREADS="
-        f"{settings['inference_threads']}, BATCH_MAX_SIZE="
-        f"{settings['batch_max_size']} BATCH_MAX_WAIT_MS={settings['batch_max_wait_ms']:g}; "
-        f"hey for {settings['seconds']:g} s a cell, {settings['rounds']} alternating rounds "
-        f"(medians); {record['machine']['cpus']} cores; {record['date']}.",
+        f"{settings['inference_threads']}; BATCH_MAX_SIZE={settings['batch_max_size']} on the "
+        f"+batching servers, 1 on the others, BATCH_MAX_WAIT_MS="
+        f"{settings['batch_max_wait_ms']:g}; hey (a connection a request) for "
+        f"{settings['seconds']:g} s a cell, {settings['rounds']} alternating rounds (medians); "
+        f"{record['machine']['cpus']} cores; {record['date']}.",
         "",
-        "| server | " + " | ".join(f"c={c} req/s (p50 / p99 ms)" for c in CONCURRENCY) + " |",
-        "|---|" + "---|" * len(CONCURRENCY),
+        "| server | "
+        + " | ".join(f"c={c} req/s (p50 / p99 ms)" for c in CONCURRENCY)
+        + " | worker memory (MiB) |",
+        "|---|" + "---|" * (len(CONCURRENCY) + 1),
     ]
     for name, _, _ in SERVERS:
         cells = [
@@ -298,7 +311,8 @@ def table(record: dict) -> str:
             f"{_ms(cell['latency_p99_ms'])})"
             for cell in (record["cells"][name][c] for c in CONCURRENCY)
         ]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        memory = " / ".join(f"{m:,.0f}" for m in record["http"].get("rss_mib", {}).get(name, []))
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {memory} |")
     batch = settings["batch_max_size"]
     for name, row in record["floor"].items():
         lines.append(
@@ -306,7 +320,7 @@ def table(record: dict) -> str:
             f"{settings['workers']} processes side by side {row['served_batch_1_per_s']:.1f} "
             f"(batches of {batch}: {row[f'served_batch_{batch}_per_s']:.1f}) | one process, "
             f"every core: {row['batch_1_ms']} ms an image alone, {row[f'batch_{batch}_ms']} ms "
-            f"in batches of {batch} | |"
+            f"in batches of {batch} | | |"
         )
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     figures = [
@@ -356,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": rounds,
             "batch_max_size": batch,
             "batch_max_wait_ms": runtime.batch_max_wait_ms,
-            "inference_threads": os.environ.get("INFERENCE_THREADS") or "cores / workers",
+            "inference_threads": runtime.threads,
         },  # fmt: skip
         "floor": found_floor,
         "http": measured,

@@ -13,9 +13,10 @@ others; should a coalesced call itself fail, each of its requests is computed al
 the one that fails gets the error.
 
 Adaptive: the first request of a batch waits for more only while other requests are being
-decoded (they will arrive in a moment), and at most ``BATCH_MAX_WAIT_MS``. A lone request is
-computed at once, so batching adds nothing to its latency but a hand-over between threads;
-under load, requests that arrive while a call runs form the next batch without any wait.
+decoded (they will arrive in a moment), and at most ``BATCH_MAX_WAIT_MS``. A lone request
+(nothing computing, queued or being decoded) is computed at once in its own thread, so
+batching adds nothing to its latency; one call computes at a time, and requests that arrive
+while it runs form the next batch without any wait.
 
 ``imgclf_batch_images`` (images a call) and ``imgclf_batch_queue_wait_seconds`` (a request's
 wait for its call) are its Prometheus metrics.
@@ -67,6 +68,7 @@ class MicroBatcher:
         self.max_wait_s = max(0.0, float(max_wait_ms)) / 1000.0
         self._queue: deque[_Request] = deque()
         self._arriving = 0
+        self._computing = 0  # inference calls in progress (at most one)
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
 
@@ -95,13 +97,28 @@ class MicroBatcher:
                 arrival.pending = False
                 self._arriving -= 1
                 self._changed.notify()
-            if alone:
+            # nothing computing, queued or coming: this request is its own batch, computed in
+            # its own thread (no hand-over to the batch thread and back)
+            first = not (alone or self._queue or self._arriving or self._computing)
+            if first:
+                self._computing += 1
+            elif not alone:
+                self._queue.append(request)
+                self._changed.notify()
+                if self._thread is None or not self._thread.is_alive():  # in the worker
+                    self._thread = threading.Thread(
+                        target=self._run, name="micro-batch", daemon=True
+                    )
+                    self._thread.start()
+        if alone:  # outside the lock: such requests compute side by side
+            return predictor.answers(images)
+        if first:
+            metrics.BATCH_QUEUE_WAIT.observe(0.0)
+            metrics.BATCH_IMAGES.observe(len(images))
+            try:
                 return predictor.answers(images)
-            self._queue.append(request)
-            self._changed.notify()
-            if self._thread is None:  # started on first use: in the worker, after the fork
-                self._thread = threading.Thread(target=self._run, name="micro-batch", daemon=True)
-                self._thread.start()
+            finally:
+                self._done_computing()
         request.done.wait()
         if request.error is not None:
             raise request.error
@@ -115,7 +132,7 @@ class MicroBatcher:
         """Wait for requests; return the next batch (same predictor, at most ``max_size``
         images, at least one request)."""
         with self._changed:
-            while not self._queue:
+            while not self._queue or self._computing:  # one call at a time: others queue up
                 self._changed.wait()
             deadline = self._queue[0].queued_at + self.max_wait_s
             most = self.limit(self._queue[0].predictor)
@@ -138,25 +155,35 @@ class MicroBatcher:
                     batch.append(candidate)
                     count += len(candidate.images)
             self._queue.extendleft(reversed(skipped))
+            self._computing += 1
             return batch
+
+    def _done_computing(self) -> None:
+        with self._changed:
+            self._computing -= 1
+            self._changed.notify_all()
 
     def _queued_images(self, predictor) -> int:
         return sum(len(r.images) for r in self._queue if r.predictor is predictor)
 
     def _run(self) -> None:
         while True:
-            batch = self._next_batch()
-            started = time.perf_counter()
-            for request in batch:
-                metrics.BATCH_QUEUE_WAIT.observe(started - request.queued_at)
-            metrics.BATCH_IMAGES.observe(sum(len(r.images) for r in batch))
+            batch: list[_Request] = []
             try:
+                batch = self._next_batch()
+                started = time.perf_counter()
+                for request in batch:
+                    metrics.BATCH_QUEUE_WAIT.observe(started - request.queued_at)
+                metrics.BATCH_IMAGES.observe(sum(len(r.images) for r in batch))
                 self._compute(batch)
-            except BaseException as error:  # never leave a request waiting
+            except Exception as error:  # never leave a request waiting, nor stop serving
                 for request in batch:
                     if not request.done.is_set():
                         request.error = error
                         request.done.set()
+            finally:
+                if batch:
+                    self._done_computing()
 
     @staticmethod
     def _compute(batch: list[_Request]) -> None:

@@ -143,8 +143,8 @@ class Predictor:
                 self._jax_outputs(probe), forward(probe), self.version
             )
             self._openvino = forward
-        except (runtime.RuntimeUnavailable, OSError) as error:
-            self.runtime, self.runtime_note = "jax", str(error)
+        except Exception as error:  # whatever it is, JAX serves and the log says why
+            self.runtime, self.runtime_note = "jax", str(error) or type(error).__name__
             log.warning("%s serves with JAX, not OpenVINO: %s", self.version, error)
 
     @classmethod

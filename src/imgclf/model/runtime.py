@@ -8,9 +8,10 @@ Keras picks its backend once per process and this one computes with JAX, so the 
 in a child process (``imgclf.model.ovexport``, with the ``openvino`` backend and without this
 process's secrets). The IR has two outputs, the pooled features and the probabilities
 (``trust.with_features``), and is kept under ``<MODELS_DIR>/.openvino/<version>-<digest>/``,
-keyed by the model file's SHA-256 and OpenVINO's version: written to a temporary folder and
-renamed, converted once per version whatever the number of workers, never half there, and
-never stale. A registered version's own folder stays as it was written.
+keyed by the model file's SHA-256 and OpenVINO's version: converted under a file lock (once per
+version whatever the number of workers: the others wait, then find it), written to a temporary
+folder and renamed (never half there; what a killed conversion left is removed by the next),
+and never stale. A registered version's own folder stays as it was written.
 
 What cannot run (OpenVINO missing, a layer its Keras backend cannot convert, a compile error,
 answers that differ from JAX's) raises ``RuntimeUnavailable`` saying why, naming the layer
@@ -30,6 +31,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 from imgclf import config
 from imgclf.model import registry
@@ -131,17 +133,19 @@ def export(models_dir: Path, version: str) -> Path:
     if xml.is_file() and (folder / "model.bin").is_file():
         return xml
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-        _convert(model_file, staging / "model.xml", version)
-        staging.chmod(0o755)  # as readable as the registry (mkdtemp made it owner-only)
+    # one conversion at a time: the other workers wait for it and then find it done
+    with FileLock(str(folder.parent / ".lock"), timeout=EXPORT_TIMEOUT_S + 60):
+        if xml.is_file() and (folder / "model.bin").is_file():
+            return xml
+        for left in folder.parent.glob(".v*-*"):  # a killed worker's (none runs: we hold it)
+            shutil.rmtree(left, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
         try:
+            _convert(model_file, staging / "model.xml", version)
+            staging.chmod(0o755)  # as readable as the registry (mkdtemp made it owner-only)
             os.rename(staging, folder)
-        except OSError:  # another worker converted it meanwhile
-            if not xml.is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return xml
 
 
