@@ -137,11 +137,13 @@ def _floor_child(models_dir: str, runtime: str, threads: str, batch: str, start_
     return {"images_per_s": done / (time.perf_counter() - started), "late_s": round(late, 2)}
 
 
-def as_served(models_dir: Path, runtime: str, workers: int, batch: int, seconds: float) -> float:
+def as_served(
+    models_dir: Path, runtime: str, workers: int, batch: int, seconds: float, threads: int = 0
+) -> float:
     """Images a second of ``workers`` processes side by side, each with the threads a gunicorn
     worker gets (``INFERENCE_THREADS``; BLAS and XLA as ``serve/gunicorn_conf.py`` sizes them),
     without HTTP: the floor of the served layout."""
-    threads = config.get_runtime_settings().threads
+    threads = threads or config.get_runtime_settings().threads
     per_worker = max(1, (os.cpu_count() or 1) // workers)  # as serve/gunicorn_conf.py sizes
     env = {**os.environ, "INFERENCE_THREADS": str(threads), "OMP_NUM_THREADS": str(per_worker)}
     if per_worker == 1:
@@ -161,9 +163,10 @@ def as_served(models_dir: Path, runtime: str, workers: int, batch: int, seconds:
 
 
 def floor(models_dir: Path, batch: int, workers: int, seconds: float = 8) -> dict:
-    """Per runtime: in this process with every core (``in_process``) and as served
-    (``as_served``, one image a call and ``batch``); the floor is the most images a second of
-    them all."""
+    """Per runtime: in this process with every core (``in_process``), as served (``as_served``,
+    one image a call and ``batch``) and, for OpenVINO, as served with one thread a worker (the
+    layout that computes most on some machines); the floor is the most images a second of them
+    all, whichever layout gave it: no server can beat it on this machine."""
     found = {}
     for runtime in ("jax", "openvino"):
         row = in_process(models_dir, runtime, batch)
@@ -171,6 +174,8 @@ def floor(models_dir: Path, batch: int, workers: int, seconds: float = 8) -> dic
             row[f"served_batch_{size}_per_s"] = as_served(
                 models_dir, runtime, workers, size, seconds
             )
+        if runtime == "openvino" and config.get_runtime_settings().threads > 1:
+            row["served_1_thread_per_s"] = as_served(models_dir, runtime, workers, 1, seconds, 1)
         alone = 1000 / min(v for k, v in row.items() if k.endswith("_ms"))
         served = max(v for k, v in row.items() if k.startswith("served_"))
         row["floor_images_per_s"] = round(max(alone, served), 1)
@@ -318,7 +323,13 @@ def table(record: dict) -> str:
         lines.append(
             f"| without HTTP, {name} | floor {row['floor_images_per_s']:.1f} images/s: "
             f"{settings['workers']} processes side by side {row['served_batch_1_per_s']:.1f} "
-            f"(batches of {batch}: {row[f'served_batch_{batch}_per_s']:.1f}) | one process, "
+            f"(batches of {batch}: {row[f'served_batch_{batch}_per_s']:.1f}"
+            + (
+                f"; one thread each: {row['served_1_thread_per_s']:.1f}"
+                if "served_1_thread_per_s" in row
+                else ""
+            )
+            + ") | one process, "
             f"every core: {row['batch_1_ms']} ms an image alone, {row[f'batch_{batch}_ms']} ms "
             f"in batches of {batch} | | |"
         )
