@@ -36,9 +36,8 @@ import requests
 from PIL import Image
 
 from devkit.bench import hey, start_server
-from devkit.bench_train import update_readme
+from devkit.bench_train import publish
 from imgclf import config
-from imgclf.files import write_json_atomic
 from imgclf.store import migrations
 
 README_MARKERS = ("<!-- bench-backbone -->", "<!-- /bench-backbone -->")
@@ -391,12 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     record["targets"] = targets(record)
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    path = write_json_atomic(settings.reports_dir / f"bench-backbone-{stamp}.json", record)
-    text = table(record)
-    print(text)
-    updated = update_readme(text, README_MARKERS)
-    print(f"wrote {path}" + ("; README.md updated" if updated else ""))
+    publish("bench-backbone", record, table(record), README_MARKERS)
     return 0
 
 

@@ -27,9 +27,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from devkit.bench_train import update_readme
-from imgclf.config import get_settings
-from imgclf.files import write_json_atomic
+from devkit.bench_train import publish
 from imgclf.loop import evidence, gate
 from imgclf.model import evaluation
 
@@ -182,14 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         "models": models,
         "seconds": time.monotonic() - started,
     }
-    settings = get_settings()
-    settings.reports_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    path = write_json_atomic(settings.reports_dir / f"bench-gate-{stamp}.json", record)
-    text = table(record)
-    print(text)
-    updated = update_readme(text, README_MARKERS)
-    print(f"wrote {path}" + ("; README.md updated" if updated else ""))
+    publish("bench-gate", record, table(record), README_MARKERS)
     return 0
 
 

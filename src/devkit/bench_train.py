@@ -202,6 +202,19 @@ def update_readme(
     return True
 
 
+def publish(name: str, record: dict, text: str, markers: tuple[str, str] = README_MARKERS) -> Path:
+    """Write ``record`` to ``reports/<name>-<time>.json``, print ``text`` (the table) and put
+    it into README.md between ``markers``; returns the report's path."""
+    reports = get_settings().reports_dir
+    reports.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    path = write_json_atomic(reports / f"{name}-{stamp}.json", record)
+    print(text)
+    updated = update_readme(text, markers)
+    print(f"wrote {path}" + ("; README.md updated" if updated else ""))
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "run":  # a child: one measurement, printed as JSON
@@ -216,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     size = int(os.environ.get("BENCH_SIZE") or 64)
     epochs = int(os.environ.get("BENCH_EPOCHS") or 3)
     batch = int(os.environ.get("BENCH_BATCH") or 64)
-    settings = get_settings()
+    get_settings()  # a bad setting stops the run here, not after the measurements
     with tempfile.TemporaryDirectory(prefix="bench-train-") as folder:
         data_dir = Path(os.environ.get("BENCH_DATA") or folder)
         if not os.environ.get("BENCH_DATA"):
@@ -242,12 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         "training": training,
         "bare_step": bare,
     }
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    settings.reports_dir.mkdir(parents=True, exist_ok=True)
-    path = write_json_atomic(settings.reports_dir / f"bench-train-{stamp}.json", record)
-    text = table(record)
-    print(text)
-    print(f"wrote {path}" + ("; README.md updated" if update_readme(text) else ""))
+    publish("bench-train", record, table(record))
     return 0
 
 
