@@ -1,38 +1,57 @@
 # imgclf: one image for the API replicas, the job worker and the dashboard.
-#   docker build -t imgclf .            (or: podman build ...)
-#   docker compose up --scale api=4     (see compose.yaml)
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
-FROM ${PYTHON_IMAGE}
+#   make image                      (docker or podman: CONTAINER_ENGINE; OFFLINE=1 pulls nothing)
+#   make stack-up REPLICAS=2        (compose.yaml; README: "Deploying")
+# PYTHON_IMAGE is any Debian-like image with Python >= 3.11.5 and venv: the official
+# python:3.13-slim-trixie by default, or imgclf-base:trixie made from the Debian mirror by
+# `make image OFFLINE=1` (debootstrap, imported: no image registry involved).
+# pip reaches its index with the build's network; a custom CA comes in as the build secret
+# `pip_cert` (never an argument or a layer: `--secret id=pip_cert,src=/path/ca.crt`).
+ARG PYTHON_IMAGE=python:3.13-slim-trixie
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 KERAS_BACKEND=jax PATH=/opt/venv/bin:$PATH \
-    DATA_DIR=/srv/imgclf/data MODELS_DIR=/srv/imgclf/models REPORTS_DIR=/srv/imgclf/reports \
-    HOST=0.0.0.0 PORT=8000
-
-RUN useradd --create-home --uid 10001 imgclf
-WORKDIR /app
-
-# dependencies first, in their own layer: pinned, and rebuilt only when the lock changes
-# (a virtual environment: works on python:*-slim and on Debian's own python3 alike)
-# behind a private index or a TLS-inspecting proxy: --build-arg PIP_INDEX_URL=... PIP_CERT=...
+# 1. the dependencies: pinned by the lock, only those of pyproject's [project] (no test or lab
+# tools); rebuilt only when requirements.lock or pyproject.toml changes
+FROM ${PYTHON_IMAGE} AS deps
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 ARG PIP_INDEX_URL
-ARG PIP_CERT
-COPY requirements.lock ./
-RUN python3 -m venv /opt/venv && pip install -r requirements.lock
+COPY requirements.lock pyproject.toml /tmp/build/
+RUN --mount=type=secret,id=pip_cert \
+    set -e; if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi; \
+    python3 -m venv /opt/venv; \
+    python3 -c "import tomllib; print(*tomllib.load(open('/tmp/build/pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" > /tmp/build/dependencies.txt; \
+    /opt/venv/bin/pip install --no-compile -c /tmp/build/requirements.lock -r /tmp/build/dependencies.txt; \
+    # what no deployment runs: pip itself, test suites and C headers inside packages
+    find /opt/venv -depth \( -name tests -o -name __pycache__ \) -path '*/site-packages/*' \
+      -not -path '*/numpy/*' -not -path '*/pandas/*' -type d -exec rm -rf {} +; \
+    find /opt/venv -name '*.pyx' -delete; \
+    /opt/venv/bin/python -m compileall -q -j 0 /opt/venv/lib >/dev/null || true
 
-COPY pyproject.toml README.md ./
-COPY src ./src
-COPY notebooks ./notebooks
-RUN pip install --no-deps . \
-    && mkdir -p /srv/imgclf/data /srv/imgclf/models /srv/imgclf/reports \
-    && chown -R imgclf:imgclf /srv/imgclf
-
+# 2. the service: the venv above, then the project's source (the layer a code change rebuilds)
+FROM ${PYTHON_IMAGE}
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 KERAS_BACKEND=jax \
+    PATH=/opt/venv/bin:$PATH PYTHONPATH=/app/src NOTEBOOKS_DIR=/app/notebooks \
+    DATA_DIR=/srv/imgclf/shared/data MODELS_DIR=/srv/imgclf/shared/models \
+    REPORTS_DIR=/srv/imgclf/shared/reports HOME=/tmp MPLCONFIGDIR=/tmp/matplotlib \
+    HOST=0.0.0.0 PORT=8000
+RUN (useradd --uid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin imgclf \
+     || echo 'imgclf:x:10001:10001::/tmp:/usr/sbin/nologin' >> /etc/passwd) \
+    && mkdir -p /srv/imgclf/shared \
+    && chown -R 10001:10001 /srv/imgclf
+COPY --from=deps /opt/venv /opt/venv
+WORKDIR /app
 COPY deploy/entrypoint.sh /usr/local/bin/imgclf-entrypoint
 COPY deploy/healthcheck.py /usr/local/bin/imgclf-healthcheck
-USER imgclf
-ENV NOTEBOOKS_DIR=/app/notebooks
-VOLUME ["/srv/imgclf/data", "/srv/imgclf/models", "/srv/imgclf/reports"]
+COPY notebooks ./notebooks
+COPY src ./src
+# the package runs from /app/src (no wheel to build); `imgclf` is its command line; compiled
+# here because the root file system is read-only at run time
+RUN printf '#!/bin/sh\nexec python -m imgclf.cli "$@"\n' > /opt/venv/bin/imgclf \
+    && chmod 755 /opt/venv/bin/imgclf \
+    && sed -i '1s|.*|#!/opt/venv/bin/python|' /usr/local/bin/imgclf-healthcheck \
+    && python -m compileall -q /app/src >/dev/null
+USER 10001:10001
+# models, data and reports: mount one volume at /srv/imgclf/shared (compose.yaml, deploy/k8s)
 EXPOSE 8000 5006
-HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 CMD ["imgclf-healthcheck"]
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["imgclf-healthcheck", "--ready"]
 ENTRYPOINT ["imgclf-entrypoint"]
 CMD ["api"]

@@ -27,19 +27,30 @@ TOKEN_VARIABLE = "IMGCLF_ADMIN_TOKEN"
 
 def ensure_token(env_file: Path = ENV_FILE) -> str:
     """Return the admin token from ``.env``, writing a new random one there on first use."""
+    return ensure_secret(TOKEN_VARIABLE, env_file)
+
+
+def ensure_secret(variable: str, env_file: Path = ENV_FILE) -> str:
+    """Return ``variable`` from ``.env``, writing a new random value there on first use.
+
+    The file is rewritten through a temporary file that is the owner's only from its creation
+    (mode 600), then renamed: it is never readable by others, nor half-written.
+    """
     from dotenv import dotenv_values
 
     values = dotenv_values(env_file) if env_file.is_file() else {}
-    if values.get(TOKEN_VARIABLE):
-        return values[TOKEN_VARIABLE]
-    token = secrets.token_urlsafe(24)
+    if values.get(variable):
+        return values[variable]
+    value = secrets.token_urlsafe(24)
     lines = env_file.read_text().splitlines() if env_file.is_file() else []
-    lines.append(f"{TOKEN_VARIABLE}={token}")
+    lines.append(f"{variable}={value}")
     temporary = env_file.with_name(f".{env_file.name}.tmp")
-    temporary.write_text("\n".join(lines) + "\n")
-    temporary.chmod(0o600)
+    temporary.unlink(missing_ok=True)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as stream:
+        stream.write("\n".join(lines) + "\n")
     os.replace(temporary, env_file)
-    return token
+    return value
 
 
 def _commands(with_dashboard: bool, with_worker: bool) -> dict[str, list[str]]:

@@ -22,10 +22,12 @@ from pathlib import Path
 from imgclf.config.readers import (
     SECRET_NAMES,
     ConfigError,
+    _database_url,
     _float,
     _int,
     _path,
     _read_all,
+    _secret,
 )
 
 #: The repository root: src/imgclf/config/__init__.py -> four levels up.
@@ -128,7 +130,7 @@ def get_settings() -> Settings:
         models_dir=_path("MODELS_DIR", PROJECT_ROOT / "models"),
         reports_dir=_path("REPORTS_DIR", PROJECT_ROOT / "reports"),
         notebooks_dir=_path("NOTEBOOKS_DIR", PROJECT_ROOT / "notebooks"),
-        database_url=os.environ.get("DATABASE_URL", f"sqlite:///{data_dir / 'imgclf.db'}"),
+        database_url=_database_url(f"sqlite:///{data_dir / 'imgclf.db'}"),
         image_size=image_size,
         color_mode=color_mode,
         seed=_int("SEED", 42),
@@ -199,7 +201,7 @@ def get_service_settings() -> ServiceSettings:
         }
     )
     return ServiceSettings(
-        admin_token=os.environ.get("IMGCLF_ADMIN_TOKEN", ""),
+        admin_token=_secret("IMGCLF_ADMIN_TOKEN"),
         max_request_bytes=values["IMGCLF_MAX_REQUEST_MB"] * mb,
         max_batch=values["IMGCLF_MAX_BATCH"],
         reload_poll_s=values["IMGCLF_RELOAD_POLL_S"],
@@ -275,8 +277,8 @@ def get_server_settings() -> ServerSettings:
         access_log=os.environ.get("ACCESS_LOG", "-") or None,
         log_level=log_level,
         metrics_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None,
-        dashboard_password=os.environ.get("DASHBOARD_PASSWORD") or None,
-        dashboard_cookie_secret=os.environ.get("DASHBOARD_COOKIE_SECRET") or None,
+        dashboard_password=_secret("DASHBOARD_PASSWORD") or None,
+        dashboard_cookie_secret=_secret("DASHBOARD_COOKIE_SECRET") or None,
     )
 
 

@@ -57,3 +57,48 @@ def _read_all(spec: dict[str, tuple]) -> dict:
 SECRET_NAMES = re.compile(
     r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_KEY|PRIVATE|^DATABASE_URL$", re.IGNORECASE
 )
+
+
+def _secret(name: str, default: str = "") -> str:
+    """A secret from ``NAME``, or else from the file that ``NAME_FILE`` names.
+
+    Containers get their secrets as files (compose ``secrets:``, Kubernetes Secret volumes), so
+    that neither ``inspect`` nor ``/proc/*/environ`` shows them. A final newline is not part of
+    the secret.
+
+    Raises:
+        ConfigError: ``NAME_FILE`` names a file that cannot be read, or an empty one.
+    """
+    value = os.environ.get(name)
+    if value:
+        return value
+    path = os.environ.get(f"{name}_FILE")
+    if not path:
+        return default
+    try:
+        value = Path(path).read_text().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or "not text"
+        raise ConfigError(f"{name}_FILE={path}: cannot read the secret ({reason})") from None
+    if not value:
+        raise ConfigError(f"{name}_FILE={path}: the file is empty")
+    return value
+
+
+def _database_url(default: str) -> str:
+    """``DATABASE_URL`` (or ``DATABASE_URL_FILE``), with the password of ``DATABASE_PASSWORD_FILE``
+    put in when the URL has none (compose: the password is a secret file, the URL is not)."""
+    url = _secret("DATABASE_URL", default)
+    if not os.environ.get("DATABASE_PASSWORD_FILE"):
+        return url
+    password = _secret("DATABASE_PASSWORD")
+    from sqlalchemy.engine import make_url  # only here: config imports nothing heavy
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError("DATABASE_URL is not a database URL (not shown)") from None
+    if parsed.password:
+        return url
+    return parsed.set(password=password).render_as_string(hide_password=False)
