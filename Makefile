@@ -21,7 +21,8 @@ DASHBOARD_PORT ?= 5006
 export PORT WORKERS DASHBOARD_PORT
 
 .PHONY: help setup lock lock-cuda bench-backbone bench-gate bench-stats bench-trust bench-quality soak bench-train data data-fashion eda train evaluate retrain pipeline run model db serve worker \
-        cluster dashboard token bench loadtest reports lab test test-fast lint format clean
+        cluster dashboard token bench loadtest reports lab test test-fast lint format clean \
+        image stack-up stack-down stack-status test-containers loadtest-containers
 
 # make run / make serve start one job worker beside the API; WORKER=0 leaves it out
 WORKER ?= 1
@@ -140,6 +141,29 @@ loadtest: model ## locust through nginx against 1, 2 and 4 replicas -> reports/l
 	@command -v nginx >/dev/null || { echo "make loadtest needs nginx: apt-get install nginx"; exit 1; }
 	$(PIP) install --quiet -c requirements.lock -e '.[load]'
 	$(PY) -m devkit.loadtest
+
+# The stack in containers (compose.yaml): make stack-up REPLICAS=2 LB_PORT=8080 OFFLINE=1
+# CONTAINER_ENGINE=docker|podman (default: the first that works); OFFLINE=1: no image registry
+export CONTAINER_ENGINE OFFLINE LB_PORT
+
+image: setup ## build imgclf:<version> (and, OFFLINE=1, its Debian base and stand-in images)
+	$(PY) -m devkit.stack image
+
+stack-up: setup ## compose.yaml's stack in containers, healthy (REPLICAS, LB_PORT, OFFLINE)
+	$(PY) -m devkit.stack up
+
+stack-down: setup ## stop the container stack; its volumes (model, data, database) are kept
+	$(PY) -m devkit.stack down
+
+stack-status: setup ## the container stack's containers and their state
+	$(PY) -m devkit.stack status
+
+test-containers: setup ## the container tier: the stack checked like the host (OFFLINE=1 default)
+	IMGCLF_TEST_CONTAINERS=1 OFFLINE=$${OFFLINE:-1} $(PY) -m pytest -m containers tests/test_containers.py -v -s
+
+loadtest-containers: setup ## locust through nginx against 1, 2 and 4 API containers
+	$(PIP) install --quiet -c requirements.lock -e '.[load]'
+	$(PY) -m devkit.loadtest_containers
 
 reports: setup ## rewrite reports/index.html
 	$(PY) -m imgclf.pipeline index

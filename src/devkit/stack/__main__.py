@@ -149,6 +149,7 @@ def up(engine: Engine, project: str, offline: bool, timeout_s: float) -> None:
             engine.command("network", "create", f"{project}_default")
         _start(engine, document, plan, started, timeout_s)
     except BaseException:
+        print(f"removing the {len(started)} containers started", file=sys.stderr)
         _remove(engine, started)
         engine.command("network", "rm", f"{project}_default", check=False)
         raise
@@ -197,7 +198,8 @@ def _satisfied(engine: Engine, container: compose.Container, condition: str) -> 
 
 def _remove(engine: Engine, names: list[str]) -> None:
     if names:
-        engine.command("rm", "--force", *names, check=False)
+        grace = ["--time", "10"] if engine.name == "podman" else []  # docker kills at once
+        engine.command("rm", "--force", *grace, *names, check=False)
 
 
 def down(engine: Engine, project: str) -> None:

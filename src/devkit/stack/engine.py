@@ -51,11 +51,15 @@ class Engine:
         return answer[0] if answer else None
 
     def healthy(self, name: str) -> bool:
-        """Runs the container's health check now (podman without systemd runs none by itself)."""
+        """Runs the container's health check now (podman without systemd runs none by itself);
+        a container without one is healthy while it runs."""
+        details = self.inspect(name) or {}
+        check = (details.get("Config") or {}).get("Healthcheck") or {}
+        if not check.get("Test") or check["Test"][0] == "NONE":
+            return bool(details.get("State", {}).get("Running"))
         if self.name == "podman":
             return self.command("healthcheck", "run", name, check=False).returncode == 0
-        state = (self.inspect(name) or {}).get("State", {})
-        return (state.get("Health") or {}).get("Status") == "healthy"
+        return (details.get("State", {}).get("Health") or {}).get("Status") == "healthy"
 
     def containers(self, project: str, all_states: bool = True) -> list[str]:
         arguments = ["ps", "--filter", f"label=imgclf.stack={project}", "--format", "{{.Names}}"]
