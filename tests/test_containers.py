@@ -143,6 +143,32 @@ def test_a_new_stack_trains_its_first_model_and_predicts_through_nginx(running):
     assert answer.json()["label"] and answer.json()["prediction_id"]
 
 
+def test_the_dashboard_container_logs_in_reaches_the_api_and_predicts(running, tmp_path):
+    from test_dashboard import CHROMIUM, CHROMIUM_ARGS
+
+    if CHROMIUM is None:
+        pytest.skip("needs Debian's chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    image = tmp_path / "digit.png"
+    image.write_bytes(png(128))
+    port = running.environment["DASHBOARD_HOST_PORT"]
+    password = dotenv_values(PROJECT_ROOT / ".env")["DASHBOARD_PASSWORD"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{port}/app")  # Panel's login form first
+        page.locator("input[name=username]").fill("admin")
+        page.locator("input[name=password]").fill(password)
+        page.locator("button[type=submit]").click()
+        page.get_by_text("API: ok").wait_for(timeout=120_000)  # through nginx, from inside
+        page.locator("input[type=file]").first.set_input_files(str(image))
+        page.get_by_text("Predicted:").wait_for(timeout=60_000)
+        browser.close()
+    refused = requests.get(f"http://127.0.0.1:{port}/app", timeout=10)
+    assert "/login" in refused.url and 'name="password"' in refused.text  # no password, no app
+
+
 def test_the_containers_are_hardened_and_show_no_secret(running):
     secrets = list(stack.ensure_secrets(PROJECT_ROOT / ".env", PROJECT_ROOT / ".secrets").values())
     for name in running.names():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import sys
+
 import panel as pn
 
 from dashboard.app import create_app
@@ -34,7 +37,12 @@ def login(server: ServerSettings) -> dict:
 
 def main() -> None:
     server = get_server_settings()
-    origins = [f"{host}:{server.dashboard_port}" for host in (server.host, "localhost")]
+    hosts = (server.host, "localhost", "127.0.0.1")
+    origins = [f"{host}:{server.dashboard_port}" for host in hosts] + list(
+        server.dashboard_origins
+    )
+    # SIGTERM (a container stopping): leave at once; as a container's PID 1 it would be ignored
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     pn.serve(
         {"app": create_app},
         port=server.dashboard_port,

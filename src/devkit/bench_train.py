@@ -202,16 +202,22 @@ def update_readme(
     return True
 
 
-def publish(name: str, record: dict, text: str, markers: tuple[str, str] = README_MARKERS) -> Path:
+def publish(
+    name: str,
+    record: dict,
+    text: str,
+    markers: tuple[str, str] = README_MARKERS,
+    readme: Path = PROJECT_ROOT / "README.md",
+) -> Path:
     """Write ``record`` to ``reports/<name>-<time>.json``, print ``text`` (the table) and put
-    it into README.md between ``markers``; returns the report's path."""
+    it into ``readme`` (README.md) between ``markers``; returns the report's path."""
     reports = get_settings().reports_dir
     reports.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     path = write_json_atomic(reports / f"{name}-{stamp}.json", record)
     print(text)
-    updated = update_readme(text, markers)
-    print(f"wrote {path}" + ("; README.md updated" if updated else ""))
+    updated = update_readme(text, markers, readme)
+    print(f"wrote {path}" + (f"; {readme.name} updated" if updated else ""))
     return path
 
 

@@ -101,7 +101,7 @@ def run(settings: config.Settings, replicas: int, args, folder: Path, retrain: b
     return {**result, **({"retrain": retrained} if retrain else {})}
 
 
-def plot(results: dict[int, dict], path: Path) -> Path:
+def plot(results: dict[int, dict], path: Path, xlabel: str = "API replicas behind nginx") -> Path:
     import matplotlib
 
     matplotlib.use("agg")
@@ -110,7 +110,7 @@ def plot(results: dict[int, dict], path: Path) -> Path:
     counts = sorted(results)
     figure, left = plt.subplots(figsize=(6, 3.5), layout="constrained")
     left.plot(counts, [results[n]["rps"] for n in counts], "o-", color="tab:blue")
-    left.set_xlabel("API replicas behind nginx")
+    left.set_xlabel(xlabel)
     left.set_ylabel("requests/s", color="tab:blue")
     left.set_xticks(counts)
     right = left.twinx()

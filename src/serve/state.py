@@ -17,6 +17,7 @@ from imgclf.loop import drift
 from imgclf.loop.retention import ImageKeeper
 from imgclf.model.prediction import LiveModel, Predictor
 from imgclf.store import PredictionLogWriter, Store
+from imgclf.store.migrations import DatabaseUnreachable
 from serve import metrics
 from serve.batching import MicroBatcher
 
@@ -25,6 +26,20 @@ EXTENSION = "imgclf"
 DRIFT_CACHE_S = 15.0
 #: How often /health asks the database itself (the log writer reports on every write).
 PING_EVERY_S = 2.0
+#: How long a starting worker waits for a database that does not answer yet (a container
+#: network whose DNS is being reconfigured, a server that is restarting) before it gives up.
+START_PATIENCE_S = 20.0
+
+
+def _open_store(database_url: str) -> Store:
+    deadline = time.monotonic() + START_PATIENCE_S
+    while True:
+        try:
+            return Store(database_url)
+        except DatabaseUnreachable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
 
 
 class WorkerState:
@@ -39,7 +54,7 @@ class WorkerState:
         self.settings = settings
         self.service = service
         self.loop = loop or config.get_loop_settings()
-        self.store = Store(settings.database_url)
+        self.store = _open_store(settings.database_url)
         self.log = PredictionLogWriter(
             self.store,
             settings.prediction_journal_dir,

@@ -233,6 +233,8 @@ class ServerSettings:
     metrics_dir: str | None = None
     dashboard_password: str | None = None
     dashboard_cookie_secret: str | None = None
+    #: ``host:port`` addresses a browser may open the dashboard at, besides its own
+    dashboard_origins: tuple[str, ...] = ()
 
 
 #: ``LOG_LEVEL``'s values (gunicorn's, and the worker's too).
@@ -246,7 +248,8 @@ def get_server_settings() -> ServerSettings:
     ``ACCESS_LOG`` (``-``: standard output; empty: none), ``LOG_LEVEL`` (info),
     ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's folder of the workers' samples),
     ``DASHBOARD_PASSWORD`` and ``DASHBOARD_COOKIE_SECRET`` (the dashboard's login; required
-    when it listens beyond the loopback).
+    when it listens beyond the loopback), ``DASHBOARD_ORIGINS`` (comma-separated ``host:port``
+    a browser may open the dashboard at, e.g. behind a port mapping or a proxy).
 
     Raises:
         ConfigError: a value of the wrong kind or out of range, naming the variable.
@@ -279,6 +282,9 @@ def get_server_settings() -> ServerSettings:
         metrics_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None,
         dashboard_password=_secret("DASHBOARD_PASSWORD") or None,
         dashboard_cookie_secret=_secret("DASHBOARD_COOKIE_SECRET") or None,
+        dashboard_origins=tuple(
+            o.strip() for o in os.environ.get("DASHBOARD_ORIGINS", "").split(",") if o.strip()
+        ),
     )
 
 
