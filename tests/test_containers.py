@@ -143,15 +143,14 @@ def test_a_new_stack_trains_its_first_model_and_predicts_through_nginx(running):
     assert answer.json()["label"] and answer.json()["prediction_id"]
 
 
-def test_the_dashboard_container_logs_in_reaches_the_api_and_predicts(running, tmp_path):
+def test_the_dashboard_container_logs_in_reaches_the_api_and_predicts(running, digits_dir):
     from test_dashboard import CHROMIUM, CHROMIUM_ARGS
 
     if CHROMIUM is None:
         pytest.skip("needs Debian's chromium (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
-    image = tmp_path / "digit.png"
-    image.write_bytes(png(128))
+    image = next((digits_dir / "test" / "3").glob("*.png"))  # a digit: not "unlike any class"
     port = running.environment["DASHBOARD_HOST_PORT"]
     password = dotenv_values(PROJECT_ROOT / ".env")["DASHBOARD_PASSWORD"]
     with sync_playwright() as playwright:
