@@ -161,7 +161,7 @@ stack-status: setup ## the container stack's containers and their state
 test-containers: setup ## the container tier: the stack checked like the host (OFFLINE=1 default)
 	IMGCLF_TEST_CONTAINERS=1 OFFLINE=$${OFFLINE:-1} $(PY) -m pytest -m containers tests/test_containers.py -v -s
 
-loadtest-containers: setup ## locust through nginx against 1, 2 and 4 API containers
+loadtest-containers: data ## locust through nginx against 1, 2 and 4 API containers
 	$(PIP) install --quiet -c requirements.lock -e '.[load]'
 	$(PY) -m devkit.loadtest_containers
 
