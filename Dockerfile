@@ -4,18 +4,19 @@
 # PYTHON_IMAGE is any Debian-like image with Python >= 3.11.5 and venv: the official
 # python:3.13-slim-trixie by default, or imgclf-base:trixie made from the Debian mirror by
 # `make image OFFLINE=1` (debootstrap, imported: no image registry involved).
-# pip reaches its index with the build's network; a custom CA comes in as the build secret
-# `pip_cert` (never an argument or a layer: `--secret id=pip_cert,src=/path/ca.crt`).
+# pip reaches its index with the build's network; a custom CA and a private index come in as
+# the build secrets `pip_cert` and `pip_index_url` (never an argument or a layer:
+# `--secret id=pip_cert,src=/path/ca.crt`; make image passes PIP_CERT and PIP_INDEX_URL).
 ARG PYTHON_IMAGE=python:3.13-slim-trixie
 
 # 1. the dependencies: pinned by the lock, only those of pyproject's [project] (no test or lab
 # tools); rebuilt only when requirements.lock or pyproject.toml changes
 FROM ${PYTHON_IMAGE} AS deps
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
-ARG PIP_INDEX_URL
 COPY requirements.lock pyproject.toml /tmp/build/
-RUN --mount=type=secret,id=pip_cert \
+RUN --mount=type=secret,id=pip_cert --mount=type=secret,id=pip_index_url \
     set -e; if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi; \
+    if [ -s /run/secrets/pip_index_url ]; then export PIP_INDEX_URL="$(cat /run/secrets/pip_index_url)"; fi; \
     python3 -m venv /opt/venv; \
     python3 -c "import tomllib; print(*tomllib.load(open('/tmp/build/pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" > /tmp/build/dependencies.txt; \
     /opt/venv/bin/pip install --no-compile -c /tmp/build/requirements.lock -r /tmp/build/dependencies.txt; \

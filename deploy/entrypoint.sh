@@ -6,6 +6,11 @@
 # DATA_DIR has one, and trains the first model, as `make model` does (FIRST_MODEL=0: not).
 set -e
 role="${1:-api}"
+# a child in the background, waited for: this shell is PID 1, which ignores a SIGTERM it does
+# not trap, so a stop would otherwise wait out the whole grace period
+child=""
+trap '[ -z "$child" ] || kill -TERM "$child" 2>/dev/null; exit 143' TERM INT
+in_background() { "$@" & child=$!; wait "$child"; status=$?; child=""; return $status; }
 case "$role" in
   api)
     imgclf db upgrade
@@ -13,9 +18,10 @@ case "$role" in
   worker)
     imgclf db upgrade
     if [ "${FIRST_MODEL:-1}" = 1 ] && [ -z "$(python -c 'from imgclf import config; from imgclf.model import registry; print(registry.current_version(config.get_settings().models_dir) or "")')" ]; then
-      [ -d "$DATA_DIR/train" ] || imgclf data
+      [ -d "$DATA_DIR/train" ] || in_background imgclf data
       echo "no current model: training the first one (FIRST_MODEL=0 skips this)"
-      python -m imgclf.pipeline run train || echo "the first model failed to train: see the report"
+      in_background python -m imgclf.pipeline run train \
+        || echo "the first model failed to train: see the report"
     fi
     exec imgclf worker ;;
   dashboard)

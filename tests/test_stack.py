@@ -31,11 +31,31 @@ def test_the_runner_understands_every_key_of_both_files():
         assert set(document(files)["services"]) >= {"db", "api", "worker", "lb", "dashboard"}
 
 
-def test_an_unknown_key_is_refused_by_name(tmp_path):
+@pytest.mark.parametrize(
+    ("service", "refused"),
+    [
+        ("privileged: true", "'privileged'"),
+        ("deploy: {resources: {limits: {cpus: '1'}}}", "deploy.resources"),
+        ("healthcheck: {test: [CMD, 'true'], start_interval: 1s}", "healthcheck.start_interval"),
+        ("environment: [A=1]", "environment as a list"),
+        ("ports: [{target: 80, published: 8080}]", "ports in long form"),
+    ],
+)
+def test_what_the_runner_would_skip_is_refused_by_name(tmp_path, service, refused):
     path = tmp_path / "compose.yaml"
-    path.write_text("services:\n  api:\n    image: x\n    privileged: true\n")
-    with pytest.raises(compose.UnsupportedKey, match="'privileged'"):
+    path.write_text(f"services:\n  api:\n    image: x\n    {service}\n")
+    with pytest.raises(compose.UnsupportedKey, match=re.escape(refused)):
         compose.load([path], {})
+
+
+def test_the_image_is_rebuilt_when_its_sources_change(monkeypatch, tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.py").write_text("x = 1\n")
+    monkeypatch.setattr(stack, "PROJECT_ROOT", tmp_path)
+    before = stack.source_digest()
+    assert stack.source_digest() == before
+    (tmp_path / "src" / "a.py").write_text("x = 2\n")
+    assert stack.source_digest() != before
 
 
 def test_offline_override_stands_in_for_every_registry_image():
@@ -134,7 +154,9 @@ def test_secrets_are_written_once_private_and_readable_by_containers(tmp_path):
     env_file.write_text("AUTO_RETRAIN=1\n")
     first = stack.ensure_secrets(env_file, folder)
     assert stack.ensure_secrets(env_file, folder) == first  # stable: not regenerated
-    assert "AUTO_RETRAIN=1" in env_file.read_text()
+    text = env_file.read_text()  # make run loads .env: only the admin token, shared with it
+    assert "AUTO_RETRAIN=1" in text and f"IMGCLF_ADMIN_TOKEN={first['IMGCLF_ADMIN_TOKEN']}" in text
+    assert not any(variable in text for variable in stack.SECRETS if "TOKEN" not in variable)
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     for variable, name in stack.SECRETS.items():

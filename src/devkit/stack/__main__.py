@@ -8,15 +8,20 @@ compose.offline.yaml), ``REPLICAS`` (API containers, 2), ``LB_PORT`` (nginx, 808
 ``DASHBOARD_HOST_PORT`` (5006), ``PROMETHEUS_HOST_PORT`` (9090), ``GRAFANA_HOST_PORT`` (3000),
 ``STACK_PROJECT`` (names of containers, network and volumes: imgclf), ``STACK_TIMEOUT_S`` (600).
 
-Secrets live in ``.env`` (mode 600; random on first use, as ``make run`` does) and reach the
-containers as files written to ``.secrets/`` (compose ``secrets:``), never as variables.
+Secrets are random on first use: the admin token in ``.env`` (mode 600, as ``make run`` does;
+``make token`` prints it), the stack's others only in ``.secrets/`` (a folder only its owner
+enters). They reach the containers as files (compose ``secrets:``), never as variables.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
+import secrets
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,7 +30,7 @@ from devkit.stack import compose
 from devkit.stack.engine import BASE_IMAGE, Engine, StackError, find, make_base
 from imgclf.config import PROJECT_ROOT
 
-#: ``.env`` variable -> the compose secret that carries it into containers.
+#: The variable a secret stands for -> the compose secret (a file in .secrets/) that carries it.
 SECRETS = {
     "POSTGRES_PASSWORD": "postgres_password",
     "IMGCLF_ADMIN_TOKEN": "imgclf_admin_token",
@@ -48,21 +53,36 @@ def compose_files(offline: bool) -> list[Path]:
 
 
 def ensure_secrets(env_file: Path, secrets_dir: Path) -> dict[str, str]:
-    """Every secret of the stack in ``.env`` (new random ones added), copied to ``secrets_dir``.
+    """Every secret of the stack, random on first use, as a file in ``secrets_dir``.
 
-    The folder is the owner's only (0700); the files in it are readable (0644) because the
-    containers bind-mount each file and run as users of their own, which never see the folder.
+    The admin token is ``.env``'s (mode 600), the one ``make run`` and ``make token`` use; the
+    stack's other secrets live only in ``secrets_dir``, so that ``make run``, which loads
+    ``.env``, never sees them. The folder is the owner's only (0700); its files are readable
+    (0644) because each container bind-mounts its files and runs as a user of its own, which
+    never sees the folder.
     """
     from devkit.launch import ensure_secret
 
-    values = {variable: ensure_secret(variable, env_file) for variable in SECRETS}
     secrets_dir.mkdir(mode=0o700, exist_ok=True)
     secrets_dir.chmod(0o700)
+    values = {}
     for variable, name in SECRETS.items():
+        path = secrets_dir / name
+        if variable == "IMGCLF_ADMIN_TOKEN":
+            values[variable] = ensure_secret(variable, env_file)
+        elif path.is_file() and path.read_text():
+            values[variable] = path.read_text()
+            continue
+        else:
+            values[variable] = secrets.token_urlsafe(24)
+        if path.is_file() and path.read_text() == values[variable]:
+            continue
         temporary = secrets_dir / f".{name}.tmp"
-        temporary.write_text(values[variable])
-        temporary.chmod(0o644)
-        os.replace(temporary, secrets_dir / name)
+        temporary.unlink(missing_ok=True)
+        with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "w") as f:
+            f.write(values[variable])
+        temporary.chmod(0o644)  # whatever the umask
+        os.replace(temporary, path)
     return values
 
 
@@ -90,7 +110,7 @@ def build_images(engine: Engine, document: dict, profiles: set[str], offline: bo
             continue
         seen.add(image)
         own = image.startswith("imgclf:")
-        if engine.image_exists(image) and not (force and own):
+        if engine.image_exists(image) and not force and (not own or _current(engine, image)):
             continue
         build = service.get("build")
         if build is None:
@@ -106,8 +126,40 @@ def build_images(engine: Engine, document: dict, profiles: set[str], offline: bo
         context = PROJECT_ROOT / build["context"]
         started = time.time()
         print(f"building {image} ({engine.name})")
-        engine.build(image, context, context / build.get("dockerfile", "Dockerfile"), arguments)
+        labels = {SOURCE_LABEL: source_digest()} if own else {}
+        dockerfile = context / build.get("dockerfile", "Dockerfile")
+        engine.build(image, context, dockerfile, arguments, labels, STATE_DIR)
         print(f"built {image} in {time.time() - started:.0f} s")
+
+
+#: The image's label naming the digest of what it was built from (``source_digest``).
+SOURCE_LABEL = "imgclf.source"
+#: What the project's image is built from: a change to any of them rebuilds it at stack-up.
+SOURCES = ("Dockerfile", "requirements.lock", "pyproject.toml", "src", "notebooks",
+           "deploy/entrypoint.sh", "deploy/healthcheck.py")  # fmt: skip
+
+
+def source_digest() -> str:
+    """SHA-256 of the files the project's image is built from (names and contents)."""
+    digest = hashlib.sha256()
+    for name in SOURCES:
+        root = PROJECT_ROOT / name
+        files = [root] if root.is_file() else sorted(root.rglob("*"))
+        for path in files:
+            if path.is_file() and "__pycache__" not in path.parts and ".egg-info" not in str(path):
+                digest.update(str(path.relative_to(PROJECT_ROOT)).encode() + b"\0")
+                digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _current(engine: Engine, image: str) -> bool:
+    """Whether ``image`` was built from the sources as they are now."""
+    result = engine.command("image", "inspect", "--format", "{{json .Config.Labels}}", image)
+    labels = json.loads(result.stdout or "null") or {}
+    if labels.get(SOURCE_LABEL) != source_digest():
+        print(f"{image} was built from other sources: rebuilding (cached layers: seconds)")
+        return False
+    return True
 
 
 def check_ports(ports: list[tuple[str, int]]) -> None:
@@ -149,8 +201,9 @@ def up(engine: Engine, project: str, offline: bool, timeout_s: float) -> None:
             engine.command("network", "create", f"{project}_default")
         _start(engine, document, plan, started, timeout_s)
     except BaseException:
-        print(f"removing the {len(started)} containers started", file=sys.stderr)
-        _remove(engine, started)
+        left = engine.containers(project)  # by label: also one whose run failed half-way
+        print(f"removing the {len(left)} containers started", file=sys.stderr)
+        _remove(engine, left)
         engine.command("network", "rm", f"{project}_default", check=False)
         raise
 
@@ -183,7 +236,10 @@ def _wait(engine: Engine, containers, condition: str, deadline: float) -> None:
 
 
 def _satisfied(engine: Engine, container: compose.Container, condition: str) -> bool:
-    state = (engine.inspect(container.name) or {}).get("State", {})
+    details = engine.inspect(container.name)
+    if details is None:
+        raise StackError(f"{container.name} is gone (removed while the stack started?)")
+    state = details.get("State", {})
     if condition == "service_completed_successfully" or container.one_shot:
         if state.get("Running", True):
             return False
@@ -239,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             label = f"label=imgclf.stack={project}"
             engine.command("ps", "--all", "--filter", label, capture=False)
-    except StackError as error:
+    except (StackError, ValueError, subprocess.TimeoutExpired) as error:
         print(f"make stack: {error}", file=sys.stderr)
         return 2
     return 0

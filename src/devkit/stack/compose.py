@@ -25,6 +25,14 @@ SERVICE_KEYS = {
     "depends_on", "deploy", "secrets", "profiles",
 }  # fmt: skip
 TOP_KEYS = {"services", "secrets", "volumes"}
+#: The keys understood inside a service's mappings; forms not listed (long-form ports,
+#: volumes or secrets, a list of environment entries) are refused too.
+NESTED_KEYS = {
+    "build": {"context", "dockerfile", "args"},
+    "deploy": {"replicas"},
+    "healthcheck": {"test", "interval", "timeout", "retries", "start_period", "disable"},
+}
+STRING_LISTS = ("volumes", "ports", "expose", "secrets", "tmpfs", "cap_drop", "security_opt")
 _VARIABLE = re.compile(r"\$(\$|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\})")
 
 
@@ -91,10 +99,22 @@ def load(files: list[Path], environment: Mapping[str, str] | None = None) -> dic
         if key not in TOP_KEYS:
             raise UnsupportedKey(f"{files[0].name}: top-level key {key!r} is not supported")
     for name, service in document.get("services", {}).items():
-        for key in service:
-            if key not in SERVICE_KEYS:
-                raise UnsupportedKey(f"service {name!r}: key {key!r} is not supported")
+        _check_service(name, service)
     return _interpolate_all(document, os.environ if environment is None else environment)
+
+
+def _check_service(name: str, service: dict) -> None:
+    for key, value in service.items():
+        if key not in SERVICE_KEYS:
+            raise UnsupportedKey(f"service {name!r}: key {key!r} is not supported")
+        if key in NESTED_KEYS and isinstance(value, dict):
+            for inner in value:
+                if inner not in NESTED_KEYS[key]:
+                    raise UnsupportedKey(f"service {name!r}: {key}.{inner} is not supported")
+        if key in STRING_LISTS and not all(isinstance(item, str) for item in value):
+            raise UnsupportedKey(f"service {name!r}: {key} in long form is not supported")
+        if key == "environment" and not isinstance(value, dict):
+            raise UnsupportedKey(f"service {name!r}: environment as a list is not supported")
 
 
 def seconds(duration: str | int) -> int:
@@ -115,7 +135,7 @@ class Container:
     service: str
     image: str
     arguments: list[str] = field(default_factory=list)
-    one_shot: bool = False  # runs to completion (restart "no", others wait for its success)
+    one_shot: bool = False  # runs to completion (others wait for its success)
     health: bool = True  # has a health check (its own or the image's)
 
 
@@ -165,12 +185,19 @@ def containers(document: dict, project: str, root: Path, profiles: set[str]) -> 
     """Every container of the stack, in start order, with its ``run`` arguments."""
     services = active_services(document, profiles)
     secrets = document.get("secrets", {})
+    awaited = {
+        dependency
+        for service in services.values()
+        for dependency, condition in dependencies(service).items()
+        if condition == "service_completed_successfully"
+    }
     result = []
     for name in start_order(services):
         service = services[name]
-        count = replicas(service)
-        for index in range(1, count + 1):
-            result.append(_container(project, root, name, index, service, secrets))
+        for index in range(1, replicas(service) + 1):
+            container = _container(project, root, name, index, service, secrets)
+            container.one_shot = name in awaited
+            result.append(container)
     return result
 
 
@@ -206,7 +233,6 @@ def _container(project: str, root: Path, name: str, index: int, service: dict, s
         service=name,
         image=service["image"],
         arguments=[*arguments, service["image"], *command],
-        one_shot=restart == "no",
         health=health,
     )
 

@@ -70,25 +70,37 @@ class Engine:
         result = self.command("logs", "--tail", str(lines), name, check=False)
         return (result.stdout or "") + (result.stderr or "")
 
-    def build(self, tag: str, context: Path, dockerfile: Path, build_args: dict[str, str]):
-        """Build ``tag``; pip's CA (PIP_CERT or the system's bundle) goes in as a build secret."""
+    def build(self, tag, context: Path, dockerfile: Path, build_args: dict, labels: dict, state):
+        """Build ``tag``. pip's CA (``PIP_CERT``) and index (``PIP_INDEX_URL``, which may hold
+        credentials) go in as build secrets: never an argument, a label or a layer."""
         arguments = ["build", "--network", "host", "-t", tag, "-f", str(dockerfile)]
         if self.name == "podman":
             arguments += ["--format", "docker"]  # keeps HEALTHCHECK (OCI images drop it)
         for key, value in build_args.items():
             arguments += ["--build-arg", f"{key}={value}"]
-        arguments += ["--secret", f"id=pip_cert,src={pip_cert()}"]
+        for key, value in labels.items():
+            arguments += ["--label", f"{key}={value}"]
+        for name, path in build_secrets(state).items():
+            arguments += ["--secret", f"id={name},src={path}"]
         self.command(*arguments, str(context), capture=False)
 
 
-def pip_cert() -> Path:
-    """The CA bundle pip inside a build trusts: ``PIP_CERT``, else an empty file (none)."""
-    configured = os.environ.get("PIP_CERT")
-    if configured and Path(configured).is_file():
-        return Path(configured)
-    empty = Path(tempfile.gettempdir()) / "imgclf-no-pip-cert"
-    empty.write_text("")
-    return empty
+def build_secrets(state: Path) -> dict[str, Path]:
+    """``pip_cert`` (``PIP_CERT``'s file) and ``pip_index_url`` (``PIP_INDEX_URL``), each an
+    empty file in ``state`` (the owner's only) when unset: the Dockerfile skips empty ones."""
+    state.mkdir(parents=True, exist_ok=True)
+    state.chmod(0o700)
+    files = {}
+    certificate = os.environ.get("PIP_CERT")
+    if certificate and Path(certificate).is_file():
+        files["pip_cert"] = Path(certificate)
+    else:
+        files["pip_cert"] = state / "pip_cert"
+        files["pip_cert"].write_text("")
+    files["pip_index_url"] = state / "pip_index_url"
+    files["pip_index_url"].write_text(os.environ.get("PIP_INDEX_URL", ""))
+    files["pip_index_url"].chmod(0o600)
+    return files
 
 
 def find(requested: str | None, state_dir: Path) -> Engine:
@@ -161,6 +173,5 @@ def make_base(engine: Engine, mirror: str = DEBIAN_MIRROR) -> None:
             [engine.name, "import", "-", BASE_IMAGE], stdin=tar.stdout, env=engine.environment,
             capture_output=True, text=True,
         )  # fmt: skip
-        tar.wait()
-        if imported.returncode != 0:
+        if tar.wait() != 0 or imported.returncode != 0:
             raise StackError(f"{engine.name} import failed: {imported.stderr.strip()[-400:]}")

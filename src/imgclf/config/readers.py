@@ -55,7 +55,8 @@ def _read_all(spec: dict[str, tuple]) -> dict:
 #: Environment variables a notebook's kernel never gets: the database's URL (it may hold a
 #: password) and anything named like a secret. The notebooks read files, never the database.
 SECRET_NAMES = re.compile(
-    r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_KEY|PRIVATE|^DATABASE_URL$", re.IGNORECASE
+    r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_KEY|PRIVATE|^DATABASE_URL(_FILE)?$",
+    re.IGNORECASE,
 )
 
 
