@@ -201,3 +201,17 @@ def test_a_port_in_use_is_named():
         port = taken.getsockname()[1]
         with pytest.raises(StackError, match=f"port {port} .*in use"):
             stack.check_ports([("127.0.0.1", port)])
+
+
+def test_trimming_the_base_removes_links_to_folders_as_links(tmp_path):
+    from devkit.stack.engine import _trim
+
+    doc = tmp_path / "usr" / "share" / "doc"
+    (doc / "gcc-14-base").mkdir(parents=True)
+    (doc / "gcc-14-base" / "copyright").write_text("x")
+    (doc / "libgcc-s1").symlink_to("gcc-14-base")  # trixie has such links, sorted either way
+    (tmp_path / "usr" / "share" / "locale").mkdir()
+    (tmp_path / "usr" / "share" / "locale" / "locale.alias").write_text("kept")
+    _trim(tmp_path)
+    assert list(doc.iterdir()) == []
+    assert (tmp_path / "usr" / "share" / "locale" / "locale.alias").exists()

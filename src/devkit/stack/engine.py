@@ -17,7 +17,7 @@ BASE_SUITE = "trixie"  # Python 3.13: bookworm's 3.11.2 is older than the lock a
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 #: What a minimal Debian carries that no container needs: package caches, lists, manuals.
 TRIM = ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man",
-        "usr/share/info")  # fmt: skip
+        "usr/share/info", "usr/share/locale")  # fmt: skip
 
 
 class StackError(RuntimeError):
@@ -145,6 +145,16 @@ def _podman_conf(state_dir: Path) -> Path:
     return path
 
 
+def _trim(root: Path) -> None:
+    """Empty the folders of ``TRIM`` (a link to a folder is removed as a link, not followed)."""
+    for part in TRIM:
+        for child in (root / part).glob("*"):
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            elif child.name != "locale.alias":
+                child.unlink()
+
+
 def make_base(engine: Engine, mirror: str = DEBIAN_MIRROR) -> None:
     """``imgclf-base:trixie`` from the Debian mirror: debootstrap (or mmdebstrap) a minimal
     Debian with Python, trimmed, imported into the engine. No image registry is asked."""
@@ -165,9 +175,7 @@ def make_base(engine: Engine, mirror: str = DEBIAN_MIRROR) -> None:
         )  # fmt: skip
         if done.returncode != 0:
             raise StackError(f"{Path(tool).name} failed: {done.stderr.strip()[-400:]}")
-        for part in TRIM:
-            for child in (root / part).glob("*"):
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        _trim(root)
         tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
         imported = subprocess.run(
             [engine.name, "import", "-", BASE_IMAGE], stdin=tar.stdout, env=engine.environment,
