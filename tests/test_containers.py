@@ -104,8 +104,32 @@ class Stack:
             self.engine.command("volume", "rm", "--force", f"{PROJECT}_{volume}", check=False)
 
 
+ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "containers"
+FIRST_MODEL_FAILED = "the first model failed to train"
+
+
+def keep_logs(deployed: Stack) -> None:
+    """Every container's log, and the worker's training reports, into test-artifacts/."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for name in deployed.names():
+        (ARTIFACTS / f"{name}.log").write_text(deployed.engine.logs(name, lines=100_000))
+    worker = deployed.names("worker")
+    if worker:
+        reports = ARTIFACTS / "reports"
+        deployed.engine.command("cp", f"{worker[0]}:/srv/imgclf/shared/reports", str(reports),
+                                check=False)  # fmt: skip
+
+
+def first_model(deployed: Stack):
+    """The first model's version once every API container serves it; fails at once, with the
+    worker's log, when the worker says its training failed."""
+    worker_log = deployed.engine.logs(deployed.names("worker")[0], lines=200)
+    assert FIRST_MODEL_FAILED not in worker_log, worker_log[-6000:]
+    return every_api_serves(deployed)
+
+
 @pytest.fixture(scope="module")
-def running():
+def stack_up():
     deployed = Stack()
     deployed.run("down")
     deployed.remove_volumes()
@@ -114,8 +138,23 @@ def running():
     try:
         yield deployed
     finally:
+        keep_logs(deployed)
         deployed.run("down")
         deployed.remove_volumes()
+
+
+@pytest.fixture(scope="module")
+def running(stack_up):
+    """The stack once the worker has trained the first model and every replica serves it (100 s
+    on 2 cores); the worker's log is in the failure's message when it does not."""
+    started = time.monotonic()
+    try:
+        wait_for(lambda: first_model(stack_up), 900, "every API container to serve a model")
+    except AssertionError as error:
+        log = stack_up.engine.logs(stack_up.names("worker")[0], lines=200)
+        raise AssertionError(f"{error}\nworker's log:\n{log[-6000:]}") from None
+    print(f"first model served {time.monotonic() - started:.0f} s after the stack was up")
+    return stack_up
 
 
 def token() -> str:
@@ -136,8 +175,8 @@ def every_api_serves(deployed: Stack, version: str | None = None):
 
 
 def test_a_new_stack_trains_its_first_model_and_predicts_through_nginx(running):
-    # the worker trains the first model (entrypoint); every replica loads it from the volume
-    wait_for(lambda: every_api_serves(running), 600, "every API container to serve a model")
+    # the worker trained the first model (entrypoint; the fixture waited for it) and every
+    # replica loaded it from the volume
     answer = requests.post(f"{running.url}/predict", files={"image": png(128)}, timeout=60)
     assert answer.status_code == 200, answer.text
     assert answer.json()["label"] and answer.json()["prediction_id"]
