@@ -1,10 +1,42 @@
-"""Settings: every one read in config.py, a bad value named in the error."""
+"""Settings: every one declared once (``variables.toml``), read by a getter, documented by a
+generated page, a bad value named in the error."""
 
 from __future__ import annotations
 
 import pytest
 
 from imgclf import config
+from imgclf.config import catalogue, reference
+
+GETTERS = (
+    config.get_settings, config.get_service_settings, config.get_server_settings,
+    config.get_loop_settings, config.get_runtime_settings, config.backbone_cache_dir,
+)  # fmt: skip
+
+
+def test_every_declared_variable_is_read_by_a_getter_and_nothing_else_is(monkeypatch):
+    read = set()
+    original = catalogue.Variable.read
+    monkeypatch.setattr(
+        catalogue.Variable, "read", lambda self: read.add(self.name) or original(self)
+    )
+    for getter in GETTERS:
+        getter()  # a name a getter reads that is not declared raises KeyError here
+    assert read == set(catalogue.BY_NAME)
+
+
+def test_the_configuration_reference_is_current():
+    assert reference.main(["--check"]) == 0, "run: python -m imgclf.config.reference"
+    page = reference.PAGE.read_text()
+    assert all(f"`{name}`" in page for name in catalogue.BY_NAME)
+
+
+@pytest.mark.parametrize("name", ["IMAGE_SIZE", "COLOR_MODE", "BATCH_MAX_SIZE", "GATE_ALPHA"])
+def test_a_bad_value_of_any_group_is_refused_with_its_name(monkeypatch, name):
+    monkeypatch.setenv(name, "-7")
+    with pytest.raises(config.ConfigError, match=name):
+        for getter in GETTERS:
+            getter()
 
 
 def test_service_settings_come_from_the_environment(monkeypatch):

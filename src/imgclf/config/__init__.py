@@ -19,19 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgclf.config.readers import (
-    SECRET_NAMES,
-    ConfigError,
-    _database_url,
-    _float,
-    _int,
-    _path,
-    _read_all,
-    _secret,
-)
-
-#: The repository root: src/imgclf/config/__init__.py -> four levels up.
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
+from imgclf.config.catalogue import BY_NAME, PROJECT_ROOT, value, values
+from imgclf.config.readers import SECRET_NAMES, ConfigError, _database_url
 
 #: Image file endings accepted everywhere (compared in lower case).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -39,9 +28,9 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 #: Files that operating systems drop into folders; never data, never an error.
 IGNORED_FILE_NAMES = ("thumbs.db", "desktop.ini")
 
-COLOR_MODES = ("grayscale", "rgb")
+COLOR_MODES = BY_NAME["COLOR_MODE"].choices
 #: How training uses several devices (``DISTRIBUTION``); see ``model.distribute``.
-DISTRIBUTIONS = ("auto", "data_parallel", "none")
+DISTRIBUTIONS = BY_NAME["DISTRIBUTION"].choices
 
 
 @dataclass(frozen=True)
@@ -104,40 +93,30 @@ class Settings:
 
 
 def get_settings() -> Settings:
-    """Return the settings from environment variables, with defaults under the project root.
+    """Return the settings from environment variables (``variables.toml``: the ``pipeline``
+    group), with defaults under the project root.
 
     Raises:
         ConfigError: a variable holds a value of the wrong kind (e.g. ``IMAGE_SIZE=big``).
     """
-    data_dir = _path("DATA_DIR", PROJECT_ROOT / "data")
-    color_mode = os.environ.get("COLOR_MODE", "grayscale").lower()
-    if color_mode not in COLOR_MODES:
-        raise ConfigError(f"COLOR_MODE={color_mode!r}: expected one of {', '.join(COLOR_MODES)}")
-    image_size = _int("IMAGE_SIZE", 32)
-    if not 8 <= image_size <= 1024:
-        raise ConfigError(f"IMAGE_SIZE={image_size}: expected 8 to 1024 pixels")
-    distribution = os.environ.get("DISTRIBUTION") or "auto"
-    if distribution not in DISTRIBUTIONS:
-        raise ConfigError(
-            f"DISTRIBUTION={distribution!r}: expected one of {', '.join(DISTRIBUTIONS)}"
-        )
-    decode_workers = _int("DECODE_WORKERS", 0)
-    if not 0 <= decode_workers <= 1024:
-        raise ConfigError(f"DECODE_WORKERS={decode_workers}: expected 0 (all cores) to 1024")
+    data_dir = value("DATA_DIR")
     return Settings(
         project_root=PROJECT_ROOT,
         data_dir=data_dir,
-        models_dir=_path("MODELS_DIR", PROJECT_ROOT / "models"),
-        reports_dir=_path("REPORTS_DIR", PROJECT_ROOT / "reports"),
-        notebooks_dir=_path("NOTEBOOKS_DIR", PROJECT_ROOT / "notebooks"),
-        database_url=_database_url(f"sqlite:///{data_dir / 'imgclf.db'}"),
-        image_size=image_size,
-        color_mode=color_mode,
-        seed=_int("SEED", 42),
-        cache_dir=_path("CACHE_DIR", None),
-        journal_dir=_path("JOURNAL_DIR", None),
-        decode_workers=decode_workers,
-        distribution=distribution,
+        models_dir=value("MODELS_DIR"),
+        reports_dir=value("REPORTS_DIR"),
+        notebooks_dir=value("NOTEBOOKS_DIR"),
+        database_url=_database_url(
+            value("DATABASE_URL") or f"sqlite:///{data_dir / 'imgclf.db'}",
+            value("DATABASE_PASSWORD"),
+        ),
+        image_size=value("IMAGE_SIZE"),
+        color_mode=value("COLOR_MODE"),
+        seed=value("SEED"),
+        cache_dir=value("CACHE_DIR"),
+        journal_dir=value("JOURNAL_DIR"),
+        decode_workers=value("DECODE_WORKERS"),
+        distribution=value("DISTRIBUTION"),
     )
 
 
@@ -172,47 +151,25 @@ class ServiceSettings:
 
 
 def get_service_settings() -> ServiceSettings:
-    """Return the API's settings from ``IMGCLF_*`` environment variables.
-
-    ``IMGCLF_ADMIN_TOKEN`` (empty: admin endpoints answer 503), ``IMGCLF_MAX_REQUEST_MB``
-    (100), ``IMGCLF_MAX_BATCH`` (64 images), ``IMGCLF_RELOAD_POLL_S`` (0.5),
-    ``IMGCLF_UPLOAD_MAX_FILES`` (2000), ``IMGCLF_UPLOAD_MAX_FILE_MB`` (20),
-    ``IMGCLF_UPLOAD_MAX_TOTAL_MB`` (200, uncompressed), ``IMGCLF_PREDICT_MAX_MP`` (25
-    megapixels for /predict: a 24 MP camera photo passes, a 7000x7000 decode bomb does not;
-    uploads keep the 50 MP limit), ``TRUSTED_PROXIES`` (0; 1 behind nginx: the client's
-    address is then the one nginx saw, from X-Forwarded-For), ``IMGCLF_STARTED_AT`` (set by
-    gunicorn).
+    """Return the API's settings (``variables.toml``: the ``api`` group).
 
     Raises:
         ConfigError: a value of the wrong kind or out of range, naming the variable.
     """
-    default = UploadLimits()
     mb = 1024 * 1024
-    values = _read_all(
-        {
-            "IMGCLF_MAX_REQUEST_MB": (_int, 100, 1, 10_000),
-            "IMGCLF_MAX_BATCH": (_int, 64, 1, 1024),
-            "IMGCLF_RELOAD_POLL_S": (_float, 0.5, 0.05, 3600),
-            "IMGCLF_UPLOAD_MAX_FILES": (_int, default.max_files, 1, 100_000),
-            "IMGCLF_UPLOAD_MAX_FILE_MB": (_int, default.max_file_bytes // mb, 1, 1000),
-            "IMGCLF_UPLOAD_MAX_TOTAL_MB": (_int, default.max_total_bytes // mb, 1, 100_000),
-            "IMGCLF_PREDICT_MAX_MP": (_float, 25.0, 0.01, MAX_IMAGE_PIXELS / 1e6),
-            "TRUSTED_PROXIES": (_int, 0, 0, 10),
-        }
-    )
     return ServiceSettings(
-        admin_token=_secret("IMGCLF_ADMIN_TOKEN"),
-        max_request_bytes=values["IMGCLF_MAX_REQUEST_MB"] * mb,
-        max_batch=values["IMGCLF_MAX_BATCH"],
-        reload_poll_s=values["IMGCLF_RELOAD_POLL_S"],
-        started_at=_float("IMGCLF_STARTED_AT", time.time()),
+        admin_token=value("IMGCLF_ADMIN_TOKEN"),
+        max_request_bytes=value("IMGCLF_MAX_REQUEST_MB") * mb,
+        max_batch=value("IMGCLF_MAX_BATCH"),
+        reload_poll_s=value("IMGCLF_RELOAD_POLL_S"),
+        started_at=value("IMGCLF_STARTED_AT") or time.time(),
         upload_limits=UploadLimits(
-            max_files=values["IMGCLF_UPLOAD_MAX_FILES"],
-            max_file_bytes=values["IMGCLF_UPLOAD_MAX_FILE_MB"] * mb,
-            max_total_bytes=values["IMGCLF_UPLOAD_MAX_TOTAL_MB"] * mb,
+            max_files=value("IMGCLF_UPLOAD_MAX_FILES"),
+            max_file_bytes=value("IMGCLF_UPLOAD_MAX_FILE_MB") * mb,
+            max_total_bytes=value("IMGCLF_UPLOAD_MAX_TOTAL_MB") * mb,
         ),
-        predict_max_pixels=int(values["IMGCLF_PREDICT_MAX_MP"] * 1e6),
-        trusted_proxies=values["TRUSTED_PROXIES"],
+        predict_max_pixels=int(value("IMGCLF_PREDICT_MAX_MP") * 1e6),
+        trusted_proxies=value("TRUSTED_PROXIES"),
     )
 
 
@@ -238,53 +195,36 @@ class ServerSettings:
 
 
 #: ``LOG_LEVEL``'s values (gunicorn's, and the worker's too).
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_LEVELS = BY_NAME["LOG_LEVEL"].choices
 
 
 def get_server_settings() -> ServerSettings:
-    """Return ``HOST`` (127.0.0.1), ``PORT`` (8000), ``WORKERS`` (cores, at most 4),
-    ``THREADS`` (4 per worker), ``TIMEOUT`` (60 s), ``DASHBOARD_PORT`` (5006),
-    ``IMGCLF_API_URL`` (the API's own address), ``IMGCLF_DASHBOARD_REFRESH_MS`` (5000),
-    ``ACCESS_LOG`` (``-``: standard output; empty: none), ``LOG_LEVEL`` (info),
-    ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's folder of the workers' samples),
-    ``DASHBOARD_PASSWORD`` and ``DASHBOARD_COOKIE_SECRET`` (the dashboard's login; required
-    when it listens beyond the loopback), ``DASHBOARD_ORIGINS`` (comma-separated ``host:port``
-    a browser may open the dashboard at, e.g. behind a port mapping or a proxy).
+    """Return how gunicorn and the dashboard run (``variables.toml``: the ``server`` group).
 
     Raises:
         ConfigError: a value of the wrong kind or out of range, naming the variable.
     """
-    host = os.environ.get("HOST", "127.0.0.1")
-    log_level = os.environ.get("LOG_LEVEL", "info").lower()
-    if log_level not in LOG_LEVELS:
-        raise ConfigError(f"LOG_LEVEL={log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
-    values = _read_all(
-        {
-            "PORT": (_int, 8000, 1, 65535),
-            "WORKERS": (_int, min(os.cpu_count() or 1, 4), 1, 256),
-            "THREADS": (_int, 4, 1, 256),
-            "TIMEOUT": (_int, 60, 1, 3600),
-            "DASHBOARD_PORT": (_int, 5006, 1, 65535),
-            "IMGCLF_DASHBOARD_REFRESH_MS": (_int, 5000, 200, 3_600_000),
-        }
-    )
+    read = values(
+        "HOST", "PORT", "WORKERS", "THREADS", "TIMEOUT", "DASHBOARD_PORT", "IMGCLF_API_URL",
+        "IMGCLF_DASHBOARD_REFRESH_MS", "ACCESS_LOG", "LOG_LEVEL", "PROMETHEUS_MULTIPROC_DIR",
+        "DASHBOARD_PASSWORD", "DASHBOARD_COOKIE_SECRET", "DASHBOARD_ORIGINS",
+    )  # fmt: skip
+    origins = (origin.strip() for origin in read["DASHBOARD_ORIGINS"].split(","))
     return ServerSettings(
-        host=host,
-        port=values["PORT"],
-        workers=values["WORKERS"],
-        threads=values["THREADS"],
-        timeout_s=values["TIMEOUT"],
-        dashboard_port=values["DASHBOARD_PORT"],
-        api_url=os.environ.get("IMGCLF_API_URL") or f"http://{host}:{values['PORT']}",
-        dashboard_refresh_ms=values["IMGCLF_DASHBOARD_REFRESH_MS"],
-        access_log=os.environ.get("ACCESS_LOG", "-") or None,
-        log_level=log_level,
-        metrics_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None,
-        dashboard_password=_secret("DASHBOARD_PASSWORD") or None,
-        dashboard_cookie_secret=_secret("DASHBOARD_COOKIE_SECRET") or None,
-        dashboard_origins=tuple(
-            o.strip() for o in os.environ.get("DASHBOARD_ORIGINS", "").split(",") if o.strip()
-        ),
+        host=read["HOST"],
+        port=read["PORT"],
+        workers=read["WORKERS"],
+        threads=read["THREADS"],
+        timeout_s=read["TIMEOUT"],
+        dashboard_port=read["DASHBOARD_PORT"],
+        api_url=read["IMGCLF_API_URL"] or f"http://{read['HOST']}:{read['PORT']}",
+        dashboard_refresh_ms=read["IMGCLF_DASHBOARD_REFRESH_MS"],
+        access_log=read["ACCESS_LOG"] or None,
+        log_level=read["LOG_LEVEL"],
+        metrics_dir=read["PROMETHEUS_MULTIPROC_DIR"] or None,
+        dashboard_password=read["DASHBOARD_PASSWORD"] or None,
+        dashboard_cookie_secret=read["DASHBOARD_COOKIE_SECRET"] or None,
+        dashboard_origins=tuple(origin for origin in origins if origin),
     )
 
 
@@ -294,9 +234,9 @@ _environment_lock = threading.Lock()
 def backbone_cache_dir() -> Path:
     """Where converted pretrained weights are kept (``imgclf.model.efficientnet_lite``):
     ``IMGCLF_CACHE_DIR``, else ``$XDG_CACHE_HOME/imgclf`` (``~/.cache/imgclf``)."""
-    explicit = os.environ.get("IMGCLF_CACHE_DIR")
+    explicit = value("IMGCLF_CACHE_DIR")
     if explicit:
-        return Path(explicit)
+        return explicit
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imgclf"
 
 

@@ -37,21 +37,6 @@ def _float(name: str, default: float) -> float:
         raise ConfigError(f"{name}={value!r} is not a number") from None
 
 
-def _read_all(spec: dict[str, tuple]) -> dict:
-    """Read ``{name: (reader, default, low, high)}`` from the environment, each within range.
-
-    Raises:
-        ConfigError: a value of the wrong kind or outside ``low`` to ``high``, naming it.
-    """
-    values = {}
-    for name, (reader, default, low, high) in spec.items():
-        value = reader(name, default)
-        if not low <= value <= high:
-            raise ConfigError(f"{name}={value}: expected {low:g} to {high:g}")
-        values[name] = value
-    return values
-
-
 #: Environment variables a notebook's kernel never gets: the database's URL (it may hold a
 #: password) and anything named like a secret. The notebooks read files, never the database.
 SECRET_NAMES = re.compile(
@@ -86,13 +71,11 @@ def _secret(name: str, default: str = "") -> str:
     return value
 
 
-def _database_url(default: str) -> str:
-    """``DATABASE_URL`` (or ``DATABASE_URL_FILE``), with the password of ``DATABASE_PASSWORD_FILE``
-    put in when the URL has none (compose: the password is a secret file, the URL is not)."""
-    url = _secret("DATABASE_URL", default)
-    if not os.environ.get("DATABASE_PASSWORD_FILE"):
+def _database_url(url: str, password: str) -> str:
+    """``url`` with ``password`` put in when it has none (compose: the password is a secret
+    file, ``DATABASE_PASSWORD_FILE``, and the URL is not)."""
+    if not password:
         return url
-    password = _secret("DATABASE_PASSWORD")
     from sqlalchemy.engine import make_url  # only here: config imports nothing heavy
     from sqlalchemy.exc import ArgumentError
 

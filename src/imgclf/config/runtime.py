@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from imgclf.config.readers import SECRET_NAMES, ConfigError, _float, _int, _read_all
+from imgclf.config.catalogue import BY_NAME, value
+from imgclf.config.readers import SECRET_NAMES, ConfigError
 
 #: ``INFERENCE_RUNTIME``'s values: JAX (XLA), OpenVINO (CPU only), or OpenVINO where it can
 #: run (installed, and JAX computes on the CPU), else JAX.
-RUNTIMES = ("jax", "openvino", "auto")
+RUNTIMES = BY_NAME["INFERENCE_RUNTIME"].choices
 
 
 @dataclass(frozen=True)
@@ -29,35 +30,21 @@ class RuntimeSettings:
 
 
 def get_runtime_settings() -> RuntimeSettings:
-    """Return ``INFERENCE_RUNTIME`` (auto; ``RUNTIMES``), ``INFERENCE_THREADS`` (the threads
-    one OpenVINO inference may use; default every core: a worker's threads sleep while it
-    computes nothing, and ``make bench`` measured 2 workers x 2 threads faster on 2 cores than
-    2 x 1, 73 against 47 requests a second one at a time), ``BATCH_MAX_SIZE`` (the most images in a
-    coalesced inference call; ``auto``, the default: 8 where a batch is cheaper than its
-    images one by one, ``imgclf.model.runtime.batch_limit``; 1 switches micro-batching off)
-    and ``BATCH_MAX_WAIT_MS`` (2: the longest the first request of a batch waits for others,
-    and only while others are being decoded).
+    """Return how predictions are computed (``variables.toml``: the ``runtime`` group).
+    ``INFERENCE_THREADS`` defaults to every core: a worker's threads sleep while it computes
+    nothing, and ``make bench`` measured 2 workers x 2 threads faster on 2 cores than 2 x 1.
 
     Raises:
         ConfigError: a value of the wrong kind or out of range, naming the variable.
     """
-    runtime = (os.environ.get("INFERENCE_RUNTIME") or "auto").strip().lower()
-    if runtime not in RUNTIMES:
-        raise ConfigError(f"INFERENCE_RUNTIME={runtime!r}: expected one of {', '.join(RUNTIMES)}")
-    cores = os.cpu_count() or 1
-    automatic = (os.environ.get("BATCH_MAX_SIZE") or "auto").strip().lower() == "auto"
-    spec = {
-        "INFERENCE_THREADS": (_int, cores, 1, 1024),
-        "BATCH_MAX_WAIT_MS": (_float, RuntimeSettings.batch_max_wait_ms, 0.0, 1000.0),
-    }
-    if not automatic:
-        spec["BATCH_MAX_SIZE"] = (_int, 1, 1, 1024)
-    values = _read_all(spec)
+    batch = (value("BATCH_MAX_SIZE") or "auto").strip().lower()
+    if batch != "auto" and not (batch.isdigit() and 1 <= int(batch) <= 1024):
+        raise ConfigError(f"BATCH_MAX_SIZE={batch}: expected auto or 1 to 1024")
     return RuntimeSettings(
-        runtime=runtime,
-        threads=values["INFERENCE_THREADS"],
-        batch_max_size=None if automatic else values["BATCH_MAX_SIZE"],
-        batch_max_wait_ms=values["BATCH_MAX_WAIT_MS"],
+        runtime=value("INFERENCE_RUNTIME"),
+        threads=value("INFERENCE_THREADS"),
+        batch_max_size=None if batch == "auto" else int(batch),
+        batch_max_wait_ms=value("BATCH_MAX_WAIT_MS"),
     )
 
 
