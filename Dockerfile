@@ -1,6 +1,6 @@
 # imgclf: one image for the API replicas, the job worker and the dashboard.
 #   make image                      (docker or podman: CONTAINER_ENGINE; OFFLINE=1 pulls nothing)
-#   make stack-up REPLICAS=2        (compose.yaml; README: "Deploying")
+#   make stack-up REPLICAS=2        (compose.yaml; docs/deployment.md)
 # PYTHON_IMAGE is any Debian-like image with Python >= 3.11.5 and venv: the official
 # python:3.13-slim-trixie by default, or imgclf-base:trixie made from the Debian mirror by
 # `make image OFFLINE=1` (debootstrap, imported: no image registry involved).

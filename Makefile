@@ -21,7 +21,7 @@ DASHBOARD_PORT ?= 5006
 export PORT WORKERS DASHBOARD_PORT
 
 .PHONY: help setup lock lock-cuda bench-backbone bench-gate bench-stats bench-trust bench-quality soak bench-train data data-fashion eda train evaluate retrain pipeline run model db serve worker \
-        cluster dashboard token bench loadtest reports lab test test-fast lint format clean \
+        cluster dashboard token bench loadtest reports lab test test-fast lint format clean docs \
         image stack-up stack-down stack-status test-containers loadtest-containers
 
 # make run / make serve start one job worker beside the API; WORKER=0 leaves it out
@@ -181,6 +181,11 @@ test-fast: setup ## the fast loop: no process-starting or training test (the ses
 lint: setup ## check formatting and lint with ruff
 	$(VENV)/bin/ruff check src tests locustfile.py
 	$(VENV)/bin/ruff format --check src tests locustfile.py
+
+docs: setup ## the docs site into site/: the configuration page regenerated, mkdocs build --strict
+	$(PY) -m imgclf.config.reference
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+	@echo "site/index.html (mkdocs serve for a live preview)"
 
 format: setup ## format the code with ruff
 	$(VENV)/bin/ruff check --fix src tests locustfile.py

@@ -1,4 +1,4 @@
-"""The layout the README describes: no import cycle among the project's modules (imports
+"""The layout docs/architecture.md describes: no import cycle among the project's modules (imports
 inside functions included), no module over 450 lines, no function over 60."""
 
 from __future__ import annotations

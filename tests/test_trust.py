@@ -99,7 +99,7 @@ def test_the_served_digits_model_answers_photos_and_noise_unknown_and_digits_kno
     # digits: at most the 5 % target (measured 1.1 %: the threshold is set for an upper
     # bound of 5 %, so about 1.5 % is expected). Photos: this 3-epoch model at 16 px answered
     # 87 % of the crops unknown and all of the noise; 60 % leaves seeds and CPUs room (the
-    # issue's 80 % is for the default model, measured by make train: see the README)
+    # issue's 80 % is for the default model, measured by make train: see docs/benchmarks.md)
     assert digit_unknown <= 0.05, digit_unknown
     assert photo_unknown >= 0.6 and noise_unknown >= 0.9, (photo_unknown, noise_unknown)
     result = answered[0].prediction

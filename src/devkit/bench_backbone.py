@@ -14,7 +14,7 @@ resized inside the network) is registered in a temporary registry, then:
   round; ratios are medians of the per-round ratios (these machines are noisy).
 
 The issue's targets are checked and printed with the figures they rest on. Writes
-``reports/bench-backbone-<time>.json`` and the README table (between ``README_MARKERS``).
+``reports/bench-backbone-<time>.json`` and the table in docs/benchmarks.md (between ``MARKERS``).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from devkit.bench_train import publish
 from imgclf import config
 from imgclf.store import migrations
 
-README_MARKERS = ("<!-- bench-backbone -->", "<!-- /bench-backbone -->")
+MARKERS = ("<!-- bench-backbone -->", "<!-- /bench-backbone -->")
 CONCURRENCY = (1, 4, 16)
 SIZE = 224
 #: The batch size the batching servers are given (BATCH_MAX_SIZE=auto's, for OpenVINO).
@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     record["targets"] = targets(record)
-    publish("bench-backbone", record, table(record), README_MARKERS)
+    publish("bench-backbone", record, table(record), MARKERS)
     return 0
 
 

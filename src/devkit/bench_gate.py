@@ -7,9 +7,9 @@ candidate worse in one class (by 10 or 20 recall points, or with that class's re
 blocked. The models have recall ``BENCH_GATE_RECALL`` (0.9) in every class; a wrong answer
 names one of the next two classes. Two error models: independent errors (the worst case for a
 paired test) and errors shared on a share ``BENCH_GATE_SHARED`` (0.6) of the images, as
-between retrains of one model (the README says what was measured between real ones).
+between retrains of one model (docs/learning-loop.md says what was measured between real ones).
 
-Writes ``reports/bench-gate-<time>.json`` and the table in README.md (between the
+Writes ``reports/bench-gate-<time>.json`` and the table in docs/benchmarks.md (between the
 ``bench-gate`` markers). Settings: ``BENCH_GATE_RUNS`` (300 pairs a cell),
 ``BENCH_GATE_RECALL`` (0.9), ``BENCH_GATE_RESAMPLES`` (bootstrap resamples, 500; the gate's
 default is 2,000: fewer makes the overall test's smallest p-value 1/501, which changes no
@@ -31,7 +31,7 @@ from devkit.bench_train import publish
 from imgclf.loop import evidence, gate
 from imgclf.model import evaluation
 
-README_MARKERS = ("<!-- bench-gate -->", "<!-- /bench-gate -->")
+MARKERS = ("<!-- bench-gate -->", "<!-- /bench-gate -->")
 CLASSES = (3, 10, 30, 100)
 IMAGES = (10, 20, 40, 100, 200)
 SCENARIOS = {"equal": 0.0, "10 points": 0.10, "20 points": 0.20, "halved": None}
@@ -144,7 +144,7 @@ def table(record: dict) -> str:
 
 #: The error models: independent errors (the worst case for a paired test), and the share of
 #: images two retrains of one model answer alike beyond chance (``BENCH_GATE_SHARED``; see
-#: the README for the share measured between real retrains of the default model).
+#: docs/learning-loop.md for the share measured between real retrains of the default model).
 def error_models() -> dict[str, float]:
     shared = float(os.environ.get("BENCH_GATE_SHARED") or 0.6)
     return {
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         "models": models,
         "seconds": time.monotonic() - started,
     }
-    publish("bench-gate", record, table(record), README_MARKERS)
+    publish("bench-gate", record, table(record), MARKERS)
     return 0
 
 

@@ -4,7 +4,7 @@ EfficientNet-Lite0, on the full training set and with few labels.
 
 Writes ``reports/bench-quality.json`` (``rows``: dataset, model, pretrained, train_images,
 test_images, accuracy, f1_macro, train_seconds, and the settings of each row) and prints a
-Markdown table for the README. Every row trains with the library's own functions (what the
+Markdown table for docs/benchmarks.md. Every row trains with the library's own functions (what the
 train notebook calls), seed 1. ``BENCH_QUALITY_ONLY`` (a comma-separated list of row names)
 runs some rows only.
 """
@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from imgclf.config import get_settings
-from imgclf.files import write_json_atomic
+from devkit.bench_train import publish
 
 SEED = 1
 
@@ -141,8 +140,11 @@ def run_row(row: Row, folder: Path) -> dict:
     }
 
 
+MARKERS = ("<!-- bench-quality -->", "<!-- /bench-quality -->")
+
+
 def table(rows: list[dict]) -> str:
-    """The README's Markdown table."""
+    """The table of docs/benchmarks.md."""
     lines = [
         "| data set | model | train images | test images | accuracy | macro-F1 | training |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -179,10 +181,12 @@ def main() -> int:
         "total_seconds": round(time.perf_counter() - began, 1),
         "rows": results,
     }
-    reports = get_settings().reports_dir
-    reports.mkdir(parents=True, exist_ok=True)
-    print(table(results))
-    print("wrote", write_json_atomic(reports / "bench-quality.json", record))
+    minutes = record["total_seconds"] / 60
+    caption = (
+        f"`make bench-quality`: seed 1, {record['cpus']} cores, {minutes:.1f} minutes in all; "
+        f"{record['date'][:10]}."
+    )
+    publish("bench-quality", record, f"{caption}\n\n{table(results)}", MARKERS)
     return 0
 
 

@@ -9,7 +9,7 @@ so that its peak resident memory is its own:
   augmentation, and each run's peak resident memory;
 - the same model's bare training step on one batch already in memory, repeated: the limit.
 
-Writes ``reports/bench-train-<time>.json`` and puts the table into README.md (between the
+Writes ``reports/bench-train-<time>.json`` and puts the table into docs/benchmarks.md (between the
 ``bench-train`` markers). Settings: ``BENCH_IMAGES`` (20000), ``BENCH_SIZE`` (64 px),
 ``BENCH_EPOCHS`` (3), ``BENCH_BATCH`` (64), ``BENCH_DATA``.
 """
@@ -32,7 +32,9 @@ import numpy as np
 from imgclf.config import PROJECT_ROOT, get_settings
 from imgclf.files import write_json_atomic, write_text_atomic
 
-README_MARKERS = ("<!-- bench-train -->", "<!-- /bench-train -->")
+MARKERS = ("<!-- bench-train -->", "<!-- /bench-train -->")
+#: The page every benchmark writes its table into (between its markers).
+BENCHMARKS = PROJECT_ROOT / "docs" / "benchmarks.md"
 
 
 def generate(folder: Path, count: int, seed: int = 0) -> Path:
@@ -189,16 +191,14 @@ def table(record: dict) -> str:
     return "\n".join(lines)
 
 
-def update_readme(
-    text: str, markers: tuple[str, str] = README_MARKERS, readme: Path = PROJECT_ROOT / "README.md"
-) -> bool:
-    """Replace what lies between ``markers`` in the README with ``text``; False if absent."""
+def update_page(text: str, markers: tuple[str, str] = MARKERS, page: Path = BENCHMARKS) -> bool:
+    """Replace what lies between ``markers`` in ``page`` with ``text``; False if absent."""
     start, end = markers
-    content = readme.read_text()
+    content = page.read_text()
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     if not pattern.search(content):
         return False
-    write_text_atomic(readme, pattern.sub(lambda _: f"{start}\n{text}\n{end}", content))
+    write_text_atomic(page, pattern.sub(lambda _: f"{start}\n{text}\n{end}", content))
     return True
 
 
@@ -206,18 +206,18 @@ def publish(
     name: str,
     record: dict,
     text: str,
-    markers: tuple[str, str] = README_MARKERS,
-    readme: Path = PROJECT_ROOT / "README.md",
+    markers: tuple[str, str] = MARKERS,
+    page: Path = BENCHMARKS,
 ) -> Path:
     """Write ``record`` to ``reports/<name>-<time>.json``, print ``text`` (the table) and put
-    it into ``readme`` (README.md) between ``markers``; returns the report's path."""
+    it into ``page`` (docs/benchmarks.md) between ``markers``; returns the report's path."""
     reports = get_settings().reports_dir
     reports.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     path = write_json_atomic(reports / f"{name}-{stamp}.json", record)
     print(text)
-    updated = update_readme(text, markers, readme)
-    print(f"wrote {path}" + (f"; {readme.name} updated" if updated else ""))
+    updated = update_page(text, markers, page)
+    print(f"wrote {path}" + (f"; {page.relative_to(PROJECT_ROOT)} updated" if updated else ""))
     return path
 
 

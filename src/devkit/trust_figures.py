@@ -1,6 +1,6 @@
-"""The README's pictures of what a model knows about its answers: the reliability diagram of a
-model (before and after temperature scaling) and heat maps of a digits model on its own test
-images.
+"""The pictures of docs/trust.md, of what a model knows about its answers: the reliability
+diagram of a model (before and after temperature scaling) and heat maps of a digits model on
+its own test images.
 
     python -m devkit.trust_figures --reliability MODELS_DIR --saliency MODELS_DIR --data DIR
 
