@@ -68,16 +68,16 @@ data-fashion: setup ## Fashion-MNIST as PNG folders into DATA_DIR (set it: data/
 	$(PY) -m imgclf.cli data --source fashion_mnist
 
 eda: setup ## run notebooks/01_eda.ipynb -> reports/
-	$(PY) -m imgclf.pipeline run eda $(PARAMS)
+	$(PY) -m imgclf.cli run eda $(PARAMS)
 
 train: setup db ## train a new model (notebooks/02_train.ipynb) and register it in models/
-	$(PY) -m imgclf.pipeline run train $(PARAMS)
+	$(PY) -m imgclf.cli run train $(PARAMS)
 
 evaluate: setup ## evaluate the current model on the test split (notebooks/03_evaluate.ipynb)
-	$(PY) -m imgclf.pipeline run evaluate $(PARAMS)
+	$(PY) -m imgclf.cli run evaluate $(PARAMS)
 
 retrain: setup db ## fine-tune on train + uploads; promote only if not worse (04_retrain.ipynb)
-	$(PY) -m imgclf.pipeline run retrain $(PARAMS)
+	$(PY) -m imgclf.cli run retrain $(PARAMS)
 
 pipeline: data eda train evaluate ## the whole offline pipeline: data, EDA, train, evaluate
 
@@ -166,7 +166,7 @@ loadtest-containers: data ## locust through nginx against 1, 2 and 4 API contain
 	$(PY) -m devkit.loadtest_containers
 
 reports: setup ## rewrite reports/index.html
-	$(PY) -m imgclf.pipeline index
+	$(PY) -m imgclf.cli reports
 
 lab: setup ## open JupyterLab on the notebooks (installs it on first use)
 	$(PIP) install --quiet -c requirements.lock -e '.[lab]'

@@ -20,7 +20,7 @@ case "$role" in
     if [ "${FIRST_MODEL:-1}" = 1 ] && [ -z "$(python -c 'from imgclf import config; from imgclf.model import registry; print(registry.current_version(config.get_settings().models_dir) or "")')" ]; then
       [ -d "$DATA_DIR/train" ] || in_background imgclf data
       echo "no current model: training the first one (FIRST_MODEL=0 skips this)"
-      in_background python -m imgclf.pipeline run train \
+      in_background imgclf run train \
         || echo "the first model failed to train: see the report"
     fi
     exec imgclf worker ;;

@@ -9,6 +9,7 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 # all of it on OpenVINO); tests/test_runtime.py covers OpenVINO, and JAX beside it, on its own
 os.environ.setdefault("INFERENCE_RUNTIME", "jax")
 
+import contextlib  # noqa: E402
 import errno  # noqa: E402
 import hashlib  # noqa: E402
 import shutil  # noqa: E402
@@ -58,6 +59,18 @@ def digits_dir(tmp_path_factory) -> Path:
     return root
 
 
+def png(seed: int, size: int = 12, darkest: int = 0) -> bytes:
+    """A small grayscale PNG of random pixels drawn with ``seed``: a different image per seed
+    (the uploads' deduplication tells them apart), the same one for the same seed. With
+    ``darkest`` 150, bright noise: nothing like a digit, easy to learn as a class of its own."""
+    import io
+
+    pixels = np.random.default_rng(seed).integers(darkest, 256, (size, size), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def png_with_header(width: int, height: int) -> bytes:
     """A PNG whose header claims ``width x height`` but holds almost no data (a bomb)."""
 
@@ -84,7 +97,7 @@ MODEL_SOURCES = (
     "data/cache.py",
     "data/preprocessing.py",
     "data/folders.py",
-    "model/trust.py",
+    "model/posthoc.py",
     "model/novelty.py",
     "model/calibration.py",
 )
@@ -104,7 +117,7 @@ def session_model_key() -> str:
 
 
 def _train_session_model(root: Path) -> None:
-    from imgclf.model import network, registry, training, trust
+    from imgclf.model import network, posthoc, registry, training
 
     network.set_seed(TEST_SEED)
     dataset = training.load_dataset(root / "data", 16, "grayscale")
@@ -112,7 +125,7 @@ def _train_session_model(root: Path) -> None:
     params = network.TrainParams(epochs=3, patience=3)
     history = training.fit(model, dataset, params, None, seed=TEST_SEED, verbose=0)
     metrics, probabilities = training.evaluate(model, dataset.test)
-    trusted = trust.fit(model, dataset, params, TEST_SEED, probabilities)
+    trusted = posthoc.fit(model, dataset, params, TEST_SEED, probabilities)
     record = training.TrainingRecord(
         training.params_dict(params), history, "grayscale", trust=trusted
     )
@@ -171,12 +184,12 @@ def database_url(request, tmp_path) -> str:
     return server.create_database()
 
 
-@pytest.fixture
-def project(trained_root, tmp_path, database_url) -> Settings:
-    """A private copy of ``trained_root`` (data, models) with its own reports and database."""
+def make_project(trained_root: Path, folder: Path, database_url: str) -> Settings:
+    """A private copy of ``trained_root`` (data, models) in ``folder``, with its own reports and
+    a migrated database at ``database_url``."""
     from imgclf.store import migrations
 
-    root = tmp_path / "project"
+    root = folder / "project"
     shutil.copytree(trained_root, root)
     (root / "reports").mkdir()
     migrations.upgrade(database_url)
@@ -194,23 +207,51 @@ def project(trained_root, tmp_path, database_url) -> Settings:
 
 
 @pytest.fixture
-def worker(project, tmp_path):
-    """A job worker (``imgclf worker``) for ``project``, in its own process."""
-    log = open(tmp_path / "worker.log", "w+")
+def project(trained_root, tmp_path, database_url) -> Settings:
+    """A private copy of ``trained_root`` (data, models) with its own reports and database."""
+    return make_project(trained_root, tmp_path, database_url)
+
+
+@contextlib.contextmanager
+def killed_on_exit(process: subprocess.Popen, log):
+    """Kill ``process`` (if it still runs) and close its ``log`` on leaving."""
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+@contextlib.contextmanager
+def running_worker(project: Settings, folder: Path):
+    """A job worker (``imgclf worker``) for ``project``, in its own process (log in
+    ``folder``); killed on leaving."""
+    log = open(folder / "worker.log", "w+")
     process = subprocess.Popen(  # with the admin token, as under make run (never to leak)
         [sys.executable, "-m", "imgclf.cli", "worker"],
         env={**os.environ, **project.as_environment(), "IMGCLF_ADMIN_TOKEN": TOKEN},
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    yield process
-    if process.poll() is None:
-        process.kill()
-        process.wait()
-    log.close()
+    with killed_on_exit(process, log):
+        yield process
+
+
+@pytest.fixture
+def worker(project, tmp_path):
+    """A job worker (``imgclf worker``) for ``project``, in its own process."""
+    with running_worker(project, tmp_path) as process:
+        yield process
 
 
 TOKEN = "integration-token"
+
+
+def settled(job: dict) -> dict | None:
+    """A retrain job's row once it has ended (None while it is queued or running)."""
+    return job if job["state"] not in ("queued", "running") else None
 
 
 def wait_for(condition, timeout_s: float, what: str):
@@ -222,9 +263,10 @@ def wait_for(condition, timeout_s: float, what: str):
     return value
 
 
-@pytest.fixture
-def server(project, worker, tmp_path):
-    """Real gunicorn (2 workers) and a job worker for ``project``; yields ``(url, process)``."""
+@contextlib.contextmanager
+def running_server(project: Settings, folder: Path):
+    """Real gunicorn (2 workers) for ``project`` (log and metrics in ``folder``); yields
+    ``(url, process)`` once it answers, and kills it on leaving."""
     import requests
 
     port = free_port()
@@ -237,10 +279,10 @@ def server(project, worker, tmp_path):
         "IMGCLF_ADMIN_TOKEN": TOKEN,
         "IMGCLF_RELOAD_POLL_S": "0.5",
         "ACCESS_LOG": "",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+        "PROMETHEUS_MULTIPROC_DIR": str(folder / "metrics"),
     }
     env.pop("XLA_FLAGS", None)
-    log = open(tmp_path / "gunicorn.log", "w+")
+    log = open(folder / "gunicorn.log", "w+")
     process = subprocess.Popen(
         GUNICORN,
         cwd=PROJECT_ROOT,
@@ -253,14 +295,18 @@ def server(project, worker, tmp_path):
     def healthy():
         return requests.get(f"{url}/health", timeout=5).json()["status"] == "ok"
 
-    if not wait_until_ready(process, healthy, timeout_s=90):
-        log.seek(0)
-        pytest.fail(f"gunicorn did not start:\n{log.read()[-3000:]}")
-    yield url, process
-    if process.poll() is None:
-        process.kill()
-        process.wait()
-    log.close()
+    with killed_on_exit(process, log):
+        if not wait_until_ready(process, healthy, timeout_s=90):
+            log.seek(0)
+            pytest.fail(f"gunicorn did not start:\n{log.read()[-3000:]}")
+        yield url, process
+
+
+@pytest.fixture
+def server(project, worker, tmp_path):
+    """Real gunicorn (2 workers) and a job worker for ``project``; yields ``(url, process)``."""
+    with running_server(project, tmp_path) as started:
+        yield started
 
 
 @pytest.fixture

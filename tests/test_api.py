@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import png_with_header
+from conftest import png, png_with_header, settled, wait_for
 from PIL import Image
 
 from imgclf import config
@@ -46,13 +46,6 @@ def digit(project, label="3", index=0) -> bytes:
     return sorted((project.test_dir / label).glob("*.png"))[index].read_bytes()
 
 
-def fresh_png(value: int, size=(20, 20)) -> bytes:
-    buffer = io.BytesIO()
-    pixels = (bytes((value * 7 + i) % 256 for i in range(size[0] * size[1])), size)
-    Image.frombytes("L", pixels[1], pixels[0]).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def make_zip(entries: dict[str, bytes], compression=zipfile.ZIP_DEFLATED) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression) as archive:
@@ -68,11 +61,15 @@ def files_under(root: Path) -> set[str]:
 # ---------------------------------------------------------------------------------- predict
 def healthy(client) -> dict:
     """/health once the worker has loaded its model (in the background; /health never waits)."""
-    deadline = time.time() + 60
-    while (body := client.get("/health").get_json())["status"] == "loading":
-        assert time.time() < deadline and body["model_version"] is None
-        time.sleep(0.1)
-    return body
+
+    def loaded():
+        body = client.get("/health").get_json()
+        if body["status"] == "loading":
+            assert body["model_version"] is None, body  # no version before a model is loaded
+            return None
+        return body
+
+    return wait_for(loaded, 60, "the worker to load its model")
 
 
 def test_health_reports_model_and_uptime(client):
@@ -278,9 +275,9 @@ def test_admin_endpoints_need_the_token(client, project):
 def test_upload_files_dedupes_against_training_set_and_itself(client, project):
     known = digit(project)  # already in the test split
     files = [
-        (io.BytesIO(fresh_png(1)), "a.png"),
-        (io.BytesIO(fresh_png(1)), "a-again.png"),
-        (io.BytesIO(fresh_png(2)), "b.png"),
+        (io.BytesIO(png(1)), "a.png"),
+        (io.BytesIO(png(1)), "a-again.png"),
+        (io.BytesIO(png(2)), "b.png"),
         (io.BytesIO(known), "known.png"),
         (io.BytesIO(b"text"), "fake.png"),
     ]
@@ -300,7 +297,7 @@ def test_upload_files_dedupes_against_training_set_and_itself(client, project):
     assert len([s for s in stored if s.endswith(".png")]) == 2
     again = client.post(
         "/upload-data",
-        data={"files": [(io.BytesIO(fresh_png(2)), "b.png")], "label": "x"},
+        data={"files": [(io.BytesIO(png(2)), "b.png")], "label": "x"},
         headers=AUTH,
     )
     assert again.status_code == 200 and again.get_json()["counts"]["duplicate"] == 1
@@ -311,9 +308,9 @@ def test_upload_files_dedupes_against_training_set_and_itself(client, project):
 def test_upload_zip_of_class_folders(client, project):
     archive = make_zip(
         {
-            "mydata/cat/1.png": fresh_png(10),
-            "mydata/cat/2.png": fresh_png(11),
-            "mydata/dog/1.png": fresh_png(12),
+            "mydata/cat/1.png": png(10),
+            "mydata/cat/2.png": png(11),
+            "mydata/dog/1.png": png(12),
             "mydata/.DS_Store": b"junk",
         }
     )
@@ -324,7 +321,7 @@ def test_upload_zip_of_class_folders(client, project):
     assert response.get_json()["by_class"] == {"cat": 2, "dog": 1}
     raw = client.post(
         "/upload-data",
-        data=make_zip({"cow/1.png": fresh_png(13)}),
+        data=make_zip({"cow/1.png": png(13)}),
         content_type="application/zip",
         headers=AUTH,
     )
@@ -349,15 +346,15 @@ def hostile_uploads(project):
         ("truncated JPEG", files(buffer.getvalue()[:250], "t.jpg"), 422, "t.jpg"),
         ("decompression bomb", files(png_with_header(40000, 40000)), 422, "too large"),
         ("huge dimensions", files(png_with_header(9000, 9000)), 422, "more than the limit"),
-        ("label with ../", files(fresh_png(5), label="../evil"), 400, "not allowed"),
-        ("label with /", files(fresh_png(5), label="a/b"), 400, "not allowed"),
-        ("long label", files(fresh_png(5), label="a" * 65), 400, "at most 64"),
-        ("zip with ../", zipped({"../evil/x.png": fresh_png(6)}), 400, "'..'"),
-        ("zip with absolute path", zipped({"/etc/x.png": fresh_png(6)}), 400, "absolute"),
+        ("label with ../", files(png(5), label="../evil"), 400, "not allowed"),
+        ("label with /", files(png(5), label="a/b"), 400, "not allowed"),
+        ("long label", files(png(5), label="a" * 65), 400, "at most 64"),
+        ("zip with ../", zipped({"../evil/x.png": png(6)}), 400, "'..'"),
+        ("zip with absolute path", zipped({"/etc/x.png": png(6)}), 400, "absolute"),
         ("zip bomb", {"data": {"zip": (io.BytesIO(bomb()), "b.zip")}}, 400, "ratio"),
         ("nested zip", zipped({"cls/inner.zip": make_zip({"a/b.png": b"1"})}), 400, "nested"),
         ("not a zip", {"data": {"zip": (io.BytesIO(b"nope"), "z.zip")}}, 400, "not a readable"),
-        ("zip without folders", zipped({"x.png": fresh_png(7)}), 400, "<class>/<image>"),
+        ("zip without folders", zipped({"x.png": png(7)}), 400, "<class>/<image>"),
         (
             "no files",
             {"data": {"label": "x"}, "content_type": "multipart/form-data"},
@@ -400,10 +397,11 @@ def test_models_rollback_promote_and_hot_reload(client, app, project):
     )
     promoted = client.post("/model/promote", json={"version": second}, headers=AUTH)
     assert promoted.status_code == 200 and promoted.get_json()["version"] == second
-    deadline = time.time() + 5
-    while client.get("/health").get_json()["model_version"] != second:
-        assert time.time() < deadline, "the worker did not load the promoted version"
-        time.sleep(0.1)
+    wait_for(
+        lambda: client.get("/health").get_json()["model_version"] == second,
+        5,
+        "the worker to load the promoted version",
+    )
     image = digit(project)
     assert (
         client.post("/predict", data=image, content_type="image/png").get_json()["model_version"]
@@ -424,7 +422,7 @@ def test_no_model_yet_is_503_not_500(project):
 
     client = create_app(replace(project, models_dir=empty), service()).test_client()
     assert client.get("/health").get_json()["status"] == "no-model"
-    response = client.post("/predict", data=fresh_png(1), content_type="image/png")
+    response = client.post("/predict", data=png(1), content_type="image/png")
     assert response.status_code == 503 and "make train" in response.get_json()["message"]
     assert client.get("/model").status_code == 404
 
@@ -443,7 +441,7 @@ def test_retrain_parameters_are_validated(client):
 def test_retrain_job_is_queued_by_the_api_and_run_by_the_worker(client, project, worker):
     uploaded = client.post(
         "/upload-data",
-        data={"files": [(io.BytesIO(fresh_png(3)), "a.png")], "label": "3"},
+        data={"files": [(io.BytesIO(png(3)), "a.png")], "label": "3"},
         headers=AUTH,
     ).get_json()
     split = uploaded["accepted"][0]["split"]
@@ -457,13 +455,9 @@ def test_retrain_job_is_queued_by_the_api_and_run_by_the_worker(client, project,
     assert started.headers["Location"] == f"/retrain/{job['id']}"
     conflict = client.post("/retrain", json={"epochs": 1}, headers=AUTH)
     assert conflict.status_code == 409 and conflict.get_json()["job"]["id"] == job["id"]
-    deadline = time.time() + 240
-    while (status := client.get(f"/retrain/{job['id']}").get_json())["state"] in (
-        "queued",
-        "running",
-    ):
-        assert time.time() < deadline, status
-        time.sleep(1)
+    status = wait_for(
+        lambda: settled(client.get(f"/retrain/{job['id']}").get_json()), 240, "the retrain job"
+    )
     assert status["state"] == "promoted", status
     assert status["result"]["version"] == "v0002"
     assert status["result"]["uploads"] == (1 if split == "train" else 0)

@@ -100,13 +100,13 @@ def test_a_bad_image_or_a_failing_request_fails_only_itself(predictor, trained_r
     assert len(answers[0][0]) == 1 and len(answers[2][0]) == 2
     assert np.abs(answers[2][0] - predictor.answers(parts[2])[0]).max() <= 1e-5
     png = next((trained_root / "data" / "test").glob("*/*.png")).read_bytes()
+
+    def classify(body: bytes):  # as the predict route does
+        with batcher.arriving() as arrival:
+            return predictor.classify([body], infer=lambda x: arrival.answers(predictor, x))
+
     with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(
-            pool.map(
-                lambda body: predictor.classify([body], batcher=batcher),
-                [png, b"not an image", png, b""],
-            )
-        )
+        results = list(pool.map(classify, [png, b"not an image", png, b""]))
     assert [r[0].prediction is None for r in results] == [False, True, False, True]
 
 

@@ -16,7 +16,6 @@ no image registry is needed) builds the images from the Debian mirror when they 
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -27,9 +26,8 @@ import time
 
 import pytest
 import requests
-from conftest import wait_for
+from conftest import png, settled, wait_for
 from dotenv import dotenv_values
-from PIL import Image
 
 from devkit.processes import free_port
 from devkit.stack import __main__ as stack
@@ -161,12 +159,6 @@ def token() -> str:
     return dotenv_values(PROJECT_ROOT / ".env")["IMGCLF_ADMIN_TOKEN"]
 
 
-def png(value: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("L", (8, 8), value).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def every_api_serves(deployed: Stack, version: str | None = None):
     versions = {deployed.health(name).get("model_version") for name in deployed.names("api")}
     return (
@@ -242,17 +234,13 @@ def test_an_upload_is_retrained_by_the_worker_and_served_by_every_replica(runnin
         json={"epochs": 1, "tolerance": 0.2, "max_recall_drop": 1.0}, timeout=30,
     )  # fmt: skip
     assert job.status_code == 202, job.text
-    done = wait_for(lambda: finished(running.url, job.json()["id"]), 600, "the retrain")
+    job_url = f"{running.url}/retrain/{job.json()['id']}"
+    done = wait_for(lambda: settled(requests.get(job_url, timeout=10).json()), 600, "the retrain")
     assert done["state"] == "promoted", done
     promoted = time.monotonic()
     new = done["result"]["version"]
     wait_for(lambda: every_api_serves(running, new), 30, f"every API container to serve {new}")
     print(f"every API container served {new} {time.monotonic() - promoted:.1f} s after the job")
-
-
-def finished(url: str, job_id: str):
-    job = requests.get(f"{url}/retrain/{job_id}", timeout=10).json()
-    return job if job["state"] not in ("queued", "running") else None
 
 
 def paced(url: str, stop: threading.Event, answers: list) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 
 import pytest
@@ -11,7 +12,9 @@ from marshmallow import fields, validate
 from imgclf import config
 from imgclf.config import PROJECT_ROOT
 from imgclf.loop import drift
+from imgclf.loop.gate import GateThresholds
 from imgclf.model import registry
+from imgclf.model.network import TrainParams
 from serve import schemas
 
 
@@ -50,6 +53,24 @@ def test_every_retrain_parameter_the_api_accepts_is_a_parameter_of_the_retrain_n
     assert set(cell) - set(accepted) <= SERVER_ONLY, set(cell) - set(accepted) - SERVER_ONLY
 
 
+def test_notebook_02_trains_with_the_defaults_of_train_params():
+    given = notebook_parameters("02_train.ipynb")
+    expected = {f.name: f.default for f in dataclasses.fields(TrainParams)}
+    assert {name: given[name] for name in expected} == expected
+
+
+def test_gate_thresholds_are_the_settings_unless_a_run_gives_them():
+    """Both training notebooks name every threshold the gate knows and leave it None: the
+    setting's, applied in one place (``GateThresholds.from_settings``), no sentinel."""
+    thresholds = {f.name for f in dataclasses.fields(GateThresholds)} - {"metric", "tolerance"}
+    for notebook in ("02_train.ipynb", "04_retrain.ipynb"):
+        given = notebook_parameters(notebook)
+        assert {name: given.get(name, "missing") for name in thresholds} == dict.fromkeys(
+            thresholds
+        ), notebook
+        assert given["tolerance"] == GateThresholds().tolerance, notebook
+
+
 def test_the_gate_figures_have_one_list_of_ranges():
     accepted = schemas.RetrainParameters().fields
     for name, (low, high) in config.GATE_RANGES.items():
@@ -86,3 +107,11 @@ def test_settings_are_read_only_through_config():
             ):
                 readers.append(name)
     assert readers == []
+
+
+def test_a_warning_raised_in_our_code_fails_the_tests():
+    """pyproject's filterwarnings: a warning from our own code is an error, so a new one is
+    seen (the known third-party ones are silenced there by name)."""
+    ours = {"__name__": "imgclf.files"}  # as if raised by a line of imgclf/files.py
+    with pytest.raises(UserWarning, match="a new warning"):
+        exec("import warnings; warnings.warn('a new warning')", ours)

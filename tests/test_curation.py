@@ -10,28 +10,17 @@ documented seam ``curation.FAILPOINT``. The API and the audit table: ``test_cura
 from __future__ import annotations
 
 import errno
-import io
 import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
-from conftest import fill
-from PIL import Image
+from conftest import fill, png
 
 from imgclf.data import curation, folders, manifest, uploadrules, uploads
 from imgclf.model import training
-
-
-def png(value: int, size=(12, 12)) -> bytes:
-    """A small grayscale PNG of random pixels drawn with seed ``value``: one per value."""
-    pixels = np.random.default_rng(value).integers(0, 256, size=size, dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def upload(data_dir: Path, index: uploads.HashIndex, files: dict[str, list[int]]) -> str:

@@ -8,13 +8,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import time
 from dataclasses import replace
 
-import numpy as np
 import pytest
 import sqlalchemy as sa
-from PIL import Image
+from conftest import png, wait_for
 
 from imgclf import config
 from imgclf.data import uploads
@@ -22,14 +20,6 @@ from imgclf.store import Store, audit, migrations
 
 TOKEN = "curation-test-token-5f1c"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def png(value: int, size=(12, 12)) -> bytes:
-    """A small grayscale PNG of random pixels drawn with seed ``value``: one per value."""
-    pixels = np.random.default_rng(value).integers(0, 256, size=size, dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 # ----------------------------------------------------------------------------------- audit
@@ -67,10 +57,9 @@ def client(project):
     client = create_app(project, service).test_client()
     # the worker loads the model in a background thread: let it finish, so that no test ends
     # (and no interpreter exits) in the middle of an XLA compilation
-    deadline = time.monotonic() + 60
-    while client.get("/health").get_json()["status"] == "loading":
-        assert time.monotonic() < deadline, "the model did not load within 60 s"
-        time.sleep(0.1)
+    wait_for(
+        lambda: client.get("/health").get_json()["status"] != "loading", 60, "the model to load"
+    )
     return client
 
 

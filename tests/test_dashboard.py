@@ -14,7 +14,7 @@ import time
 
 import pytest
 import requests
-from conftest import TOKEN
+from conftest import TOKEN, wait_for
 
 from devkit.processes import free_port, wait_until_ready
 from imgclf.config import PROJECT_ROOT
@@ -34,6 +34,22 @@ CHROMIUM_ARGS = [
 ]
 
 
+REFRESH_MS = 2000  # the dashboard's one poll per interval
+
+
+def health_requests(url: str) -> float:
+    """/health requests the API has answered (its Prometheus counter)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "imgclf_http_requests_total" and sample.labels["route"] == "/health"
+    )
+
+
 @pytest.fixture
 def dashboard(server, tmp_path):
     url, _ = server
@@ -42,7 +58,7 @@ def dashboard(server, tmp_path):
         **os.environ,
         "IMGCLF_API_URL": url,
         "IMGCLF_ADMIN_TOKEN": TOKEN,
-        "IMGCLF_DASHBOARD_REFRESH_MS": "2000",
+        "IMGCLF_DASHBOARD_REFRESH_MS": str(REFRESH_MS),
         "HOST": "127.0.0.1",
         "DASHBOARD_PORT": str(port),
     }
@@ -82,6 +98,7 @@ def test_dashboard_predicts_uploads_retrains_and_shows_every_tab(dashboard, serv
         page.on("pageerror", lambda error: errors.append(str(error)))
         page.goto(dashboard)
         page.get_by_text("API: ok").wait_for(timeout=60_000)
+        polled_from, asked_before = time.monotonic(), health_requests(server[0])
 
         def tab(name: str):
             page.locator(".bk-tab", has_text=name).first.click()
@@ -116,10 +133,7 @@ def test_dashboard_predicts_uploads_retrains_and_shows_every_tab(dashboard, serv
         page.get_by_text("latency p95").wait_for(timeout=30_000)
         page.get_by_text("unknown answers").wait_for(timeout=30_000)
         # interactive charts (Bokeh canvases with their toolbars) inside the Panel template
-        deadline = time.time() + 30
-        while page.locator(".bk-Toolbar").count() < 3 and time.time() < deadline:
-            time.sleep(0.5)
-        assert page.locator(".bk-Toolbar").count() >= 3
+        wait_for(lambda: page.locator(".bk-Toolbar").count() >= 3, 30, "three interactive charts")
         assert page.locator("#header").count() == 1
         page.screenshot(path=ARTIFACTS / "monitor.png", full_page=True)
 
@@ -136,6 +150,13 @@ def test_dashboard_predicts_uploads_retrains_and_shows_every_tab(dashboard, serv
         page.locator("button:visible").filter(has_text=re.compile(r"^\s*3\s*$")).first.click()
         page.get_by_text("Labelled 3").wait_for(timeout=90_000)
         page.screenshot(path=ARTIFACTS / "review.png", full_page=True)
+        # one poll per interval for the whole session, whatever the tabs did meanwhile: its
+        # /health requests, against the intervals that passed (+2: a poll in flight at either
+        # end); the tabs' own timers of before asked once a second besides
+        intervals = (time.monotonic() - polled_from) / (REFRESH_MS / 1000)
+        asked = health_requests(server[0]) - asked_before
+        print(f"{asked:.0f} /health requests in {intervals:.1f} intervals")
+        assert intervals / 2 <= asked <= intervals + 2
         browser.close()
     assert not errors, errors
     jobs = requests.get(f"{server[0]}/jobs", timeout=10).json()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dashboard.client import ApiError
 from dashboard.components import DataView, RetrainView, ReviewView
-from dashboard.components.base import Notices
 from dashboard.components.curation import CurationView
 from dashboard.components.insights import drift_frame
 from dashboard.components.retrain import evidence_frame, job_text
+from dashboard.state import DashboardState
 
 
 class StubClient:
@@ -37,7 +37,7 @@ JOB = {
 
 def test_retrain_follows_the_running_job_when_the_api_answers_409():
     conflict = ApiError("retrain job abc is already running (HTTP 409)", 409, {"job": JOB})
-    view = RetrainView(StubClient(retrain=conflict, job=JOB), Notices())
+    view = RetrainView(DashboardState(StubClient(retrain=conflict, job=JOB)))
     view.on_retrain()
     assert view.job_id == "abc" and view.progress.value == 42
     assert "epoch 2/5" in view.job_text.object and not view.notices.alert.visible
@@ -45,8 +45,8 @@ def test_retrain_follows_the_running_job_when_the_api_answers_409():
 
 def test_an_api_outage_shows_in_the_banner_and_the_view_keeps_its_content():
     down = ApiError("the API at http://api is down (connection refused)")
-    notices = Notices()
-    view = DataView(StubClient(data_summary=down), notices)
+    view = DataView(DashboardState(StubClient(data_summary=down)))
+    notices = view.notices
     view.refresh()
     assert notices.alert.visible and "down" in notices.alert.object
     assert view.distribution.objects == []
@@ -73,7 +73,7 @@ def test_job_text_shows_the_gate_decision_with_both_scores():
 def test_the_cancel_button_cancels_the_followed_job_and_shows_it_cancelled():
     cancelled = {**JOB, "state": "cancelled", "error": "cancelled by request", "created_at": 0}
     client = StubClient(retrain=JOB, job=JOB, cancel=cancelled)
-    view = RetrainView(client, Notices())
+    view = RetrainView(DashboardState(client))
     view.on_retrain()
     assert view.cancel_button.visible
     client.answers.update(
@@ -91,7 +91,7 @@ def test_review_queue_labels_an_item_in_one_click_and_drops_it():
     other = {**item, "id": "p2"}
     stored = {"correct": False, "training": {"status": "added", "split": "test"}}
     client = StubClient(review={"classes": ["3", "8"], "items": [item, other]}, feedback=stored)
-    view = ReviewView(client, Notices())
+    view = ReviewView(DashboardState(client))
     view.refresh()
     assert [row.name for row in view.items.objects] == ["p1", "p2"]
     buttons = view.items.objects[0][2].objects
@@ -147,7 +147,7 @@ def test_data_tab_lists_uploaded_classes_and_batches():
     client = StubClient(
         data_summary={"train": {"1": 5}, "uploads": {}}, uploads=LISTING, upload_audit=[entry]
     )
-    view = DataView(client, Notices())
+    view = DataView(DashboardState(client))
     view.refresh()
     curation = view.curation
     assert list(curation.classes.value["class"]) == ["junk", "sevn"]
@@ -172,7 +172,7 @@ def test_a_class_is_deleted_only_after_the_second_click():
         "batches_removed": [],
     }
     client = StubClient(uploads=LISTING, upload_audit=[], delete_upload_class=deleted)
-    view = CurationView(client, Notices())
+    view = CurationView(DashboardState(client))
     view.refresh()
     view.class_select.value = "junk"
     view.on_delete_class()
@@ -190,7 +190,7 @@ def test_a_class_is_deleted_only_after_the_second_click():
 def test_a_rename_into_an_existing_class_says_merge_and_a_refusal_shows_in_the_banner():
     refused = ApiError("retrain job abc is running: ... (HTTP 409)", 409, {"job": JOB})
     client = StubClient(uploads=LISTING, upload_audit=[], rename_upload_class=refused)
-    view = CurationView(client, Notices())
+    view = CurationView(DashboardState(client))
     view.refresh()
     view.class_select.value, view.new_name.value = "sevn", "junk"
     view.on_rename_class()
@@ -205,7 +205,7 @@ def test_a_rename_into_an_existing_class_says_merge_and_a_refusal_shows_in_the_b
 def test_curation_asks_for_the_token_before_calling_the_api():
     client = StubClient(uploads=LISTING)
     client.token = ""
-    view = CurationView(client, Notices())
+    view = CurationView(DashboardState(client))
     view.refresh()
     assert client.calls == [] and "admin token" in view.result.object
 
@@ -225,9 +225,10 @@ def test_a_finished_job_shows_the_gate_evidence_class_by_class():
         "current": 0.98, "outcome": {"decision": {"comparisons": [row], "overall": overall}},
     }  # fmt: skip
     rejected = {**JOB, "state": "rejected", "result": result}
-    view = RetrainView(StubClient(job=rejected, jobs=[], policy=None, models=None), Notices())
-    view.job_id = "abc"
-    view.follow_job()
+    client = StubClient(health=None, job=rejected, jobs=[], policy=None, models=None)
+    view = RetrainView(DashboardState(client))
+    view.state.job_id = "abc"
+    view.state.poll()
     assert view.evidence.visible and "gate verdict: **worse**" in view.job_text.object
     frame = view.evidence.value
     assert frame["class"].tolist() == ["3", "overall (f1_macro)"]
@@ -237,7 +238,53 @@ def test_a_finished_job_shows_the_gate_evidence_class_by_class():
     assert frame.loc[0, "detectable drop"] == 0.29
     assert evidence_frame({}).empty  # before the gate ran: nothing to show
     settle = {**result, "inconclusive": {"1": "about 40 more test images of '1' would settle"}}
-    view.follow_job.__self__.client.answers["job"] = {**rejected, "result": settle}
-    view.job_id = "abc"
-    view.follow_job()
+    client.answers["job"] = {**rejected, "result": settle}
+    view.state.job_id = "abc"
+    view.state.poll()
     assert "Not enough evidence for '1': about 40 more" in view.job_text.object
+
+
+def dashboard(client):
+    """The whole dashboard's tabs on a stub client (no server, no browser)."""
+    from dashboard.app import Dashboard
+
+    client.answers.setdefault("health", {"status": "ok", "model_version": "v1", "uptime_s": 5})
+    return Dashboard(client)
+
+
+def test_one_poll_asks_the_api_once_whatever_the_tabs():
+    client = StubClient()
+    board = dashboard(client)
+    board.state.poll()
+    assert client.calls == ["health"]  # six tabs, one question
+    assert "API: **ok**" in board.status.object and "**v1**" in board.status.object
+
+
+def test_a_poll_follows_the_started_job_and_the_monitor_only_while_it_is_shown():
+    stats = {"uptime_s": 60, "model_version": "v1", "series": {"points": []}, "by_class": {}}
+    client = StubClient(retrain=JOB, job=JOB, stats=stats, model={"test_metrics": {}})
+    board = dashboard(client)
+    board.retrain.on_retrain()
+    client.calls.clear()
+    board.state.poll()
+    assert client.calls == ["health", "job"]
+    assert board.retrain.progress.value == 42
+    board.state.monitoring = True
+    client.calls.clear()
+    board.state.poll()
+    assert client.calls == ["health", "job", "stats", "model"]
+    monitor = next(view for view in board.views if view.title == "Monitor")
+    assert monitor.cards.objects  # bound to the state's stats: drawn without a call of its own
+
+
+def test_the_token_typed_once_reaches_the_client_and_every_tab():
+    client = StubClient(uploads=LISTING, upload_audit=[], review={"classes": [], "items": []})
+    client.token = ""
+    board = dashboard(client)
+    curation = next(view for view in board.views if view.title == "Data").curation
+    curation.refresh()
+    assert "admin token" in curation.result.object and "uploads" not in client.calls
+    board.retrain.token_input.value = "typed-token"
+    assert board.state.token == "typed-token" and client.token == "typed-token"
+    curation.refresh()
+    assert "uploads" in client.calls

@@ -151,6 +151,7 @@ def test_the_real_weights_convert_once_offline_and_name_known_photos(tmp_path, m
     assert np.argmax(building) in (698, 663, 442), np.argsort(building)[::-1][:5]
 
 
+@pytest.mark.slow  # trains models: about 15 s, kept out of make test-fast
 def test_the_pretrained_recipe_trains_the_head_then_the_last_blocks_with_batchnorm_frozen():
     from types import SimpleNamespace
 

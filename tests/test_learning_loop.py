@@ -4,18 +4,18 @@ uploaded images into a training and a test share, and the loop's settings."""
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import shutil
 
 import numpy as np
 import pytest
-from conftest import TEST_SEED
+from conftest import TEST_SEED, png
 from PIL import Image
 
 from imgclf import config, figures
 from imgclf.data import folders, manifest, uploads
 from imgclf.loop import evidence, gate
+from imgclf.loop.gate import GateThresholds as T
 from imgclf.model import evaluation, network, training
 
 
@@ -54,7 +54,7 @@ def test_a_class_without_test_images_blocks_promotion_and_says_how_to_unblock_it
     candidate, current, paired = answers(
         {"a": (30, 0, 0, 0), "b": (30, 0, 0, 0), "new": (0, 0, 0, 0)}, unseen=["new"]
     )
-    decision = gate.gate(candidate, current, paired, min_test_images=5)
+    decision = gate.gate(candidate, current, paired, T(min_test_images=5))
     assert not decision.promote and decision.verdict == "blocked"
     assert decision.needs == {"new": 5}
     assert "'new' needs 5 more" in decision.reason and "the current model stays" in decision.reason
@@ -64,9 +64,9 @@ def test_a_class_without_test_images_blocks_promotion_and_says_how_to_unblock_it
     candidate, current, paired = answers(
         {"a": (30, 0, 0, 0), "b": (30, 0, 0, 0), "new": (0, 0, 6, 0)}, unseen=["new"]
     )
-    assert gate.gate(candidate, current, paired, min_test_images=5).promote
+    assert gate.gate(candidate, current, paired, T(min_test_images=5)).promote
     # with no current model the coverage check still applies
-    first = gate.gate({**candidate, "per_class": {"new": {"support": 2}}}, None, min_test_images=5)
+    first = gate.gate({**candidate, "per_class": {"new": {"support": 2}}}, None)
     assert not first.promote and first.needs == {"new": 3} and first.verdict == "blocked"
     assert gate.gate(candidate, None).verdict == "first"
 
@@ -93,8 +93,8 @@ def test_a_class_shown_worse_blocks_and_the_reason_names_it():
     assert table.loc["b", "current recall"] == pytest.approx(30 / 36)
     assert table.loc["b", "test images"] == 36 and table.loc["b", "verdict"] == "not-worse"
     # the same drops within wider margins do not block (macro F1 fell by 0.12 too)
-    assert gate.gate(candidate, current, paired, max_recall_drop=0.5, tolerance=0.15).promote
-    overall = gate.gate(candidate, current, paired, max_recall_drop=0.5)
+    assert gate.gate(candidate, current, paired, T(max_recall_drop=0.5, tolerance=0.15)).promote
+    overall = gate.gate(candidate, current, paired, T(max_recall_drop=0.5))
     assert not overall.promote and "f1_macro 0.8222 against 0.9441" in overall.reason
 
 
@@ -142,7 +142,9 @@ def test_a_small_class_lost_entirely_is_blocked_though_no_paired_test_could_show
     candidate, current, paired = answers(
         {"a": (36, 0, 0, 0), "b": (36, 0, 0, 0), "small": (0, 5, 0, 0)}
     )
-    decision = gate.gate(candidate, current, paired, min_test_images=5, min_new_class_recall=0.5)
+    decision = gate.gate(
+        candidate, current, paired, T(min_test_images=5, min_new_class_recall=0.5)
+    )
     assert not decision.promote and list(decision.blocked) == ["small"]
     assert "too few for a paired test" in decision.blocked["small"]
     row = {r["class"]: r for r in decision.comparisons}["small"]
@@ -152,7 +154,7 @@ def test_a_small_class_lost_entirely_is_blocked_though_no_paired_test_could_show
         {"a": (36, 0, 0, 0), "b": (36, 0, 0, 0), "small": (4, 1, 0, 0)}
     )
     assert gate.gate(
-        candidate, current, paired, min_test_images=5, min_new_class_recall=0.5
+        candidate, current, paired, T(min_test_images=5, min_new_class_recall=0.5)
     ).promote
 
 
@@ -176,34 +178,31 @@ def test_a_new_class_the_candidate_does_not_recognise_blocks_promotion():
         {"a": (30, 0, 0, 0), "b": (30, 0, 0, 0), "new": (0, 0, 1, 4)}, unseen=["new"]
     )
     checks = {"min_test_images": 5, "min_new_class_recall": 0.5}
-    decision = gate.gate(candidate, current, paired, **checks)
+    decision = gate.gate(candidate, current, paired, T(**checks))
     assert not decision.promote and list(decision.blocked) == ["new"]
     assert "'new' (0.2000)" in decision.reason and "at least 0.5 recall" in decision.reason
-    assert gate.gate(candidate, current, paired, **{**checks, "min_new_class_recall": 0.2}).promote
+    assert gate.gate(
+        candidate, current, paired, T(**{**checks, "min_new_class_recall": 0.2})
+    ).promote
     candidate, current, paired = answers(
         {"a": (30, 0, 0, 0), "b": (30, 0, 0, 0), "new": (0, 0, 3, 2)}, unseen=["new"]
     )
-    passed = gate.gate(candidate, current, paired, **checks)
+    passed = gate.gate(candidate, current, paired, T(**checks))
     assert passed.promote and "new classes recognised" in passed.reason
     assert "new" not in {row["class"] for row in passed.comparisons}
 
 
-def test_gate_refuses_figures_out_of_range():
+def test_gate_thresholds_refuse_figures_out_of_range():
     with pytest.raises(ValueError, match="min_test_images"):
-        gate.gate({"f1_macro": 1}, None, min_test_images=-1)
+        T(min_test_images=-1)
     with pytest.raises(ValueError, match="max_recall_drop"):
-        gate.gate({"f1_macro": 1}, None, max_recall_drop=1.5)
+        T(max_recall_drop=1.5)
     with pytest.raises(ValueError, match="alpha"):
-        gate.gate({"f1_macro": 1}, None, alpha=0.9)
+        T(alpha=0.9)
+    with pytest.raises(ValueError, match="metric"):
+        T(metric="auc")
     with pytest.raises(ValueError, match="paired"):
         gate.gate({"f1_macro": 1}, {"f1_macro": 1})
-
-
-def png(seed: int, size: int = 12) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size, size), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def test_assign_splits_gives_a_new_class_its_test_images_and_depends_only_on_content():
@@ -397,7 +396,7 @@ def test_a_new_class_of_a_few_images_is_learned_and_passes_the_default_gate(
         dataset.class_names,
     )
     defaults = {"min_test_images": 5, "max_recall_drop": 0.05, "min_new_class_recall": 0.5}
-    decision = gate.gate(metrics, current_metrics, paired, **defaults)
+    decision = gate.gate(metrics, current_metrics, paired, T(**defaults))
     assert decision.promote, decision.reason
     # the same candidate had it never answered 'cross' (as one trained without repeating the
     # class did: recall 0, yet a little better on the digits): the new-class check refuses it
@@ -408,7 +407,7 @@ def test_a_new_class_of_a_few_images_is_learned_and_passes_the_default_gate(
         paired.labels, np.eye(len(dataset.class_names))[blind], dataset.class_names
     )
     blind_pair = evidence.Paired(paired.labels, blind, paired.current, paired.class_names)
-    refused = gate.gate(blind_metrics, current_metrics, blind_pair, **defaults)
+    refused = gate.gate(blind_metrics, current_metrics, blind_pair, T(**defaults))
     assert not refused.promote and list(refused.blocked) == ["cross"], refused.reason
 
 

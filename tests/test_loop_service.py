@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 import yaml
-from conftest import TEST_SEED, wait_for
+from conftest import TEST_SEED, png, wait_for
 from PIL import Image
 from test_worker import alive, children
 
@@ -35,12 +35,9 @@ def client(project, monkeypatch):
     return create_app(project).test_client()
 
 
-def noise_png(seed: int, size: int = 20) -> bytes:
+def noise_png(seed: int) -> bytes:
     """A bright random-noise image: nothing like a digit, easy to learn as a class of its own."""
-    pixels = np.random.default_rng(seed).integers(150, 256, (size, size), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
-    return buffer.getvalue()
+    return png(seed, size=20, darkest=150)
 
 
 def upload(client, label: str, payloads: list[bytes]) -> dict:

@@ -36,11 +36,28 @@ def test_build_model_rejects_single_class_and_unknown_backbone():
         network.build_model(3, (32, 32, 1), backbone="vgg99")
 
 
-def test_gate_rejects_unknown_metric_and_negative_tolerance():
+def test_gate_thresholds_reject_an_unknown_metric_and_a_negative_tolerance():
     with pytest.raises(ValueError, match="metric"):
-        gate.gate({}, {}, metric="auc")
+        gate.GateThresholds(metric="auc")
     with pytest.raises(ValueError, match="tolerance"):
-        gate.gate({"f1_macro": 1}, None, tolerance=-1)
+        gate.GateThresholds(tolerance=-1)
+
+
+def test_gate_thresholds_come_from_the_settings_unless_given(monkeypatch):
+    from imgclf import config
+
+    for name in ("GATE_MIN_TEST_IMAGES", "GATE_MAX_RECALL_DROP", "GATE_MIN_NEW_CLASS_RECALL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("GATE_ALPHA", raising=False)
+    # one set of defaults: the settings'
+    assert gate.GateThresholds() == gate.GateThresholds.from_settings(config.get_loop_settings())
+    monkeypatch.setenv("GATE_MIN_TEST_IMAGES", "9")
+    loop = config.get_loop_settings()
+    assert gate.GateThresholds.from_settings(loop).min_test_images == 9
+    given = gate.GateThresholds.from_settings(loop, min_test_images=2, alpha=None)
+    assert given.min_test_images == 2 and given.alpha == loop.alpha
+    with pytest.raises(ValueError, match="not a gate threshold: epochs"):
+        gate.GateThresholds.from_settings(loop, epochs=3)
 
 
 def test_metrics_match_hand_counts():
@@ -52,6 +69,7 @@ def test_metrics_match_hand_counts():
     assert metrics["per_class"]["a"]["recall"] == 0.5
 
 
+@pytest.mark.slow  # trains models: about 15 s, kept out of make test-fast
 def test_training_is_reproducible_and_registered_model_serves(digits_dir, tmp_path):
     params = network.TrainParams(epochs=2, patience=2)
     results = []
@@ -85,8 +103,9 @@ def test_register_and_decide_gates_registers_and_promotes(project):
     metrics, probabilities = training.evaluate(model, dataset.test)
     record = training.TrainingRecord({}, {}, "grayscale", parent_version="v0001")
 
+    thresholds = gate.GateThresholds()
     same, current_metrics = promotion.register_and_decide(
-        models_dir, model, dataset, metrics, record
+        models_dir, model, dataset, metrics, record, thresholds
     )
     assert same.promoted and same.state is JobState.PROMOTED
     assert same.decision.verdict == "not-worse" and "no class shown worse" in same.decision.reason
@@ -103,18 +122,20 @@ def test_register_and_decide_gates_registers_and_promotes(project):
         dataset.test.labels, np.eye(10)[answers], dataset.class_names
     )
     rejected, _ = promotion.register_and_decide(
-        models_dir, model, dataset, worse, record, candidate_answers=answers
+        models_dir, model, dataset, worse, record, thresholds, candidate_answers=answers
     )
     assert rejected.state is JobState.REJECTED and registry.current_version(models_dir) == "v0002"
     assert list(rejected.decision.blocked) == ["3"] and "'3': recall" in rejected.decision.reason
     assert registry.metadata(models_dir, rejected.version)["gate"]["promote"] is False
 
     forced, _ = promotion.register_and_decide(
-        models_dir, model, dataset, worse, record, policy="always"
+        models_dir, model, dataset, worse, record, thresholds, policy="always"
     )
     assert forced.promoted and "promote='always'" in forced.decision.reason
     assert promotion.Outcome.from_dict(forced.as_dict()) == forced
     with pytest.raises(ValueError, match="promote="):
-        promotion.register_and_decide(models_dir, model, dataset, metrics, record, policy="maybe")
+        promotion.register_and_decide(
+            models_dir, model, dataset, metrics, record, thresholds, policy="maybe"
+        )
     with pytest.raises(ValueError, match="outcome"):
         promotion.Outcome.from_dict({"version": "v1"})

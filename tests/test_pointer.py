@@ -10,9 +10,12 @@ import threading
 
 import pytest
 
-from imgclf.loop import commit
+from imgclf.loop import registering
+from imgclf.loop.gate import GateDecision
+from imgclf.loop.outcome import Outcome
 from imgclf.model import registry
 from imgclf.store import Store, migrations
+from imgclf.store.jobstates import JobState
 from imgclf.store.pointer import ANY
 
 ENGINES = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
@@ -115,27 +118,25 @@ def test_of_two_candidates_compared_with_the_same_model_one_is_promoted(
 
 
 @ENGINES
-def test_the_runner_settles_a_pending_candidate_or_rejects_it_saying_why(
+def test_a_registering_run_settles_a_pending_candidate_or_rejects_it_saying_why(
     db, database_url, tmp_path
 ):
     models_dir = tmp_path / "models"
     v1, v2, v3 = _versions(models_dir, 3, tmp_path)
     db.promote_version(models_dir, v1)
+    passed = GateDecision(True, "f1_macro", 1.0, 1.0, 0.0, "not worse", 5, 0.05, 0.5, 0.05)
 
-    def summary(version: str, policy: str = "if-not-worse") -> dict:
-        decision = {"promote": True, "reason": "not worse"}
-        outcome = {"version": version, "promoted": True, "pending": True, "policy": policy,
-                   "compared_with": v1, "decision": decision}  # fmt: skip
-        return {"outcome": outcome, "promoted": True, "decision": "promoted"}
+    def pending(version: str, policy: str = "if-not-worse") -> Outcome:
+        return Outcome(version, True, passed, v1, compared_with=v1, policy=policy, pending=True)
 
-    settled = commit.settle_summary(summary(v2), models_dir, db)
-    assert settled["promoted"] and not settled["outcome"]["pending"]
+    settled = registering.settle(pending(v2), models_dir, db)
+    assert settled.promoted and not settled.pending and settled.state == JobState.PROMOTED
     assert registry.current_version(models_dir) == v2
-    late = commit.settle_summary(summary(v3), models_dir, db)  # also compared with v1
-    assert late["decision"] == "rejected" and not late["outcome"]["promoted"]
-    assert f"changed from {v1} to {v2}" in late["reason"] == late["outcome"]["decision"]["reason"]
+    late = registering.settle(pending(v3), models_dir, db)  # also compared with v1
+    assert late.state == JobState.REJECTED and not late.decision.promote
+    assert f"changed from {v1} to {v2}" in late.decision.reason
+    assert late.summary()["reason"] == late.decision.reason
     assert registry.current_version(models_dir) == v2
-    forced = commit.settle_summary(summary(v3, policy="always"), models_dir, db)
-    assert forced["promoted"] and registry.current_version(models_dir) == v3
-    done = {"outcome": {**late["outcome"], "pending": False}}
-    assert commit.settle_summary(done, models_dir, db) == done  # nothing pending: untouched
+    forced = registering.settle(pending(v3, policy="always"), models_dir, db)
+    assert forced.promoted and registry.current_version(models_dir) == v3
+    assert registering.settle(late, models_dir, db) is late  # nothing pending: untouched

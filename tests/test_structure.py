@@ -1,5 +1,6 @@
-"""The layout docs/architecture.md describes: no import cycle among the project's modules (imports
-inside functions included), no module over 450 lines, no function over 60."""
+"""The layout docs/architecture.md describes: layers that import only downwards and no import
+cycle among the project's modules (imports inside functions included), no module over 450
+lines, no function over 60."""
 
 from __future__ import annotations
 
@@ -103,3 +104,41 @@ def test_tests_wait_on_conditions_not_fixed_sleeps():
     assert {name: lines for name, lines in found.items() if lines} == {}
     assert fixed_sleeps("import time\ntime.sleep(2)\n") == [2]  # the check can fail
     assert fixed_sleeps("while True:\n    time.sleep(0.1)\n") == []
+
+
+#: The layers, lowest first: a module imports only from its own layer or those below it (lazy
+#: imports inside functions included), so that, e.g., the data layer never reaches for the model
+#: or the loop, and nothing in ``imgclf`` reaches for the service.
+LAYERS = [
+    {"imgclf.config", "imgclf.files", "imgclf.runs"},  # runs: the run folder's files
+    {"imgclf.data"},
+    {"imgclf.model"},
+    {"imgclf.figures", "imgclf.reports"},
+    {"imgclf.store"},
+    {"imgclf.pipeline"},
+    {"imgclf.loop"},
+    {"imgclf.cli"},
+    {"serve", "dashboard"},
+    {"devkit"},
+]
+
+
+def layer_of(module: str) -> int | None:
+    for level, names in enumerate(LAYERS):
+        if any(module == name or module.startswith(f"{name}.") for name in names):
+            return level
+    return None
+
+
+def test_every_module_imports_only_from_its_layer_or_below():
+    known = modules()
+    unplaced = [name for name in known if name != "imgclf" and layer_of(name) is None]
+    assert unplaced == [], f"place these modules in LAYERS: {unplaced}"
+    upward = []
+    for name, path in known.items():
+        level = layer_of(name)
+        for imported in imports(path, known):
+            other = layer_of(imported)
+            if level is not None and other is not None and other > level:
+                upward.append(f"{name} imports {imported} (layer {other} above {level})")
+    assert upward == []

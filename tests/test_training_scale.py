@@ -151,7 +151,7 @@ def test_make_train_with_two_forced_devices_trains_data_parallel(digits_dir, tmp
     upgrade = [sys.executable, "-m", "imgclf.cli", "db", "upgrade"]  # as make train does
     subprocess.run(upgrade, cwd=PROJECT_ROOT, env=env, check=True, capture_output=True)
     result = subprocess.run(
-        [sys.executable, "-m", "imgclf.pipeline", "run", "train", "-p", "epochs", "2",
+        [sys.executable, "-m", "imgclf.cli", "run", "train", "-p", "epochs", "2",
          "-p", "patience", "2", "-p", "batch_size", "63"],
         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip

@@ -7,9 +7,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pytest
 
-from imgclf.loop import promotion, trustcheck
-from imgclf.model import network, novelty, registry, training, trust
+from imgclf.loop import gate, promotion, trustcheck
+from imgclf.model import network, novelty, posthoc, registry, training
 from imgclf.store import JobState
 
 
@@ -56,9 +57,10 @@ def _candidate_trust(models_dir, version: str, temperature=None, threshold_times
         calibration["temperature"] = temperature
     detector = novelty.Novelty.from_bytes(registry.attachment(models_dir, version, novelty.FILE))
     detector = replace(detector, threshold=detector.threshold * threshold_times)
-    return trust.Trust(calibration, detector)
+    return posthoc.Trust(calibration, detector)
 
 
+@pytest.mark.slow  # trains models: about 15 s, kept out of make test-fast
 def test_the_gate_refuses_a_candidate_whose_calibration_or_unknown_answer_is_clearly_worse(
     project,
 ):
@@ -71,7 +73,10 @@ def test_the_gate_refuses_a_candidate_whose_calibration_or_unknown_answer_is_cle
         record = training.TrainingRecord(
             {}, {}, "grayscale", "v0001", trust=_candidate_trust(models_dir, "v0001", **changes)
         )
-        return promotion.register_and_decide(models_dir, model, dataset, metrics, record)[0]
+        thresholds = gate.GateThresholds()
+        return promotion.register_and_decide(
+            models_dir, model, dataset, metrics, record, thresholds
+        )[0]
 
     same = decide()  # the same model and trust: no image differs, nothing to block
     assert same.promoted, same.decision.reason

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import panel as pn
 
-from dashboard.client import ApiClient, ApiError
+from dashboard.client import ApiClient
 from dashboard.components import (
     DataView,
     InsightsView,
@@ -18,7 +18,7 @@ from dashboard.components import (
     RetrainView,
     ReviewView,
 )
-from dashboard.components.base import Notices
+from dashboard.state import DashboardState
 from imgclf.config import get_server_settings
 
 ACCENT = "#2563eb"
@@ -38,55 +38,43 @@ def status_line(client: ApiClient, health: dict | None) -> str:
 
 
 class Dashboard:
-    """The tabs and the timers that keep them fresh."""
+    """The tabs, bound to one ``DashboardState`` whose ``poll`` is the only timer."""
 
     def __init__(self, client: ApiClient | None = None):
-        self.client = client or ApiClient()
-        self.notices = Notices()
-        self.status = pn.pane.Markdown("", margin=(0, 10))
-        retrain = RetrainView(self.client, self.notices)
+        self.state = DashboardState(client)
+        self.client, self.notices = self.state.client, self.state.notices
+        self.status = pn.pane.Markdown(
+            pn.bind(lambda health: status_line(self.client, health), self.state.param.health),
+            margin=(0, 10),
+        )
+        retrain = RetrainView(self.state)
         self.views = [
-            PredictView(self.client, self.notices),
-            DataView(self.client, self.notices, token_source=retrain.token_input),
+            PredictView(self.state),
+            DataView(self.state),
             retrain,
-            ReviewView(self.client, self.notices),
-            MonitorView(self.client, self.notices),
-            InsightsView(self.client, self.notices),
+            ReviewView(self.state),
+            MonitorView(self.state),
+            InsightsView(self.state),
         ]
         self.retrain = retrain
         self.tabs = pn.Tabs(*((view.title, view) for view in self.views), dynamic=False)
         self.tabs.param.watch(self.on_tab, "active")
 
     def on_tab(self, event) -> None:
-        """A tab brought to the front shows fresh figures."""
-        self.views[event.new].refresh()
-
-    def refresh_status(self) -> None:
-        try:
-            health = self.client.health()
-        except ApiError as error:
-            self.notices.show(error)
-            health = None
-        else:
-            self.notices.clear(outage_only=True)
-        self.status.object = status_line(self.client, health)
+        """A tab brought to the front shows fresh figures; the Monitor's are polled while it
+        is shown."""
+        shown = self.views[event.new]
+        self.state.monitoring = isinstance(shown, MonitorView)
+        shown.refresh()
 
     def refresh_all(self) -> None:
-        self.refresh_status()
+        self.state.poll()
         for view in self.views:
             view.refresh()
 
-    def tick(self) -> None:
-        """Every few seconds: the header, and the Monitor tab while it is shown."""
-        self.refresh_status()
-        shown = self.views[self.tabs.active]
-        if isinstance(shown, MonitorView):
-            shown.refresh()
-
     def template(self, refresh_ms: int) -> pn.template.FastListTemplate:
         pn.state.onload(self.refresh_all)
-        pn.state.add_periodic_callback(self.tick, period=refresh_ms)
-        pn.state.add_periodic_callback(self.retrain.follow_job, period=1000)
+        pn.state.add_periodic_callback(self.state.poll, period=refresh_ms)
         return pn.template.FastListTemplate(
             title="imgclf · image classifier",
             header=[self.status],

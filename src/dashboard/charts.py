@@ -88,8 +88,9 @@ def requests_over_time(points: Sequence[dict]):
     _time_axis(chart, source.data["t"])
     chart.vbar(x="t", top="requests", width=45_000, source=source, color=BLUE, legend_label="all")
     chart.vbar(x="t", top="errors", width=45_000, source=source, color=RED, legend_label="errors")
-    chart.line(x="t", y="unknown", source=source, color="#7f3c8d", line_width=2,
-               legend_label="unknown")  # fmt: skip
+    chart.line(
+        x="t", y="unknown", source=source, color="#7f3c8d", line_width=2, legend_label="unknown"
+    )
     chart.add_tools(
         HoverTool(
             tooltips=[
@@ -97,7 +98,7 @@ def requests_over_time(points: Sequence[dict]):
                 ("requests", "@requests"),
                 ("errors", "@errors"),
                 ("unknown", "@unknown"),
-            ],  # fmt: skip
+            ],
             formatters={"@t": "datetime"},
         )
     )

@@ -8,7 +8,8 @@ round and the median of the per-round ratios (these machines are noisy):
 
 - ``imgclf``: this API (``serve.wsgi``): JPEG draft-mode decoding, one jitted forward pass,
   every prediction logged (SQLite, batched off the request path) and counted (Prometheus).
-- ``plain``: ``devkit.naive``: full decode, resize, ``model.predict`` per request, no logging.
+- ``plain``: ``devkit.tutorial_server``: full decode, resize, ``model.predict`` per request,
+  no logging.
 
 Inputs: a 12-megapixel (4000 x 3000) phone-style JPEG and a small PNG from the test split. The
 floor: decoding the phone JPEG alone, in process, as this service does it (and fully). Writes
@@ -58,9 +59,11 @@ def start_server(app: str | None, env: dict, log: Path) -> tuple[subprocess.Pope
     port = free_port()
     command = GUNICORN + ([app] if app else [])
     process = subprocess.Popen(
-        command, env={**env, "PORT": str(port), "ACCESS_LOG": ""},
-        stdout=open(log, "w"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        command,
+        env={**env, "PORT": str(port), "ACCESS_LOG": ""},
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     probe = f"{url}/health" if app is None else f"{url}/predict"
 
@@ -94,8 +97,10 @@ def hey(
     amount += [] if keepalive else ["-disable-keepalive"]
     output = subprocess.run(
         ["hey", *amount, "-c", str(concurrency), *request, url],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
 
     def seconds(label: str) -> float | None:
         found = re.search(rf"{label}% in ([\d.]+) secs", output)
@@ -165,7 +170,7 @@ def _bench(args, settings, info: dict, folder: Path) -> int:
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     servers = {
         name: start_server(app, env, folder / f"{name}.log")
-        for name, app in (("imgclf", None), ("plain", "devkit.naive:app"))
+        for name, app in (("imgclf", None), ("plain", "devkit.tutorial_server:app"))
     }
     try:
         results = {

@@ -94,10 +94,13 @@ def _predictor(models_dir: Path, runtime: str, threads: int):
 
     version = registry.current_version(models_dir)
     return Predictor(
-        version, registry.metadata(models_dir, version),
-        load_model(registry.model_path(models_dir, version)), models_dir=models_dir,
-        requested_runtime=runtime, threads=threads,
-    )  # fmt: skip
+        version,
+        registry.metadata(models_dir, version),
+        load_model(registry.model_path(models_dir, version)),
+        models_dir=models_dir,
+        requested_runtime=runtime,
+        threads=threads,
+    )
 
 
 def _images(count: int) -> np.ndarray:
@@ -121,8 +124,9 @@ def in_process(models_dir: Path, runtime: str, batch: int, repeats: int = 30) ->
     return row
 
 
-def _floor_child(models_dir: str, runtime: str, threads: str, batch: str, start_at: str,
-                 seconds: str) -> dict:  # fmt: skip
+def _floor_child(
+    models_dir: str, runtime: str, threads: str, batch: str, start_at: str, seconds: str
+) -> dict:
     """One of ``as_served``'s processes: images a second from ``start_at`` for ``seconds``."""
     predictor = _predictor(Path(models_dir), runtime, int(threads))
     images = _images(int(batch))
@@ -148,14 +152,25 @@ def as_served(
     if per_worker == 1:
         env.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
     start_at = time.time() + 40  # every child loaded and compiled by then
-    command = [sys.executable, "-m", "devkit.bench_backbone", "floor-child", str(models_dir),
-               runtime, str(threads), str(batch), str(start_at), str(seconds)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "devkit.bench_backbone",
+        "floor-child",
+        str(models_dir),
+        runtime,
+        str(threads),
+        str(batch),
+        str(start_at),
+        str(seconds),
+    ]
     children = [
         subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         for _ in range(workers)
     ]
-    results = [json.loads(child.communicate()[0].decode().strip().splitlines()[-1])
-               for child in children]  # fmt: skip
+    results = [
+        json.loads(child.communicate()[0].decode().strip().splitlines()[-1]) for child in children
+    ]
     if any(r["late_s"] > 1 for r in results):
         print(f"note: the {runtime} floor's processes did not run side by side: {results}")
     return round(sum(r["images_per_s"] for r in results), 1)
@@ -217,8 +232,11 @@ def http(env: dict, folder: Path, seconds: float, rounds: int) -> dict:
                 for name, (_, url) in servers.items():
                     measured = _timed_hey(f"{url}/predict", payload, concurrency, seconds)
                     runs[name][concurrency].append(measured)
-                    print(f"round {round_ + 1} c={concurrency:2d} {name:18s} "
-                          f"{measured['throughput_rps']:7.1f} req/s", flush=True)  # fmt: skip
+                    print(
+                        f"round {round_ + 1} c={concurrency:2d} {name:18s} "
+                        f"{measured['throughput_rps']:7.1f} req/s",
+                        flush=True,
+                    )
         memory = {name: _workers_rss_mib(process.pid) for name, (process, _) in servers.items()}
     finally:
         for process, _ in servers.values():
@@ -266,8 +284,10 @@ def targets(record: dict) -> dict:
     ]
     errors = sum(
         r["errors"] + sum(int(n) for code, n in r["status"].items() if code != "200")
-        for by_c in runs.values() for measured in by_c.values() for r in measured
-    )  # fmt: skip
+        for by_c in runs.values()
+        for measured in by_c.values()
+        for r in measured
+    )
     found = {
         "openvino_vs_jax_http": min(_ratio(runs, "openvino", "jax", c) for c in CONCURRENCY),
         "batching_gain_c16": _ratio(runs, "openvino+batching", "openvino", 16),
@@ -278,15 +298,19 @@ def targets(record: dict) -> dict:
     return {
         **found,
         "met": {
-            "openvino at least 2.5x jax over HTTP (batching off, every concurrency)":
-                found["openvino_vs_jax_http"] >= 2.5,
+            "openvino at least 2.5x jax over HTTP (batching off, every concurrency)": found[
+                "openvino_vs_jax_http"
+            ]
+            >= 2.5,
             "micro-batching at least 1.2x at concurrency 16": found["batching_gain_c16"] >= 1.2,
-            f"p99 at concurrency 1 at most {wait_ms + 2:g} ms worse with batching":
-                found["p99_added_c1_ms"] <= wait_ms + 2,
+            f"p99 at concurrency 1 at most {wait_ms + 2:g} ms worse with batching": found[
+                "p99_added_c1_ms"
+            ]
+            <= wait_ms + 2,
             "0 errors": errors == 0,
             "HTTP within 1.3x of the in-process floor": found["floor_vs_http"] <= 1.3,
         },
-    }  # fmt: skip
+    }
 
 
 def _ms(value: float | None) -> str:
@@ -381,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
             "batch_max_size": batch,
             "batch_max_wait_ms": runtime.batch_max_wait_ms,
             "inference_threads": runtime.threads,
-        },  # fmt: skip
+        },
         "floor": found_floor,
         "http": measured,
         "cells": {

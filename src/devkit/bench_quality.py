@@ -47,18 +47,46 @@ class Row:
 ROWS = (
     # cut for the time budget: 40 epochs at patience 8 ran 39 (128 s) for 0.9972
     Row("digits-cnn", "digits", "cnn", 28, params={"epochs": 25, "patience": 5}),
-    Row("digits-lite0", "digits", "efficientnet_lite0", 28, backbone_size=96,
-        params={"fine_tune_epochs": 0}),
+    Row(
+        "digits-lite0",
+        "digits",
+        "efficientnet_lite0",
+        28,
+        backbone_size=96,
+        params={"fine_tune_epochs": 0},
+    ),
     # 60,000 images need no augmentation for 0.90; 5 epochs keep the run inside 25 minutes
     # on 2 cores (0.9178 measured at 7 epochs in 886 to 1,017 s: this row's time varies by
     # 30 % between runs; 0.9032 at 12 epochs with augmentation, 1,451 s).
-    Row("fashion-cnn", "fashion_mnist", "cnn", 28,
-        params={"epochs": 5, "patience": 3, "batch_size": 128}, augment=False),
-    Row("fashion-cnn-1k", "fashion_mnist", "cnn", 28, 100, 200,
-        params={"epochs": 40, "patience": 8}),
-    Row("fashion-lite0-1k", "fashion_mnist", "efficientnet_lite0", 28, 100, 200,
-        backbone_size=128, params={"fine_tune_epochs": 0}, flip=True),
-)  # fmt: skip
+    Row(
+        "fashion-cnn",
+        "fashion_mnist",
+        "cnn",
+        28,
+        params={"epochs": 5, "patience": 3, "batch_size": 128},
+        augment=False,
+    ),
+    Row(
+        "fashion-cnn-1k",
+        "fashion_mnist",
+        "cnn",
+        28,
+        100,
+        200,
+        params={"epochs": 40, "patience": 8},
+    ),
+    Row(
+        "fashion-lite0-1k",
+        "fashion_mnist",
+        "efficientnet_lite0",
+        28,
+        100,
+        200,
+        backbone_size=128,
+        params={"fine_tune_epochs": 0},
+        flip=True,
+    ),
+)
 
 
 def _subset(source: Path, target: Path, per_class: dict[str, int | None]) -> Path:
@@ -109,11 +137,15 @@ def run_row(row: Row, folder: Path) -> dict:
         tap = choice.tap
         print(f"{row.name}: tap {tap}, cross-validated {choice.scores}", flush=True)
     model = network.build_model(
-        len(dataset.class_names), dataset.input_shape, params.l2, params.dropout,
+        len(dataset.class_names),
+        dataset.input_shape,
+        params.l2,
+        params.dropout,
         backbone=None if row.model == "cnn" else row.model,
         backbone_weights=None if row.model == "cnn" else "imagenet",
-        backbone_size=row.backbone_size, backbone_tap=tap,
-    )  # fmt: skip
+        backbone_size=row.backbone_size,
+        backbone_tap=tap,
+    )
     network.compile_model(model, params.learning_rate)
     augmentation = None
     if row.augment:

@@ -24,10 +24,15 @@ SIZES = (1_000, 100_000, 1_000_000)
 def fill(store: Store, count: int, start: float) -> None:
     for first in range(0, count, 50_000):
         rows = [
-            {"id": uuid.uuid4().hex, "created_at": start + n * 0.01, "label": str(n % 10),
-             "latency_ms": 5.0 + n % 7, "model_version": "v0001"}
+            {
+                "id": uuid.uuid4().hex,
+                "created_at": start + n * 0.01,
+                "label": str(n % 10),
+                "latency_ms": 5.0 + n % 7,
+                "model_version": "v0001",
+            }
             for n in range(first, min(count, first + 50_000))
-        ]  # fmt: skip
+        ]
         store.log_predictions(rows)
 
 

@@ -121,10 +121,17 @@ def training_run(data_dir: Path, size: int, epochs: int, batch: int, augment: bo
     train_idx, val_idx = training.hold_out(cached.labels, 0.1, 1)
     params = network.TrainParams(epochs=epochs, batch_size=batch, patience=epochs)
     network.train(
-        model, cached.images, cached.labels, train_idx, val_idx, params,
-        augment=Augmentation(seed=1) if augment else None, seed=1, verbose=0,
+        model,
+        cached.images,
+        cached.labels,
+        train_idx,
+        val_idx,
+        params,
+        augment=Augmentation(seed=1) if augment else None,
+        seed=1,
+        verbose=0,
         callbacks=[clock],
-    )  # fmt: skip
+    )
     times = clock.times
     steady = times[1:] or times
     per_epoch = float(np.median(steady))
@@ -157,8 +164,11 @@ def bare_step(size: int, batch: int, batches: int = 40) -> dict:
 def _child(*args: str) -> dict:
     result = subprocess.run(
         [sys.executable, "-m", "devkit.bench_train", *args],
-        capture_output=True, text=True, cwd=PROJECT_ROOT, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        check=False,
+    )
     if result.returncode:
         raise RuntimeError(f"bench-train {args[0]} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -228,8 +238,13 @@ def main(argv: list[str] | None = None) -> int:
         if what == "bare":
             print(json.dumps(bare_step(int(size), int(batch))))
         else:
-            print(json.dumps(training_run(Path(data_dir), int(size), int(epochs), int(batch),
-                                          what == "augment")))  # fmt: skip
+            print(
+                json.dumps(
+                    training_run(
+                        Path(data_dir), int(size), int(epochs), int(batch), what == "augment"
+                    )
+                )
+            )
         return 0
     images = int(os.environ.get("BENCH_IMAGES") or 20000)
     size = int(os.environ.get("BENCH_SIZE") or 64)

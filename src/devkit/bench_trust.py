@@ -90,15 +90,19 @@ def main(argv: list[str] | None = None) -> int:
         predictor = Predictor.load(models_dir)
         if predictor.temperature == 1.0:  # T = 1 skips the scaling: measure it all the same
             predictor.temperature = 0.5
-        features = predictor._both.outputs[0].shape[-1]
+        features = predictor._with_features.outputs[0].shape[-1]
         for batch in BATCHES:
             found = measure(predictor, batch, args.rounds)
-            results.append({
-                "model": f"{models_dir} {predictor.version}",
-                "backbone": predictor.metadata.get("parameters", {}).get("backbone") or "cnn",
-                "image_size": list(predictor.image_size), "features": int(features),
-                "batch": batch, **found,
-            })  # fmt: skip
+            results.append(
+                {
+                    "model": f"{models_dir} {predictor.version}",
+                    "backbone": predictor.metadata.get("parameters", {}).get("backbone") or "cnn",
+                    "image_size": list(predictor.image_size),
+                    "features": int(features),
+                    "batch": batch,
+                    **found,
+                }
+            )
             row = results[-1]
             print(
                 f"{row['backbone']:>20} {row['image_size'][0]:>4}px batch {batch:>2}: "

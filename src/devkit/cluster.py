@@ -99,9 +99,14 @@ def nginx_conf(
     user = f"user {pwd.getpwuid(os.geteuid()).pw_name};\n" if os.geteuid() == 0 else ""
     limits = RATE_LIMITS if rate_limits else dict.fromkeys(RATE_LIMITS, "")
     return NGINX_CONF.format(
-        user=user, folder=folder, port=port, servers=servers, max_body_mb=max_body_mb,
-        zones=RATE_ZONES if rate_limits else "", **limits,
-    )  # fmt: skip
+        user=user,
+        folder=folder,
+        port=port,
+        servers=servers,
+        max_body_mb=max_body_mb,
+        zones=RATE_ZONES if rate_limits else "",
+        **limits,
+    )
 
 
 class Cluster:

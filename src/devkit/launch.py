@@ -99,12 +99,16 @@ class Supervisor:
                 continue
             recent = [t for t in self.restarts[name] if now - t < RESTART_WINDOW_S]
             if len(recent) >= MAX_RESTARTS:
-                say(f"{name} exited (status {code}) {MAX_RESTARTS + 1} times within "
-                    f"{RESTART_WINDOW_S:.0f} s; stopping everything")  # fmt: skip
+                say(
+                    f"{name} exited (status {code}) {MAX_RESTARTS + 1} times within "
+                    f"{RESTART_WINDOW_S:.0f} s; stopping everything"
+                )
                 return code or 1
             self.restarts[name] = [*recent, now]
-            say(f"{name} exited (status {code}); starting it again ({len(recent) + 1} of "
-                f"{MAX_RESTARTS} restarts within {RESTART_WINDOW_S:.0f} s)")  # fmt: skip
+            say(
+                f"{name} exited (status {code}); starting it again ({len(recent) + 1} of "
+                f"{MAX_RESTARTS} restarts within {RESTART_WINDOW_S:.0f} s)"
+            )
             self.processes[name] = self._start(name)
         return None
 

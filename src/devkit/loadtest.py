@@ -36,11 +36,28 @@ TOKEN = "loadtest-token"
 
 def locust(url: str, users: int, duration: str, prefix: Path) -> None:
     command = [
-        sys.executable, "-m", "locust", "-f", "locustfile.py", "--headless",
-        "-u", str(users), "-r", str(users), "-t", duration, "--host", url,
-        "--csv", str(prefix), "--html", f"{prefix}.html", "--only-summary",
-        "--loglevel", "WARNING",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        "locustfile.py",
+        "--headless",
+        "-u",
+        str(users),
+        "-r",
+        str(users),
+        "-t",
+        duration,
+        "--host",
+        url,
+        "--csv",
+        str(prefix),
+        "--html",
+        f"{prefix}.html",
+        "--only-summary",
+        "--loglevel",
+        "WARNING",
+    ]
     subprocess.run(command, cwd=PROJECT_ROOT, check=False)
 
 

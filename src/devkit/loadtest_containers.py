@@ -140,9 +140,14 @@ def main(argv: list[str] | None = None) -> int:
             engine.command("volume", "rm", "--force", f"{PROJECT}_{volume}", check=False)
     figure = plot(results, out / "containers.png", xlabel="API containers behind nginx")
     shutil.copy(figure, PROJECT_ROOT / "docs" / "loadtest-containers.png")
-    record = {"cpus": os.cpu_count(), "engine": engine.name, "users": args.users,
-              "duration": args.duration, "workers_per_replica": args.workers_per_replica,
-              "results": {str(k): v for k, v in results.items()}}  # fmt: skip
+    record = {
+        "cpus": os.cpu_count(),
+        "engine": engine.name,
+        "users": args.users,
+        "duration": args.duration,
+        "workers_per_replica": args.workers_per_replica,
+        "results": {str(k): v for k, v in results.items()},
+    }
     write_json_atomic(out / "summary.json", record)
     publish("loadtest-containers", record, table(results, args), MARKERS, DOCS)
     return 0

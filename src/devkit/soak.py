@@ -98,8 +98,9 @@ class Traffic:
 
     def upload(self, n: int) -> None:
         files = {"files": (f"soak-{n}.png", png(n))}
-        answer = requests.post(f"{self.url}/upload-data", data={"label": "3"}, files=files,
-                               headers=AUTH, timeout=60)  # fmt: skip
+        answer = requests.post(
+            f"{self.url}/upload-data", data={"label": "3"}, files=files, headers=AUTH, timeout=60
+        )
         self.count("upload", answer.status_code)
 
 
@@ -210,8 +211,13 @@ def main() -> int:
     shutil.copytree(settings.models_dir, folder / "models")
     shutil.copytree(settings.data_dir / "train", folder / "data" / "train")
     shutil.copytree(settings.data_dir / "test", folder / "data" / "test")
-    copy = replace(settings, data_dir=folder / "data", models_dir=folder / "models",
-                   reports_dir=folder / "reports", cache_dir=None)  # fmt: skip
+    copy = replace(
+        settings,
+        data_dir=folder / "data",
+        models_dir=folder / "models",
+        reports_dir=folder / "reports",
+        cache_dir=None,
+    )
     copy.reports_dir.mkdir()
     with Cluster(
         copy, replicas=1, workers_per_replica=2, admin_token=TOKEN, rate_limits=False

@@ -1,11 +1,15 @@
-"""Command line: ``imgclf data`` prepares a data set, ``imgclf db upgrade`` migrates the
-database, ``imgclf worker`` runs retrain jobs, ``imgclf models list|show [VERSION]|promote
-VERSION|rollback`` reads and changes the model registry (promote and rollback through the
-database: ``imgclf.store.pointer``). The pipeline has its own CLI."""
+"""Command line: ``imgclf data`` prepares a data set, ``imgclf run NOTEBOOK [-p NAME VALUE]``
+runs a pipeline notebook and writes its report (``train`` and ``retrain`` as registering runs,
+``imgclf.loop.registering``), ``imgclf reports`` rewrites ``reports/index.html``, ``imgclf db
+upgrade`` migrates the database, ``imgclf worker`` runs retrain jobs, ``imgclf models
+list|show [VERSION]|promote VERSION|rollback`` reads and changes the model registry (promote
+and rollback through the database: ``imgclf.store.pointer``)."""
 
 from __future__ import annotations
 
 import argparse
+import ast
+import json
 import sys
 
 from imgclf.config import ConfigError, get_settings
@@ -82,6 +86,41 @@ def _models(args) -> int:
     return 0
 
 
+def _literal(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _run(args) -> int:
+    from imgclf import pipeline, reports
+    from imgclf.loop import registering
+
+    settings = get_settings()
+    parameters = {name: _literal(value) for name, value in args.parameter}
+    options = {"show_code": args.show_code, "log_output": True}
+    print(f"running {pipeline.NOTEBOOKS[args.notebook]} ...", flush=True)
+    try:
+        if args.notebook in registering.REGISTERING:
+            result = registering.run(args.notebook, parameters, settings, **options).run
+        else:
+            result = pipeline.run_notebook(args.notebook, parameters, settings, **options)
+    except pipeline.PipelineError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    shown = {k: v for k, v in result.summary.items() if k in reports.INDEX_FIELDS}
+    print(f"{args.notebook}: {json.dumps(shown)}\nreport: {result.report}")
+    return 0
+
+
+def _reports(args) -> int:
+    from imgclf import pipeline
+
+    print(pipeline.update_index(get_settings()))
+    return 0
+
+
 def _worker(args) -> int:
     from imgclf.loop import worker
 
@@ -102,6 +141,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     prepare.add_argument("--limit", type=int, help="keep the first this many images of each split")
     prepare.set_defaults(run=_data)
+    run = commands.add_parser("run", help="run a pipeline notebook and write its report")
+    run.add_argument("notebook", choices=["eda", "train", "evaluate", "retrain"])
+    run.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="a notebook parameter (a Python literal, else text)",
+    )
+    run.add_argument("--show-code", action="store_true", help="keep code cells in the HTML")
+    run.set_defaults(run=_run)
+    commands.add_parser("reports", help="rewrite reports/index.html").set_defaults(run=_reports)
     database = commands.add_parser("db", help="the database schema")
     database.add_argument("action", choices=["upgrade"], help="migrate to the newest schema")
     database.set_defaults(run=_db)

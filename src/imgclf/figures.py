@@ -205,6 +205,20 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence
     return figure
 
 
+def sample_grid(split, per_class: int = 8, max_classes: int = 20, seed: int = 0):
+    """Figure with ``per_class`` sample images in a row for each class (up to ``max_classes``)
+    of a decoded split (``data.cache.CachedSplit``)."""
+    from imgclf.data.eda import sample_indices
+
+    num_classes = min(len(split.class_names), max_classes)
+    indices = sample_indices(split.labels, num_classes, per_class, seed)
+    return plot_image_grid(
+        [split.images[i] for i in indices],
+        [split.class_names[split.labels[i]] for i in indices],
+        columns=per_class,
+    )
+
+
 def plot_image_grid(
     images: Sequence[np.ndarray], titles: Sequence[str], columns: int = 8, title: str = ""
 ):
@@ -331,13 +345,21 @@ def plot_reliability(calibration: dict):
         ("bins", f"T = {calibration['temperature']:.2f}", calibration["ece"]),
     ):
         bins = calibration[key]
-        points = [(c, a) for c, a in zip(bins["confidence"], bins["accuracy"], strict=True)
-                  if c is not None]  # fmt: skip
+        points = [
+            (c, a)
+            for c, a in zip(bins["confidence"], bins["accuracy"], strict=True)
+            if c is not None
+        ]
         if points:
             confidence, accuracy = zip(*points, strict=True)
             axis.plot(confidence, accuracy, marker="o", label=f"{label} (ECE {ece:.3f})")
-    axis.set(xlabel="confidence (top class)", ylabel="accuracy", xlim=(0, 1.01), ylim=(0, 1.01),
-             title="Reliability on the test images")  # fmt: skip
+    axis.set(
+        xlabel="confidence (top class)",
+        ylabel="accuracy",
+        xlim=(0, 1.01),
+        ylim=(0, 1.01),
+        title="Reliability on the test images",
+    )
     axis.legend(loc="upper left", fontsize="small")
     return figure
 

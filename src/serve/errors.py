@@ -37,8 +37,12 @@ def register_error_handlers(app: Flask, api: Api) -> None:
         return api.handle_http_exception(error)
 
     def database_unavailable(error):
-        app.logger.error("%s %s: the database is unavailable: %s", request.method,
-                         request.path, unavailable(error))  # fmt: skip
+        app.logger.error(
+            "%s %s: the database is unavailable: %s",
+            request.method,
+            request.path,
+            unavailable(error),
+        )
         answer = json_error(
             503,
             "the database is unavailable right now (stopped, unreachable or locked); "

@@ -186,9 +186,10 @@ class Health(Schema):
     database = fields.String(metadata={"description": "ok, or down (why: database_error)"})
     database_error = fields.String(allow_none=True)
     journal_rows = fields.Integer(
-        metadata={"description": "predictions journaled while the database was down, not yet "
-                  "replayed"}
-    )  # fmt: skip
+        metadata={
+            "description": "predictions journaled while the database was down, not yet replayed"
+        }
+    )
     uptime_s = fields.Float()
     started_at = fields.String()
     model_version = fields.String(allow_none=True)

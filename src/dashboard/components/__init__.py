@@ -1,4 +1,5 @@
-"""One component per dashboard tab, each a ``pn.viewable.Viewer`` with its own state."""
+"""One component per dashboard tab, each a ``pn.viewable.Viewer`` bound to the session's one
+``DashboardState`` (``dashboard.state``)."""
 
 from dashboard.components.data import DataView
 from dashboard.components.insights import InsightsView

@@ -76,9 +76,8 @@ class CurationView(Component):
 
     title = "Uploads"
 
-    def __init__(self, client, notices, token_source=None, on_change=None, **params):
-        super().__init__(client, notices, **params)
-        self.token_source = token_source
+    def __init__(self, state, on_change=None, **params):
+        super().__init__(state, **params)
         #: called after a change (the Data tab refreshes its chart too); default: ``refresh``
         self.on_change = on_change or self.refresh
         self.classes = table(pd.DataFrame(columns=CLASS_COLUMNS), height=180)
@@ -116,13 +115,8 @@ class CurationView(Component):
             self.audit,
         )
 
-    def _use_token(self) -> bool:
-        if self.token_source is not None and self.token_source.value:
-            self.client.token = self.token_source.value
-        return bool(self.client.token)
-
     def refresh(self) -> None:
-        if not self._use_token():
+        if not self.state.token:
             self.result.object = "Enter the admin token (Retrain tab) to see and curate uploads."
             return
         listing = self.call(self.client.uploads)
@@ -184,7 +178,6 @@ class CurationView(Component):
         self.on_cancel()
         if action is None:
             return
-        self._use_token()
         result = self.call(action)
         if result is not None:
             self.result.object = result_text(result)

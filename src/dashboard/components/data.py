@@ -24,9 +24,8 @@ def outcome_rows(report: dict) -> pd.DataFrame:
 class DataView(Component):
     title = "Data"
 
-    def __init__(self, client, notices, token_source=None, **params):
-        super().__init__(client, notices, **params)
-        self.token_source = token_source
+    def __init__(self, state, **params):
+        super().__init__(state, **params)
         self.files_input = pn.widgets.FileInput(accept="image/*", multiple=True, label="Images")
         self.label_input = pn.widgets.TextInput(label="Label (class) of these images")
         self.upload_button = pn.widgets.Button(label="Upload images", color="primary")
@@ -37,7 +36,7 @@ class DataView(Component):
         self.result = pn.pane.Markdown("")
         self.outcomes = table(pd.DataFrame(columns=OUTCOME_COLUMNS), height=220)
         self.distribution = pn.Column()
-        self.curation = CurationView(client, notices, token_source, on_change=self.refresh)
+        self.curation = CurationView(state, on_change=self.refresh)
 
     def __panel__(self):
         files = pn.Column(
@@ -58,10 +57,6 @@ class DataView(Component):
             self.curation,
         )
 
-    def _use_token(self) -> None:
-        if self.token_source is not None and self.token_source.value:
-            self.client.token = self.token_source.value
-
     def show_upload(self, report: dict | None) -> None:
         if report is None:
             return
@@ -81,7 +76,6 @@ class DataView(Component):
         if not values:
             self.result.object = "Choose one or more image files first."
             return
-        self._use_token()
         files = list(zip(names, values, strict=True))
         self.show_upload(self.call(self.client.upload_files, files, self.label_input.value))
 
@@ -89,7 +83,6 @@ class DataView(Component):
         if not self.zip_input.value:
             self.result.object = "Choose a zip file first."
             return
-        self._use_token()
         name = self.zip_input.filename or "data.zip"
         self.show_upload(self.call(self.client.upload_zip, name, self.zip_input.value))
 

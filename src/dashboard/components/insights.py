@@ -60,8 +60,8 @@ def sample_gallery(samples: dict[str, list[str]]) -> pn.pane.HTML:
 class InsightsView(Component):
     title = "Insights"
 
-    def __init__(self, client, notices, **params):
-        super().__init__(client, notices, **params)
+    def __init__(self, state, **params):
+        super().__init__(state, **params)
         self.body = pn.Column()
 
     def __panel__(self):

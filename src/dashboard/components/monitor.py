@@ -1,4 +1,5 @@
-"""Monitor: the service in production, refreshed every few seconds."""
+"""Monitor: the service in production, refreshed at every poll of the dashboard's state while
+the tab is shown."""
 
 from __future__ import annotations
 
@@ -33,11 +34,12 @@ def _dig(values: dict, path: tuple[str, ...]):
 class MonitorView(Component):
     title = "Monitor"
 
-    def __init__(self, client, notices, **params):
-        super().__init__(client, notices, **params)
+    def __init__(self, state, **params):
+        super().__init__(state, **params)
         self.cards = pn.FlexBox()
         self.charts = pn.Column()
         self.last_retrain = pn.pane.Markdown("")
+        state.param.watch(self._show, "stats")
 
     def __panel__(self):
         return pn.Column(
@@ -48,10 +50,16 @@ class MonitorView(Component):
         )
 
     def refresh(self) -> None:
+        """The figures now (the tab was brought to the front); the polls keep them fresh."""
         stats = self.call(self.client.stats)
+        if stats is not None:
+            self.state.model = self.call(self.client.model) or {}
+            self.state.stats = stats
+
+    def _show(self, event) -> None:
+        stats, model = event.new, self.state.model or {}
         if stats is None:
             return
-        model = self.call(self.client.model) or {}
         self.cards.objects = [
             figure_card("uptime", stats["uptime_s"] / 60, "{:,.1f} min"),
             figure_card("model", stats["model_version"], "{}"),

@@ -48,8 +48,8 @@ def overlay(payload: bytes, heat_png: str, side: int = 220) -> bytes | None:
 class PredictView(Component):
     title = "Predict"
 
-    def __init__(self, client, notices, **params):
-        super().__init__(client, notices, **params)
+    def __init__(self, state, **params):
+        super().__init__(state, **params)
         self.last_prediction: dict | None = None
         self.image_input = pn.widgets.FileInput(accept="image/*", label="Image")
         self.image_input.param.watch(self.on_image, "value")

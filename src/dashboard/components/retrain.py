@@ -11,9 +11,17 @@ from imgclf.store.jobstates import LIVE_STATES, JobState
 
 JOB_COLUMNS = ["job", "state", "started", "by", "why", "version", "report"]
 EVIDENCE_COLUMNS = [
-    "class", "test images", "current recall", "candidate recall", "change", "95% interval",
-    "p", "level", "verdict", "detectable drop",
-]  # fmt: skip
+    "class",
+    "test images",
+    "current recall",
+    "candidate recall",
+    "change",
+    "95% interval",
+    "p",
+    "level",
+    "verdict",
+    "detectable drop",
+]
 VERSION_COLUMNS = ["version", "current", "accuracy", "macro F1", "parent", "gate"]
 
 
@@ -136,15 +144,17 @@ def versions_frame(models: dict) -> pd.DataFrame:
 class RetrainView(Component):
     title = "Retrain"
 
-    def __init__(self, client, notices, **params):
-        super().__init__(client, notices, **params)
-        self.job_id: str | None = None
+    def __init__(self, state, **params):
+        super().__init__(state, **params)
         self.live_job_id: str | None = None
         self.token_input = pn.widgets.PasswordInput(
             label="Admin token",
-            placeholder="configured" if client.token else "IMGCLF_ADMIN_TOKEN",
-            visible=not client.token,
+            placeholder="configured" if state.token else "IMGCLF_ADMIN_TOKEN",
+            visible=not state.token,
         )
+        # the one way in for a typed token: the state holds it, every tab reads it there
+        self.token_input.param.watch(self._typed_token, "value")
+        state.param.watch(self._show_job, "job")
         self.epochs_input = pn.widgets.IntInput(label="Epochs", value=10, start=1, end=200)
         self.retrain_button = pn.widgets.Button(label="Retrain now", color="success")
         self.retrain_button.on_click(self.on_retrain)
@@ -188,11 +198,16 @@ class RetrainView(Component):
             self.versions,
         )
 
-    def _use_token(self) -> None:
-        self.client.token = self.token_input.value or self.client.token
+    @property
+    def job_id(self) -> str | None:
+        """The job this session follows (the state's)."""
+        return self.state.job_id
+
+    def _typed_token(self, event) -> None:
+        if event.new:
+            self.state.token = event.new
 
     def on_retrain(self, _=None) -> None:
-        self._use_token()
         try:
             job = self.client.retrain({"epochs": int(self.epochs_input.value)})
         except ApiError as error:
@@ -200,33 +215,28 @@ class RetrainView(Component):
                 self.notices.show(error)
                 return
             job = error.body["job"]  # one is already running: follow that one
-        self.job_id = job["id"]
         self.progress.visible = True
-        self.follow_job()
+        self.state.follow(job)
 
     def on_cancel(self, _=None) -> None:
         """Cancel the followed job (or the live one in the list)."""
-        self._use_token()
         job_id = self.job_id or self.live_job_id
         if not job_id:
             return
         job = self.call(self.client.cancel, job_id)
         if job:
-            self.job_id = job["id"]
-            self.follow_job()
+            self.state.follow(job)
 
     def on_rollback(self, _=None) -> None:
-        self._use_token()
         pointer = self.call(self.client.rollback)
         if pointer:
             self.job_text.object = f"Rolled back: **{pointer['version']}** is current again."
             self.refresh()
 
-    def follow_job(self) -> None:
-        """Show the followed job's progress; once it ended, stop following and refresh."""
-        if not self.job_id:
-            return
-        job = self.call(self.client.job, self.job_id)
+    def _show_job(self, event) -> None:
+        """The followed job as the last poll (or a button) found it; once it ended, the lists
+        are refreshed."""
+        job = event.new
         if job is None:
             return
         self.progress.value = int(100 * (job["progress"].get("fraction") or 0))
@@ -236,7 +246,6 @@ class RetrainView(Component):
         evidence = evidence_frame(job.get("result"))
         self.evidence.value, self.evidence.visible = evidence, not evidence.empty
         if job["state"] not in LIVE_STATES:
-            self.job_id = None
             self.progress.value = 100
             self.refresh()
 

@@ -27,8 +27,8 @@ def training_note(stored: dict) -> str:
 class ReviewView(Component):
     title = "Review"
 
-    def __init__(self, client, notices, **params):
-        super().__init__(client, notices, **params)
+    def __init__(self, state, **params):
+        super().__init__(state, **params)
         self.result = pn.pane.Markdown("")
         self.items = pn.Column()
         self.reload_button = pn.widgets.Button(label="Reload the queue", color="default")
@@ -81,7 +81,7 @@ class ReviewView(Component):
         self.items.objects = [row for row in self.items.objects if row.name != prediction_id]
 
     def refresh(self) -> None:
-        if not self.client.token:
+        if not self.state.token:
             self.items.objects = [
                 pn.pane.Markdown("Enter the admin token in the Retrain tab to see the queue.")
             ]

@@ -135,8 +135,15 @@ def build_images(engine: Engine, document: dict, profiles: set[str], offline: bo
 #: The image's label naming the digest of what it was built from (``source_digest``).
 SOURCE_LABEL = "imgclf.source"
 #: What the project's image is built from: a change to any of them rebuilds it at stack-up.
-SOURCES = ("Dockerfile", "requirements.lock", "pyproject.toml", "src", "notebooks",
-           "deploy/entrypoint.sh", "deploy/healthcheck.py")  # fmt: skip
+SOURCES = (
+    "Dockerfile",
+    "requirements.lock",
+    "pyproject.toml",
+    "src",
+    "notebooks",
+    "deploy/entrypoint.sh",
+    "deploy/healthcheck.py",
+)
 
 
 def source_digest() -> str:

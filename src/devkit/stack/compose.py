@@ -20,10 +20,25 @@ import yaml
 
 #: The keys of a service this runner understands.
 SERVICE_KEYS = {
-    "build", "image", "command", "environment", "volumes", "ports", "expose", "read_only",
-    "tmpfs", "cap_drop", "security_opt", "stop_grace_period", "restart", "healthcheck",
-    "depends_on", "deploy", "secrets", "profiles",
-}  # fmt: skip
+    "build",
+    "image",
+    "command",
+    "environment",
+    "volumes",
+    "ports",
+    "expose",
+    "read_only",
+    "tmpfs",
+    "cap_drop",
+    "security_opt",
+    "stop_grace_period",
+    "restart",
+    "healthcheck",
+    "depends_on",
+    "deploy",
+    "secrets",
+    "profiles",
+}
 TOP_KEYS = {"services", "secrets", "volumes"}
 #: The keys understood inside a service's mappings; forms not listed (long-form ports,
 #: volumes or secrets, a list of environment entries) are refused too.
@@ -203,11 +218,20 @@ def containers(document: dict, project: str, root: Path, profiles: set[str]) -> 
 
 def _container(project: str, root: Path, name: str, index: int, service: dict, secrets: dict):
     arguments = [
-        "--detach", "--name", f"{project}-{name}-{index}",
-        "--label", f"imgclf.stack={project}", "--label", f"imgclf.service={name}",
-        "--network", f"{project}_default", "--network-alias", name,
-        "--hostname", f"{name}-{index}",
-    ]  # fmt: skip
+        "--detach",
+        "--name",
+        f"{project}-{name}-{index}",
+        "--label",
+        f"imgclf.stack={project}",
+        "--label",
+        f"imgclf.service={name}",
+        "--network",
+        f"{project}_default",
+        "--network-alias",
+        name,
+        "--hostname",
+        f"{name}-{index}",
+    ]
     if service.get("read_only"):
         arguments.append("--read-only")
     arguments += [f"--tmpfs={path}" for path in service.get("tmpfs", [])]

@@ -16,8 +16,14 @@ BASE_IMAGE = "imgclf-base:trixie"
 BASE_SUITE = "trixie"  # Python 3.13: bookworm's 3.11.2 is older than the lock allows (3.11.5)
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 #: What a minimal Debian carries that no container needs: package caches, lists, manuals.
-TRIM = ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man",
-        "usr/share/info", "usr/share/locale")  # fmt: skip
+TRIM = (
+    "var/cache/apt/archives",
+    "var/lib/apt/lists",
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/info",
+    "usr/share/locale",
+)
 
 
 class StackError(RuntimeError):
@@ -31,10 +37,13 @@ class Engine:
 
     def command(self, *arguments: str, check: bool = True, capture: bool = True, timeout=None):
         result = subprocess.run(
-            [self.name, *arguments], env=self.environment, text=True, timeout=timeout,
+            [self.name, *arguments],
+            env=self.environment,
+            text=True,
+            timeout=timeout,
             stdout=subprocess.PIPE if capture else None,
             stderr=subprocess.PIPE if capture else None,
-        )  # fmt: skip
+        )
         if check and result.returncode != 0:
             detail = (result.stderr or "").strip().splitlines()[-3:] if capture else []
             raise StackError(f"{self.name} {arguments[0]} failed: {' / '.join(detail)}")
@@ -171,15 +180,19 @@ def make_base(engine: Engine, mirror: str = DEBIAN_MIRROR) -> None:
         print(f"making {BASE_IMAGE} with {Path(tool).name} from {mirror} (about a minute)")
         done = subprocess.run(
             [tool, "--variant=minbase", include, BASE_SUITE, str(root), mirror],
-            capture_output=True, text=True,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             raise StackError(f"{Path(tool).name} failed: {done.stderr.strip()[-400:]}")
         _trim(root)
         tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
         imported = subprocess.run(
-            [engine.name, "import", "-", BASE_IMAGE], stdin=tar.stdout, env=engine.environment,
-            capture_output=True, text=True,
-        )  # fmt: skip
+            [engine.name, "import", "-", BASE_IMAGE],
+            stdin=tar.stdout,
+            env=engine.environment,
+            capture_output=True,
+            text=True,
+        )
         if tar.wait() != 0 or imported.returncode != 0:
             raise StackError(f"{engine.name} import failed: {imported.stderr.strip()[-400:]}")

@@ -205,10 +205,21 @@ def get_server_settings() -> ServerSettings:
         ConfigError: a value of the wrong kind or out of range, naming the variable.
     """
     read = values(
-        "HOST", "PORT", "WORKERS", "THREADS", "TIMEOUT", "DASHBOARD_PORT", "IMGCLF_API_URL",
-        "IMGCLF_DASHBOARD_REFRESH_MS", "ACCESS_LOG", "LOG_LEVEL", "PROMETHEUS_MULTIPROC_DIR",
-        "DASHBOARD_PASSWORD", "DASHBOARD_COOKIE_SECRET", "DASHBOARD_ORIGINS",
-    )  # fmt: skip
+        "HOST",
+        "PORT",
+        "WORKERS",
+        "THREADS",
+        "TIMEOUT",
+        "DASHBOARD_PORT",
+        "IMGCLF_API_URL",
+        "IMGCLF_DASHBOARD_REFRESH_MS",
+        "ACCESS_LOG",
+        "LOG_LEVEL",
+        "PROMETHEUS_MULTIPROC_DIR",
+        "DASHBOARD_PASSWORD",
+        "DASHBOARD_COOKIE_SECRET",
+        "DASHBOARD_ORIGINS",
+    )
     origins = (origin.strip() for origin in read["DASHBOARD_ORIGINS"].split(","))
     return ServerSettings(
         host=read["HOST"],

@@ -41,8 +41,12 @@ class Augmentation:
         return bool(self.rotation or self.zoom or self.shift or self.flip)
 
     def as_dict(self) -> dict:
-        return {"rotation": self.rotation, "zoom": self.zoom, "shift": self.shift,
-                "flip": self.flip}  # fmt: skip
+        return {
+            "rotation": self.rotation,
+            "zoom": self.zoom,
+            "shift": self.shift,
+            "flip": self.flip,
+        }
 
     @cached_property
     def _compiled(self):
@@ -80,9 +84,10 @@ class Augmentation:
         if not self.flip:
             mirror = jnp.ones((count,))
         rows, cols = jnp.meshgrid(
-            jnp.arange(height, dtype=jnp.float32), jnp.arange(width, dtype=jnp.float32),
+            jnp.arange(height, dtype=jnp.float32),
+            jnp.arange(width, dtype=jnp.float32),
             indexing="ij",
-        )  # fmt: skip
+        )
         cy, cx = (height - 1) / 2, (width - 1) / 2
 
         def source(angle, scale, dx, dy, mirror):

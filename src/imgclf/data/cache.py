@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.data import folders
+from imgclf.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +241,14 @@ def _remove_abandoned(folder: Path, now: float) -> None:
             continue
 
 
-def _build(folder: Path, key: str, split: folders.Split, image_size: int, color_mode: str,
-           workers: int | None) -> None:  # fmt: skip
+def _build(
+    folder: Path,
+    key: str,
+    split: folders.Split,
+    image_size: int,
+    color_mode: str,
+    workers: int | None,
+) -> None:
     _remove_abandoned(folder, time.time())
     channels = 1 if color_mode == "grayscale" else 3
     count = len(split.paths)
@@ -292,10 +299,7 @@ def _build(folder: Path, key: str, split: folders.Split, image_size: int, color_
         "skipped": [[str(split.paths[i]), failures[i]] for i in sorted(failures)],
         "class_names": list(split.class_names),
     }
-    handle, temporary = tempfile.mkstemp(prefix=f".{key}-", suffix=".json", dir=folder)
-    with os.fdopen(handle, "w") as out_file:
-        json.dump(meta, out_file)
-    os.replace(temporary, folder / f"{key}.json")
+    write_json_atomic(folder / f"{key}.json", meta)
 
 
 def _collect(results, out, kept_at, failures, count, root) -> None:

@@ -89,20 +89,6 @@ def sample_indices(
     return chosen
 
 
-def sample_grid(split, per_class: int = 8, max_classes: int = 20, seed: int = 0):
-    """Figure with ``per_class`` sample images in a row for each class (up to ``max_classes``)
-    of a decoded split (``cache.CachedSplit``)."""
-    from imgclf.figures import plot_image_grid
-
-    num_classes = min(len(split.class_names), max_classes)
-    indices = sample_indices(split.labels, num_classes, per_class, seed)
-    return plot_image_grid(
-        [split.images[i] for i in indices],
-        [split.class_names[split.labels[i]] for i in indices],
-        columns=per_class,
-    )
-
-
 def per_class_values(values: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> dict:
     """Group one statistic by class name, for ``figures.plot_histograms``."""
     return {name: values[labels == index] for index, name in enumerate(class_names)}

@@ -236,22 +236,34 @@ def prepare_digits(data_dir: Path, test_size: float = 0.2, seed: int = 42) -> bo
     digits = load_digits()
     pixels = np.uint8(np.round(digits.images / 16.0 * 255.0))
     train, test = train_test_split(
-        np.arange(len(digits.target)), test_size=test_size, stratify=digits.target,
+        np.arange(len(digits.target)),
+        test_size=test_size,
+        stratify=digits.target,
         random_state=seed,
-    )  # fmt: skip
+    )
     return _write_splits(
-        data_dir, "digit_{:04d}.png", [str(d) for d in range(10)],
+        data_dir,
+        "digit_{:04d}.png",
+        [str(d) for d in range(10)],
         train=(pixels[train], digits.target[train], train),
         test=(pixels[test], digits.target[test], test),
-    )  # fmt: skip
+    )
 
 
 #: Where Debian's ``dataset-fashion-mnist`` package puts the four idx files.
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = [
-    "tshirt_top", "trouser", "pullover", "dress", "coat",
-    "sandal", "shirt", "sneaker", "bag", "ankle_boot",
-]  # fmt: skip
+    "tshirt_top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle_boot",
+]
 IDX_TYPES = {0x08: np.uint8}
 
 
@@ -337,7 +349,7 @@ def prepare_public_dataset(
             "horse",
             "ship",
             "truck",
-        ],  # fmt: skip
+        ],
     }
     if name not in names:
         raise DataError(f"unknown data set {name!r}; expected one of {sorted(names)}")

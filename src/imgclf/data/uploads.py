@@ -106,8 +106,13 @@ def _check_entry(info: zipfile.ZipInfo, limits: UploadLimits) -> None:
 
 #: What reading a corrupt or unsupported zip member raises.
 UNREADABLE_MEMBER = (
-    zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError
-)  # fmt: skip
+    zipfile.BadZipFile,
+    zlib.error,
+    EOFError,
+    NotImplementedError,
+    RuntimeError,
+    ValueError,
+)
 
 
 def read_zip(payload: bytes, limits: UploadLimits) -> list[tuple[str, str, bytes]]:

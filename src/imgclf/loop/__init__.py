@@ -4,6 +4,8 @@
 job: queued by the API, run by a worker with its heartbeat) and ``kernels`` (the notebook's
 kernel), ``worker`` (claims and runs jobs), ``retention`` (images of recent predictions, kept so
 that feedback can label them); the promotion gate: ``evidence`` (paired statistics),
-``comparison`` (per-class and overall verdicts), ``gate`` (the decision and its reasons),
-``promotion`` (register a candidate and decide).
+``comparison`` (per-class and overall verdicts), ``gate`` (``GateThresholds``, the decision
+and its reasons), ``promotion`` (register a candidate and decide), ``outcome`` (how a run
+ended), ``registering`` (the registering run: reserve a version, run the notebook, settle the
+pointer).
 """

@@ -34,16 +34,64 @@ With no current model only coverage applies.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from imgclf.config import GATE_RANGES
+from imgclf.config import GATE_RANGES, LoopSettings
+from imgclf.config.catalogue import BY_NAME
 from imgclf.loop import evidence, trustcheck
 from imgclf.loop.comparison import OVERALL, Margins, Verdict, compare
 from imgclf.model.evaluation import GATE_METRIC
 
 GATE_METRICS = evidence.METRICS
+
+
+@dataclass(frozen=True)
+class GateThresholds:
+    """What the gate demands of a candidate, passed whole. The defaults are the settings'
+    (``GATE_*`` in ``config/variables.toml``); ``from_settings`` applies the ones set.
+
+    Raises:
+        ValueError: an unknown metric or a figure out of its range (``config.GATE_RANGES``).
+    """
+
+    metric: str = GATE_METRIC
+    #: the overall metric blocks only if shown worse by more than this
+    tolerance: float = 0.0
+    min_test_images: int = BY_NAME["GATE_MIN_TEST_IMAGES"].default
+    max_recall_drop: float = BY_NAME["GATE_MAX_RECALL_DROP"].default
+    min_new_class_recall: float = BY_NAME["GATE_MIN_NEW_CLASS_RECALL"].default
+    alpha: float = BY_NAME["GATE_ALPHA"].default
+
+    def __post_init__(self):
+        if self.metric not in GATE_METRICS:
+            raise ValueError(f"metric={self.metric!r}: expected one of {', '.join(GATE_METRICS)}")
+        for name, (low, high) in GATE_RANGES.items():
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ValueError(f"{name}={value}: expected {low:g} to {high:g}")
+
+    @classmethod
+    def from_settings(cls, loop: LoopSettings, **given) -> GateThresholds:
+        """The settings' thresholds, with those ``given`` (not None) instead: the one place a
+        notebook's or a job's parameters meet the settings."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise ValueError(f"not a gate threshold: {', '.join(unknown)}")
+        values = {
+            "min_test_images": loop.min_test_images,
+            "max_recall_drop": loop.max_recall_drop,
+            "min_new_class_recall": loop.min_new_class_recall,
+            "alpha": loop.alpha,
+        }
+        values.update({name: value for name, value in given.items() if value is not None})
+        return cls(**values)
+
+    def numeric(self) -> dict:
+        """The numeric thresholds (all but the metric), by name."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "metric"}
 
 
 @dataclass
@@ -64,12 +112,13 @@ class GateDecision:
     current: float | None
     tolerance: float
     reason: str
-    min_test_images: int = 0
-    max_recall_drop: float = 1.0
-    min_new_class_recall: float = 0.0
+    #: the thresholds it was held to (``GateThresholds``)
+    min_test_images: int
+    max_recall_drop: float
+    min_new_class_recall: float
+    alpha: float
     blocked: dict[str, str] = field(default_factory=dict)
     needs: dict[str, int] = field(default_factory=dict)
-    alpha: float = evidence.ALPHA
     verdict: str = Verdict.NOT_WORSE.value
     inconclusive: dict[str, str] = field(default_factory=dict)
     comparisons: list[dict] = field(default_factory=list)
@@ -104,17 +153,6 @@ def weak_new_classes(
         and per_class[name].get("support")
         and float(per_class[name]["recall"]) < min_new_class_recall - 1e-12
     }
-
-
-def check_arguments(metric: str, **figures: float) -> None:
-    """Raise ValueError naming the first unknown metric or figure out of its range
-    (``config.GATE_RANGES``)."""
-    if metric not in GATE_METRICS:
-        raise ValueError(f"metric={metric!r}: expected one of {', '.join(GATE_METRICS)}")
-    for name, value in figures.items():
-        low, high = GATE_RANGES[name]
-        if not low <= value <= high:
-            raise ValueError(f"{name}={value}: expected {low:g} to {high:g}")
 
 
 def _block_untested(decision: GateDecision, candidate_metrics: dict) -> str:
@@ -226,12 +264,7 @@ def gate(
     candidate_metrics: dict,
     current_metrics: dict | None,
     paired: evidence.Paired | None = None,
-    metric: str = GATE_METRIC,
-    tolerance: float = 0.0,
-    min_test_images: int = 0,
-    max_recall_drop: float = 0.05,
-    min_new_class_recall: float = 0.0,
-    alpha: float = evidence.ALPHA,
+    thresholds: GateThresholds = GateThresholds(),  # noqa: B008 (frozen: safe to share)
     resamples: int = evidence.RESAMPLES,
     plan: bool = True,
     trust: tuple | None = None,
@@ -242,26 +275,19 @@ def gate(
         candidate_metrics, current_metrics: ``evaluation.classification_metrics`` of both on
             the same test set (current None: no comparable current model).
         paired: both models' answers on that test set; required with ``current_metrics``.
+        thresholds: what the candidate must meet (default: the settings' defaults).
         plan: work out the detectable drops and the test images that would settle open
             questions (``make bench-gate`` leaves it out: it changes no decision).
         trust: ``(candidate, current)`` ``trustcheck.Answers``, to compare calibration and the
             unknown answer too (None: not compared).
 
     Raises:
-        ValueError: unknown metric, a figure out of range, a metric missing from a dict, or a
-            current model without paired answers.
+        ValueError: a metric missing from a dict, or a current model without paired answers.
     """
-    figures = {
-        "tolerance": tolerance,
-        "min_test_images": min_test_images,
-        "max_recall_drop": max_recall_drop,
-        "min_new_class_recall": min_new_class_recall,
-        "alpha": alpha,
-    }
-    check_arguments(metric, **figures)
+    metric, numeric = thresholds.metric, thresholds.numeric()
     current = float(current_metrics[metric]) if current_metrics is not None else None
     candidate = float(candidate_metrics[metric])
-    decision = GateDecision(True, metric, candidate, current, reason="", **figures)
+    decision = GateDecision(True, metric, candidate, current, reason="", **numeric)
     untested = _block_untested(decision, candidate_metrics)
     if current_metrics is None:
         decision.promote = not untested
@@ -271,11 +297,13 @@ def gate(
     if paired is None:
         raise ValueError("the gate needs both models' answers on the test set (paired)")
     _check_pairing(candidate_metrics, current_metrics, paired, metric)
-    margins = Margins(tolerance, max_recall_drop, min_new_class_recall)
+    margins = Margins(
+        thresholds.tolerance, thresholds.max_recall_drop, thresholds.min_new_class_recall
+    )
     if trust is not None:
-        decision.trust = trustcheck.rows(*trust, max_recall_drop, resamples)
+        decision.trust = trustcheck.rows(*trust, thresholds.max_recall_drop, resamples)
     decision.comparisons, decision.overall = compare(
-        paired, current_metrics, metric, margins, alpha, resamples, plan, decision.trust
+        paired, current_metrics, metric, margins, thresholds.alpha, resamples, plan, decision.trust
     )
     drops = [row["detectable_drop"] for row in decision.comparisons if "detectable_drop" in row]
     if plan and drops:

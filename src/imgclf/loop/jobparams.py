@@ -34,12 +34,17 @@ class RetrainParameters(Schema):
     include_uploads = fields.Boolean()
     metric = fields.String(validate=validate.OneOf(GATE_METRICS))
     tolerance = fields.Float(validate=validate.Range(*GATE_RANGES["tolerance"]))
-    min_test_images = fields.Integer(validate=validate.Range(*GATE_RANGES["min_test_images"]))
-    max_recall_drop = fields.Float(validate=validate.Range(*GATE_RANGES["max_recall_drop"]))
-    min_new_class_recall = fields.Float(
-        validate=validate.Range(*GATE_RANGES["min_new_class_recall"])
+    # the gate's thresholds: null (or left out) is the GATE_* setting's
+    min_test_images = fields.Integer(
+        allow_none=True, validate=validate.Range(*GATE_RANGES["min_test_images"])
     )
-    alpha = fields.Float(validate=validate.Range(*GATE_RANGES["alpha"]))
+    max_recall_drop = fields.Float(
+        allow_none=True, validate=validate.Range(*GATE_RANGES["max_recall_drop"])
+    )
+    min_new_class_recall = fields.Float(
+        allow_none=True, validate=validate.Range(*GATE_RANGES["min_new_class_recall"])
+    )
+    alpha = fields.Float(allow_none=True, validate=validate.Range(*GATE_RANGES["alpha"]))
     seed = fields.Integer(validate=validate.Range(0, 2**31 - 1))
 
 

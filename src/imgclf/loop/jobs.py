@@ -154,8 +154,8 @@ def run_job(store: Store, job: dict, settings: Settings) -> JobState:
     started, oom_before = time.time(), kernels.oom_kills()
     try:
         log.info("job %s: running the retrain notebook (worker pid %d)", job["id"], os.getpid())
-        result = kernels.run_notebook(job, settings, watcher.cancelled, KIND).summary
-        state = _outcome_state(result)
+        registered = kernels.run_notebook(job, settings, watcher.cancelled, KIND)
+        result, state = registered.run.summary, registered.outcome.state
     except Exception as failure:
         result = runs.read_summary(run_dir)
         if watcher.cancelled.is_set():
@@ -172,8 +172,15 @@ def run_job(store: Store, job: dict, settings: Settings) -> JobState:
         log.info("job %s: %s", job["id"], state.value)
         logging.getLogger().removeHandler(handler)
         handler.close()
-        finish(store, job["id"], state, result, error,
-               progress=_progress(run_dir), log_tail=_log_tail(run_dir))  # fmt: skip
+        finish(
+            store,
+            job["id"],
+            state,
+            result,
+            error,
+            progress=_progress(run_dir),
+            log_tail=_log_tail(run_dir),
+        )
     return state
 
 
@@ -201,15 +208,10 @@ def finish(store: Store, job_id: str, state: JobState, result, error, **fields) 
             return
         except UNAVAILABLE as failure:
             wait = FINISH_RETRY_S[min(attempt, len(FINISH_RETRY_S) - 1)]
-            log.error("job %s: recording its end failed (%s); retrying in %d s",
-                      job_id, unavailable(failure), wait)  # fmt: skip
+            log.error(
+                "job %s: recording its end failed (%s); retrying in %d s",
+                job_id,
+                unavailable(failure),
+                wait,
+            )
             time.sleep(wait)
-
-
-def _outcome_state(summary: dict) -> JobState:
-    from imgclf.loop.promotion import Outcome  # imports Keras: only once a job has run
-
-    try:
-        return Outcome.from_dict(summary.get("outcome")).state
-    except ValueError:
-        raise RuntimeError("the retrain notebook ended without recording an outcome") from None

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from imgclf import config, pipeline
 from imgclf.config import Settings
+from imgclf.loop import registering
 
 #: Where the cgroup file systems are mounted (OOM kills are counted there).
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -27,16 +28,20 @@ log = logging.getLogger(__name__)
 
 def run_notebook(
     job: dict, settings: Settings, cancelled: threading.Event, kind: str = "retrain"
-) -> pipeline.RunResult:
-    """Run the retrain notebook; retries only a kernel that failed to start (and was not
-    stopped by a cancel request)."""
+) -> registering.RegisteredRun:
+    """Run the job's registering notebook; retries only a kernel that failed to start (and
+    was not stopped by a cancel request)."""
     from nbclient.exceptions import DeadKernelError
 
     for attempt in range(1, KERNEL_START_TRIES + 1):
         try:
             with config.secrets_hidden():
-                return pipeline.run_notebook(
-                    kind, job["parameters"], settings, Path(job["run_dir"]), log_output=True
+                return registering.run(
+                    kind,
+                    job["parameters"],
+                    settings,
+                    run_dir=Path(job["run_dir"]),
+                    log_output=True,
                 )
         except (pipeline.PipelineError, DeadKernelError):
             raise

@@ -1,8 +1,8 @@
 """Register a trained candidate, decide whether it replaces the current model, and promote it.
 
 The one place where that decision is made: the train and retrain notebooks call
-``register_and_decide`` and display the ``Outcome``; the retrain job reads the same
-``Outcome`` back from the run's summary to know how the job ended.
+``register_and_decide`` and display the ``Outcome`` (``loop.outcome``); the registering run
+(``loop.registering``) reads it back once and makes a passed candidate current.
 """
 
 from __future__ import annotations
@@ -12,95 +12,81 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf.loop import commit, evidence, gate, trustcheck
+from imgclf import config
+from imgclf.loop import evidence, gate, registering, trustcheck
+from imgclf.loop.outcome import Outcome
 from imgclf.model import network, registry, training
 from imgclf.model.batches import as_inputs
-from imgclf.model.evaluation import GATE_METRIC
-from imgclf.store.jobstates import JobState
 
 #: What a caller may ask for: the gate decides, or the candidate is (never) promoted regardless.
 POLICIES = ("if-not-worse", "always", "never")
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """How a candidate ended: registered as ``version``, promoted or not, and why."""
+class Setup:
+    """What a registering notebook (train, retrain) starts from: the settings, its folders,
+    the gate's thresholds resolved once, and the devices training uses."""
 
-    version: str
-    promoted: bool
-    decision: gate.GateDecision
-    parent_version: str | None = None
-    #: The version the gate compared with (None: no current model), and the policy: a runner
-    #: promotes only if that version is still current (unless the policy is "always").
-    compared_with: str | None = None
-    policy: str = "if-not-worse"
-    #: Promoted by the gate, to be made current by the run's runner (``commit.settle``).
-    pending: bool = False
+    settings: config.Settings
+    loop: config.LoopSettings
+    data_dir: Path
+    models_dir: Path
+    thresholds: gate.GateThresholds
+    placement: dict
 
-    @property
-    def state(self) -> JobState:
-        """``promoted`` or ``rejected``: the final state of a retrain job with this outcome."""
-        return JobState.PROMOTED if self.promoted else JobState.REJECTED
-
-    def as_dict(self) -> dict:
-        return {
-            "version": self.version,
-            "promoted": self.promoted,
-            "parent_version": self.parent_version,
-            "decision": self.decision.as_dict(),
-            "compared_with": self.compared_with,
-            "policy": self.policy,
-            "pending": self.pending,
-        }
-
-    @classmethod
-    def from_dict(cls, values: dict | None) -> Outcome:
-        """Read an outcome back (from a run's summary).
-
-        Raises:
-            ValueError: ``values`` is not what ``as_dict`` wrote (or is missing).
-        """
-        if not isinstance(values, dict) or not {"version", "promoted", "decision"} <= set(values):
-            raise ValueError(f"not a candidate's outcome: {values!r}")
-        return cls(
-            version=values["version"],
-            promoted=bool(values["promoted"]),
-            decision=gate.GateDecision(**values["decision"]),
-            parent_version=values.get("parent_version"),
-            compared_with=values.get("compared_with"),
-            policy=values.get("policy", "if-not-worse"),
-            pending=bool(values.get("pending", False)),
+    def devices(self) -> str:
+        """The devices, in a sentence (Markdown)."""
+        placement = self.placement
+        return (
+            f"Training on **{placement['count']} device(s)** ({placement['distribution']}): "
+            f"{', '.join(placement['devices'])}"
         )
 
-    def headline(self) -> str:
-        """The outcome in one line, for the report."""
-        decision = self.decision
-        current = "none" if decision.current is None else f"{decision.current:.4f}"
-        scores = f"{decision.metric} {decision.candidate:.4f} against {current}"
-        if self.pending:
-            return (
-                f"**PASSED THE GATE**: registered {self.version} ({scores}); made current when "
-                f"the run ends if {self.compared_with or 'no model'} is still current. "
-                f"{decision.reason}"
-            )
-        return f"**{self.state.upper()}**: registered {self.version} ({scores}). {decision.reason}"
 
-    def summary(self) -> dict:
-        """The outcome as the run summary records it (``outcome``, plus flat figures)."""
-        decision = self.decision
-        return {
-            "outcome": self.as_dict(),
-            "version": self.version,
-            "promoted": self.promoted,
-            "decision": self.state.value,
-            "reason": decision.reason,
-            "metric": decision.metric,
-            "candidate": decision.candidate,
-            "current": decision.current,
-            "blocked": decision.blocked,
-            "verdict": decision.verdict,
-            "inconclusive": decision.inconclusive,
-        }
+def prepare(data_dir: str = "", models_dir: str = "", seed: int = 1, **gate_given) -> Setup:
+    """The shared setup of the train and retrain notebooks: settings (a parameter left empty
+    is the setting's), the gate's thresholds (``gate_given``, None: the setting's), the seed,
+    and the devices, chosen before a model is built.
+
+    Raises:
+        ValueError: a gate threshold out of range or unknown, or an unknown distribution.
+    """
+    from imgclf.model import batches
+
+    settings = config.get_settings()
+    loop = config.get_loop_settings()
+    thresholds = gate.GateThresholds.from_settings(loop, **gate_given)
+    network.set_seed(seed)
+    return Setup(
+        settings,
+        loop,
+        Path(data_dir) if data_dir else settings.data_dir,
+        Path(models_dir) if models_dir else settings.models_dir,
+        thresholds,
+        batches.distribute(settings.distribution),
+    )
+
+
+def show_decision(outcome: Outcome, metrics: dict[str, dict | None], candidate: dict) -> list:
+    """What both notebooks display of a decision: the headline, both models' metrics
+    (``metrics``: name -> metrics), the overall comparison, the per-class table and the
+    smallest detectable drop."""
+    from IPython.display import Markdown
+
+    from imgclf import figures
+
+    per_class = figures.per_class_table(candidate, outcome.decision)
+    return [
+        Markdown(outcome.headline()),
+        figures.comparison_table(metrics),
+        figures.overall_table(outcome.decision),
+        Markdown(
+            "Per class, paired against the current model (blocking rows in red, differences "
+            "the test set cannot confirm in yellow):"
+        ),
+        figures.style_per_class(per_class),
+        Markdown(gate.min_detectable(outcome.decision)),
+    ]
 
 
 def score_current(
@@ -167,16 +153,16 @@ def _decide(
     current_metrics: dict | None,
     paired: evidence.Paired | None,
     policy: str,
-    checks: dict,
+    thresholds: gate.GateThresholds,
     trust: tuple | None = None,
 ) -> gate.GateDecision:
-    decision = gate.gate(candidate_metrics, current_metrics, paired, trust=trust, **checks)
+    decision = gate.gate(candidate_metrics, current_metrics, paired, thresholds, trust=trust)
     if policy != "if-not-worse":
         decision.promote = policy == "always"
         decision.reason = f"promote={policy!r}: the gate was not asked ({decision.reason})"
         return decision
     if current and current_metrics is None:
-        decision = gate.gate(candidate_metrics, None, **checks)
+        decision = gate.gate(candidate_metrics, None, thresholds=thresholds)
         if decision.promote:
             decision.reason = (
                 f"current model {current} has other classes: the new model replaces it"
@@ -216,75 +202,67 @@ def register_and_decide(
     dataset: training.Dataset,
     candidate_metrics: dict,
     record: training.TrainingRecord,
+    thresholds: gate.GateThresholds,
     policy: str = "if-not-worse",
-    metric: str = GATE_METRIC,
-    tolerance: float = 0.0,
-    min_test_images: int = 0,
-    max_recall_drop: float = 0.05,
-    min_new_class_recall: float = 0.0,
-    alpha: float = evidence.ALPHA,
     candidate_answers: np.ndarray | None = None,
     version: str | None = None,
-    ledger=None,
+    pointer=None,
 ) -> tuple[Outcome, dict | None]:
     """Register a trained candidate, gate it against the current model, promote if it passes.
 
     The candidate is always registered (a rejected one too, so that a person can still promote
     it), with both models' answers and the test set's fingerprint (``gate_evidence``). The
-    checks are the gate's (``gate.gate``): every class tested by ``min_test_images``, no class
-    shown worse by more than ``max_recall_drop`` and the overall ``metric`` not shown worse by
-    more than ``tolerance`` (paired tests at family-wise level ``alpha``), every class new to
-    the current model recognised with ``min_new_class_recall``.
+    checks are the gate's (``gate.gate``) against ``thresholds``.
 
     Args:
         candidate_answers: the candidate's class index for each test image (default: computed
             again from the model).
-        version: reserved by the run's runner, which makes it current (outcome ``pending``).
-        ledger: else the database's ``ModelPointer`` to number and promote through (a
-            notebook run by hand); without either, the registry's file lock (one machine).
+        version: reserved by the registering run (``loop.registering``), which makes it
+            current afterwards (the outcome is then ``pending``).
+        pointer: else the database's model pointer (``store.pointer.ModelPointer``) to number
+            and promote through (a notebook run by hand); without either, the registry's file
+            lock (one machine).
 
     Returns:
         ``(outcome, current_metrics)``: the outcome, and the current model's metrics on the
         same test set (None when there was no comparable current model).
 
     Raises:
-        ValueError: an unknown policy or gate metric, or a gate figure out of range.
+        ValueError: an unknown policy.
     """
     if policy not in POLICIES:
         raise ValueError(f"promote={policy!r}: expected one of {', '.join(POLICIES)}")
-    figures = {
-        "tolerance": tolerance,
-        "min_test_images": min_test_images,
-        "max_recall_drop": max_recall_drop,
-        "min_new_class_recall": min_new_class_recall,
-        "alpha": alpha,
-    }
-    gate.check_arguments(metric, **figures)  # before the current model is scored
     current, current_metrics, current_answers = score_current(models_dir, dataset)
     paired = _pair(model, dataset, candidate_answers, current_answers)
     trust = trust_answers(models_dir, current, model, dataset, record) if paired else None
-    checks = {"metric": metric, **figures}
-    decision = _decide(candidate_metrics, current, current_metrics, paired, policy, checks, trust)
+    decision = _decide(
+        candidate_metrics, current, current_metrics, paired, policy, thresholds, trust
+    )
     extra = {"gate": decision.as_dict(), **_evidence(current, paired, trust)}
     registration = (models_dir, model, dataset, candidate_metrics, record, extra)
-    return _register(registration, decision, current, policy, version, ledger), current_metrics
+    return _register(registration, decision, current, policy, version, pointer), current_metrics
 
 
-def _register(registration: tuple, decision, current, policy, version, ledger) -> Outcome:
-    """Register the candidate (as ``version``, or a number the ledger reserves, or the next
-    under the file lock) and promote it if the gate passed it, unless its runner will."""
+def _register(registration: tuple, decision, current, policy, version, pointer) -> Outcome:
+    """Register the candidate (as ``version``, or a number the pointer reserves, or the next
+    under the file lock) and promote it if the gate passed it, unless its run will."""
     models_dir, record = registration[0], registration[4]
     by_runner = version is not None
-    if version is None and ledger is not None:
-        version = ledger.reserve_version(models_dir)
+    if version is None and pointer is not None:
+        version = pointer.reserve_version(models_dir)
     version = training.register(*registration, version=version)
     outcome = Outcome(
-        version, decision.promote, decision, record.parent_version, current, policy,
+        version,
+        decision.promote,
+        decision,
+        record.parent_version,
+        current,
+        policy,
         pending=decision.promote,
-    )  # fmt: skip
+    )
     if not decision.promote or by_runner:
         return outcome
-    if ledger is not None:
-        return commit.settle(outcome, models_dir, ledger)
+    if pointer is not None:
+        return registering.settle(outcome, models_dir, pointer)
     registry.promote(models_dir, version)
     return replace(outcome, pending=False)

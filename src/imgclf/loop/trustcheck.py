@@ -89,8 +89,10 @@ def answers(predictor, images: np.ndarray, labels: np.ndarray, unlike: np.ndarra
 def _answer(predictor, images: np.ndarray, batch: int = 256):
     """``(probabilities, unknown)`` of ``images``, batch by batch (unknown None without a
     detector)."""
-    parts = [predictor.answers(np.asarray(images[i : i + batch], np.float32))
-             for i in range(0, len(images), batch)]  # fmt: skip
+    parts = [
+        predictor.answers(np.asarray(images[i : i + batch], np.float32))
+        for i in range(0, len(images), batch)
+    ]
     probabilities = np.concatenate([p[0] for p in parts])
     if parts[0][1] is None:
         return probabilities, None
@@ -177,9 +179,12 @@ def _flag_row(check: str, what: str, candidate_ok, current_ok, higher_is_worse: 
 
 
 def rows(
-    candidate: Answers, current: Answers, max_recall_drop: float,
-    resamples: int = evidence.RESAMPLES, seed: int = 0,
-) -> list[dict]:  # fmt: skip
+    candidate: Answers,
+    current: Answers,
+    max_recall_drop: float,
+    resamples: int = evidence.RESAMPLES,
+    seed: int = 0,
+) -> list[dict]:
     """The checks both models can be compared on (see the module), each a row with both
     figures, the difference and its interval, the p-value and its margin (``harm`` > margin
     is worse)."""
@@ -187,9 +192,25 @@ def rows(
     if len(candidate.confidence):
         found.append(_calibration_row(candidate, current, resamples, seed))
     if candidate.unknown is not None and current.unknown is not None and len(candidate.unknown):
-        found.append(_flag_row(FALSE_UNKNOWN, "share answered unknown", ~candidate.unknown,
-                               ~current.unknown, True, max_recall_drop))  # fmt: skip
+        found.append(
+            _flag_row(
+                FALSE_UNKNOWN,
+                "share answered unknown",
+                ~candidate.unknown,
+                ~current.unknown,
+                True,
+                max_recall_drop,
+            )
+        )
     if candidate.unlike_unknown is not None and current.unlike_unknown is not None:
-        found.append(_flag_row(DETECTION, "share answered unknown", candidate.unlike_unknown,
-                               current.unlike_unknown, False, max_recall_drop))  # fmt: skip
+        found.append(
+            _flag_row(
+                DETECTION,
+                "share answered unknown",
+                candidate.unlike_unknown,
+                current.unlike_unknown,
+                False,
+                max_recall_drop,
+            )
+        )
     return found

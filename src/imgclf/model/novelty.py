@@ -60,8 +60,12 @@ class Novelty:
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
-        np.savez(buffer, means=self.means, precision=self.precision,
-                 figures=np.array([self.threshold, self.target, self.held_out]))  # fmt: skip
+        np.savez(
+            buffer,
+            means=self.means,
+            precision=self.precision,
+            figures=np.array([self.threshold, self.target, self.held_out]),
+        )
         return buffer.getvalue()
 
     @classmethod

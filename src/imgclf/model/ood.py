@@ -51,8 +51,11 @@ def _shuffled_patches(images: np.ndarray, rng, grid: int = 4) -> np.ndarray:
     height, width = out.shape[1] // grid * grid, out.shape[2] // grid * grid
     tile_h, tile_w = height // grid, width // grid
     for image in out:
-        tiles = [image[r : r + tile_h, c : c + tile_w].copy()
-                 for r in range(0, height, tile_h) for c in range(0, width, tile_w)]  # fmt: skip
+        tiles = [
+            image[r : r + tile_h, c : c + tile_w].copy()
+            for r in range(0, height, tile_h)
+            for c in range(0, width, tile_w)
+        ]
         order = rng.permutation(len(tiles))
         for slot, index in enumerate(order):
             r, c = divmod(slot, grid)
@@ -75,9 +78,13 @@ def _fashion(size: tuple[int, int], color_mode: str, count: int) -> np.ndarray |
 
 
 def sets(
-    test_images: np.ndarray, size: tuple[int, int], color_mode: str, class_names, seed: int = 0,
+    test_images: np.ndarray,
+    size: tuple[int, int],
+    color_mode: str,
+    class_names,
+    seed: int = 0,
     other_data: bool = True,
-) -> dict[str, np.ndarray]:  # fmt: skip
+) -> dict[str, np.ndarray]:
     """The out-of-distribution sets for a model of ``size`` and ``color_mode`` (float images
     in [0, 1], as ``preprocessing.decode`` gives them); ``other_data=False`` leaves out the
     installed data sets (the gate's set must not depend on what a machine has installed)."""
@@ -103,15 +110,25 @@ def report(predictor, test_images: np.ndarray, found: dict[str, np.ndarray]) -> 
 
     _, known_flags, known = predictor.answers(test_images)
     cut = np.quantile(known, 0.95)
-    rows = [{"set": "test images (in distribution)", "images": len(known),
-             "unknown": round(float(known_flags.mean()), 4), "auroc": None,
-             "fpr_at_95_recall": None}]  # fmt: skip
+    rows = [
+        {
+            "set": "test images (in distribution)",
+            "images": len(known),
+            "unknown": round(float(known_flags.mean()), 4),
+            "auroc": None,
+            "fpr_at_95_recall": None,
+        }
+    ]
     for name, images in found.items():
         _, flags, scores = predictor.answers(images.astype(np.float32))
         truth = np.r_[np.zeros(len(known)), np.ones(len(scores))]
-        rows.append({
-            "set": name, "images": len(scores), "unknown": round(float(flags.mean()), 4),
-            "auroc": round(float(roc_auc_score(truth, np.r_[known, scores])), 4),
-            "fpr_at_95_recall": round(float((scores <= cut).mean()), 4),
-        })  # fmt: skip
+        rows.append(
+            {
+                "set": name,
+                "images": len(scores),
+                "unknown": round(float(flags.mean()), 4),
+                "auroc": round(float(roc_auc_score(truth, np.r_[known, scores])), 4),
+                "fpr_at_95_recall": round(float((scores <= cut).mean()), 4),
+            }
+        )
     return rows

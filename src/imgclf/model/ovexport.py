@@ -2,7 +2,7 @@
 for OpenVINO, in a process of its own whose Keras backend is ``openvino``
 (``imgclf.model.runtime.export`` starts it so; Keras picks its backend once per process).
 
-The IR has two outputs, as ``imgclf.model.trust.with_features`` builds them: the pooled
+The IR has two outputs, as ``imgclf.model.posthoc.with_features`` builds them: the pooled
 features (for the unknown answer) and the probabilities. ``MODULE``s are imported first: those
 that registered the model's custom Keras objects in the parent. When a layer cannot be
 converted, the last line of standard output is JSON, ``{"layer": "'name' (Class)", "error":
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for module in modules:
             importlib.import_module(module)
-        from imgclf.model.trust import with_features
+        from imgclf.model.posthoc import with_features
 
         model = keras.saving.load_model(model_file, compile=False)
         with_features(model).export(xml, format="openvino", verbose=False)

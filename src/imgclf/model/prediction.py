@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import atexit
-import contextlib
 import json
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -104,10 +104,10 @@ class Predictor:
     def __post_init__(self) -> None:
         import jax.numpy as jnp
 
-        from imgclf.model.trust import with_features
+        from imgclf.model.posthoc import with_features
 
         model = with_features(self.model)  # features for the unknown answer, in one pass
-        self._both = model
+        self._with_features = model
         self._forward = _compiled_forward(model)
         self.temperature = float(self.metadata.get("calibration", {}).get("temperature", 1.0))
         attached = None
@@ -125,8 +125,11 @@ class Predictor:
         if self.runtime == "openvino":
             self._start_openvino()
         elif self.runtime_note and self.requested_runtime == "openvino":
-            log.warning("INFERENCE_RUNTIME=openvino: %s serves with JAX: %s", self.version,
-                        self.runtime_note)  # fmt: skip
+            log.warning(
+                "INFERENCE_RUNTIME=openvino: %s serves with JAX: %s",
+                self.version,
+                self.runtime_note,
+            )
 
     def _start_openvino(self) -> None:
         """Serve with OpenVINO when it runs this version and answers as JAX does; else JAX,
@@ -166,9 +169,13 @@ class Predictor:
         model = load_model(registry.model_path(models_dir, version))
         settings = config.get_runtime_settings()
         return cls(
-            version, metadata, model, models_dir=models_dir,
-            requested_runtime=runtime or settings.runtime, threads=settings.threads,
-        )  # fmt: skip
+            version,
+            metadata,
+            model,
+            models_dir=models_dir,
+            requested_runtime=runtime or settings.runtime,
+            threads=settings.threads,
+        )
 
     @property
     def class_names(self) -> list[str]:
@@ -248,32 +255,31 @@ class Predictor:
         pass; ``imgclf.model.saliency``)."""
         from imgclf.model import saliency
 
-        return saliency.maps(self._both, self._trainable, self._non_trainable, images, classes)
+        return saliency.maps(
+            self._with_features, self._trainable, self._non_trainable, images, classes
+        )
 
     def classify(
         self,
         payloads: list[bytes],
         max_pixels: int = MAX_IMAGE_PIXELS,
         explain: bool = False,
-        batcher=None,
+        infer: Callable[[np.ndarray], tuple] | None = None,
     ) -> list[Classified]:
         """Decode and classify encoded images in one forward pass; one result per payload
-        (with ``explain``, each prediction carries its heat map too). With ``batcher`` (a
-        ``serve.batching.MicroBatcher``), the forward pass is shared with concurrent requests.
+        (with ``explain``, each prediction carries its heat map too). ``infer`` computes
+        ``answers`` of the decoded images instead (the API's micro-batching shares the forward
+        pass with concurrent requests that way).
 
         A payload that is not a readable image (or has more than ``max_pixels``) gets a
         ``Classified`` with ``error`` (the reason) and no prediction; the others are classified
         all the same.
         """
-        with batcher.arriving() if batcher else contextlib.nullcontext() as arrival:
-            results, decoded = self._decode(payloads, max_pixels)
-            if not decoded:
-                return results
-            images = np.stack([array for _, array in decoded])
-            if arrival is not None:
-                rows, unknown, scores = arrival.answers(self, images)
-            else:
-                rows, unknown, scores = self.answers(images)
+        results, decoded = self._decode(payloads, max_pixels)
+        if not decoded:
+            return results
+        images = np.stack([array for _, array in decoded])
+        rows, unknown, scores = (infer or self.answers)(images)
         for index, (result, _) in enumerate(decoded):
             known = None if unknown is None else (bool(unknown[index]), float(scores[index]))
             result.prediction = self.describe(rows[index], known)

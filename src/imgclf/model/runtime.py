@@ -155,8 +155,10 @@ def _convert(model_file: Path, xml: Path, version: str) -> None:
         done = subprocess.run(
             command + _custom_object_modules(),
             env=config.openvino_export_environment(sys.path),
-            capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=EXPORT_TIMEOUT_S,
+        )
     except subprocess.TimeoutExpired:
         raise RuntimeUnavailable(
             f"converting {version} for OpenVINO took over {EXPORT_TIMEOUT_S} s"

@@ -89,9 +89,13 @@ def choose_tap(
         raise ValueError("backbone_tap='auto' needs at least two training images of a class")
     chosen = _sample(labels, seed)
     model = network.build_model(
-        len(dataset.class_names), dataset.input_shape, backbone=backbone,
-        backbone_weights=backbone_weights, backbone_size=backbone_size, backbone_tap="all",
-    )  # fmt: skip
+        len(dataset.class_names),
+        dataset.input_shape,
+        backbone=backbone,
+        backbone_weights=backbone_weights,
+        backbone_size=backbone_size,
+        backbone_tap="all",
+    )
     features = network.backbone_features(model, dataset.train.images[chosen])
     top = features.shape[1] - efficientnet_lite.HEAD_FILTERS  # "all" is mid, then top
     columns = {"top": slice(top, None), "mid": slice(0, top), "all": slice(None)}
@@ -146,9 +150,12 @@ def fit_linear_head(
             scored[c] = (float("nan"), float("nan"))
             continue
         result = cross_validate(
-            _linear(c, balanced), features[chosen], labels[chosen], cv=splitter,
+            _linear(c, balanced),
+            features[chosen],
+            labels[chosen],
+            cv=splitter,
             scoring=("accuracy", "neg_log_loss"),
-        )  # fmt: skip
+        )
         scored[c] = (
             float(result["test_accuracy"].mean()),
             -float(result["test_neg_log_loss"].mean()),

@@ -236,6 +236,15 @@ def fit(
         return _fit_pretrained(
             model, dataset, params, augment, seed, verbose, run_dir, train_part, validation
         )
+    return _train(model, dataset, train_part, validation, params, augment, seed, verbose, run_dir)
+
+
+def _train(
+    model, dataset, train_part, validation, params, augment, seed, verbose, run_dir, **more
+):
+    """``network.train`` on the training images' ``train_part``, the best epoch kept by a
+    checkpoint in a temporary folder, progress into ``run_dir``'s summary."""
+    reporter = [ProgressReporter(run_dir, params.epochs)] if run_dir else None
     with tempfile.TemporaryDirectory() as folder:
         return network.train(
             model,
@@ -248,8 +257,28 @@ def fit(
             checkpoint_path=Path(folder) / "best.keras",
             seed=seed,
             verbose=verbose,
-            callbacks=[ProgressReporter(run_dir, params.epochs)] if run_dir else None,
+            callbacks=reporter,
+            **more,
         )
+
+
+def _fit_head(model, dataset, params, seed, train_part, validation) -> dict[str, list[float]]:
+    """Phase 1: the head as a logistic regression on the frozen backbone's features of
+    ``train_part``; its one history row, with the loss on the ``validation`` images."""
+    network.freeze_backbone(model, 0)
+    labels = np.asarray(dataset.train.labels)
+    fitted_on = np.unique(train_part)
+    features = network.backbone_features(model, dataset.train.images[fitted_on])
+    head = taps.fit_linear_head(model, features, labels[fitted_on], params.balance > 0, seed)
+    chance = network.predict_proba(model, dataset.train.images[validation])
+    right = chance[np.arange(len(validation)), labels[validation]]
+    return {
+        "loss": [head["train_loss"]],
+        "accuracy": [head["train_accuracy"]],
+        "val_loss": [float(-np.log(np.clip(right, 1e-12, 1.0)).mean())],
+        "val_accuracy": [float((chance.argmax(1) == labels[validation]).mean())],
+        "phase": [1.0],
+    }
 
 
 def _fit_pretrained(
@@ -263,18 +292,7 @@ def _fit_pretrained(
     fine-tuning helped (and calibration and the unknown threshold have images no part of the
     model has seen). The history's ``phase`` says which epochs were which (1 head, one row; 2
     fine-tuning)."""
-    network.freeze_backbone(model, 0)
-    labels = np.asarray(dataset.train.labels)
-    fitted_on = np.unique(train_part)
-    features = network.backbone_features(model, dataset.train.images[fitted_on])
-    head = taps.fit_linear_head(model, features, labels[fitted_on], params.balance > 0, seed)
-    chance = network.predict_proba(model, dataset.train.images[validation])
-    right = chance[np.arange(len(validation)), labels[validation]]
-    history = {
-        "loss": [head["train_loss"]], "accuracy": [head["train_accuracy"]],
-        "val_loss": [float(-np.log(np.clip(right, 1e-12, 1.0)).mean())],
-        "val_accuracy": [float((chance.argmax(1) == labels[validation]).mean())], "phase": [1.0],
-    }  # fmt: skip
+    history = _fit_head(model, dataset, params, seed, train_part, validation)
     if params.fine_tune_blocks > 0 and params.fine_tune_epochs > 0:
         before = model.get_weights()
         network.freeze_backbone(model, params.fine_tune_blocks)
@@ -282,19 +300,26 @@ def _fit_pretrained(
         second = replace(
             params, epochs=params.fine_tune_epochs, patience=max(2, params.patience // 3)
         )
-        reporter = [ProgressReporter(run_dir, params.fine_tune_epochs)] if run_dir else None
-        with tempfile.TemporaryDirectory() as folder:
-            more = network.train(
-                model, dataset.train.images, dataset.train.labels, train_part, validation,
-                second, augment=augment, checkpoint_path=Path(folder) / "best.keras",
-                seed=seed, verbose=verbose, callbacks=reporter, warmup_steps=0,
-            )  # fmt: skip
+        more = _train(
+            model,
+            dataset,
+            train_part,
+            validation,
+            second,
+            augment,
+            seed,
+            verbose,
+            run_dir,
+            warmup_steps=0,
+        )
         kept = min(more["val_loss"]) <= min(history["val_loss"])
         log.info(
             "fine-tuning the last %d block(s): validation loss %.4f -> %.4f (%s)",
-            params.fine_tune_blocks, min(history["val_loss"]), min(more["val_loss"]),
+            params.fine_tune_blocks,
+            min(history["val_loss"]),
+            min(more["val_loss"]),
             "kept" if kept else "dropped: the head-only model is kept",
-        )  # fmt: skip
+        )
         if not kept:
             model.set_weights(before)
         more["phase"] = [2.0] * len(more["loss"])
@@ -337,7 +362,7 @@ class TrainingRecord:
     report: str | None = None
     parent_version: str | None = None
     distribution: dict | None = None
-    #: The fitted temperature and unknown detector (``imgclf.model.trust``), if any.
+    #: The fitted temperature and unknown detector (``imgclf.model.posthoc``), if any.
     trust: object | None = None
 
 

@@ -91,10 +91,11 @@ class ModelPointer(Connected):
             number = max(highest.scalar() or 0, registry.highest_number(models_dir)) + 1
             connection.execute(
                 model_versions.insert().values(
-                    number=number, reserved_at=clock(connection),
+                    number=number,
+                    reserved_at=clock(connection),
                     reserved_by=f"{HOST}:{os.getpid()}",
                 )
-            )  # fmt: skip
+            )
             return registry.version_name(number)
 
         version = self._retrying(reserve)
@@ -109,10 +110,13 @@ class ModelPointer(Connected):
             mirror = registry.pointer(models_dir)
             connection.execute(
                 model_pointer.insert().values(
-                    id=1, version=mirror.get("version"), generation=0,
-                    history=json.dumps(mirror.get("history", [])), changed_at=clock(connection),
+                    id=1,
+                    version=mirror.get("version"),
+                    generation=0,
+                    history=json.dumps(mirror.get("history", [])),
+                    changed_at=clock(connection),
                 )
-            )  # fmt: skip
+            )
             row = connection.execute(query).first()
         return row
 
@@ -129,10 +133,12 @@ class ModelPointer(Connected):
                 model_pointer.update()
                 .where(model_pointer.c.id == 1)
                 .values(
-                    version=new["version"], history=json.dumps(new["history"]),
-                    generation=current["generation"] + 1, changed_at=clock(connection),
+                    version=new["version"],
+                    history=json.dumps(new["history"]),
+                    generation=current["generation"] + 1,
+                    changed_at=clock(connection),
                 )
-            )  # fmt: skip
+            )
             return _as_pointer(connection.execute(sa.select(model_pointer)).first())
 
         pointer = self._retrying(change)

@@ -201,10 +201,12 @@ def _feedback(connection, rows: int) -> dict:
     trusted_correct = sa.case((recent.c.trusted & (p.c.label == recent.c.true_label), 1), else_=0)
     feedback_total, feedback_correct, trusted_total, trusted_right = connection.execute(
         sa.select(
-            sa.func.count(), sa.func.sum(correct), sa.func.sum(trusted),
+            sa.func.count(),
+            sa.func.sum(correct),
+            sa.func.sum(trusted),
             sa.func.sum(trusted_correct),
         ).select_from(recent.join(p, p.c.id == recent.c.prediction_id))
-    ).one()  # fmt: skip
+    ).one()
     trusted_total = trusted_total or 0
     return {
         "count": feedback_total,

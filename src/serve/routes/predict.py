@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 import uuid
@@ -36,9 +37,11 @@ def _classify(
 ) -> tuple[list[dict], float]:
     """Classify, log every result (off the request path) and count it; returns the rows."""
     worker = state.current()
-    results = predictor.classify(
-        payloads, worker.service.predict_max_pixels, explain, worker.batcher
-    )
+    batcher = worker.batcher
+    # counted as arriving while it decodes, so that a batch waits for it (serve.batching)
+    with batcher.arriving() if batcher else contextlib.nullcontext() as arrival:
+        infer = (lambda images: arrival.answers(predictor, images)) if arrival else None
+        results = predictor.classify(payloads, worker.service.predict_max_pixels, explain, infer)
     latency_ms = (time.perf_counter() - g.started) * 1000
     rows = [
         _row(predictor, result, payload, latency_ms)
@@ -129,8 +132,11 @@ def predict_batch(query):
     if len(files) > worker.service.max_batch:
         abort(413, message=f"{len(files)} images in one batch; at most {worker.service.max_batch}")
     if query["explain"] and len(files) > schemas.EXPLAIN_MAX_BATCH:
-        abort(413, message=f"{len(files)} images with explain=true; at most "
-              f"{schemas.EXPLAIN_MAX_BATCH} (each needs a backward pass)")  # fmt: skip
+        abort(
+            413,
+            message=f"{len(files)} images with explain=true; at most "
+            f"{schemas.EXPLAIN_MAX_BATCH} (each needs a backward pass)",
+        )
     names = [f.filename or "image" for f in files]
     rows, latency_ms = _classify(predictor, [f.read() for f in files], query["explain"])
     metrics.PREDICT_LATENCY.labels("predict_batch").observe(latency_ms / 1000)
@@ -140,8 +146,15 @@ def predict_batch(query):
             f"{name}: {row['error']}" for name, row in zip(names, rows, strict=True)
         )
         abort(422, message=message)
-    keys = ("label", "confidence", "probabilities", "unknown", "unknown_score", "saliency",
-            "error")  # fmt: skip
+    keys = (
+        "label",
+        "confidence",
+        "probabilities",
+        "unknown",
+        "unknown_score",
+        "saliency",
+        "error",
+    )
     return {
         "model_version": predictor.version,
         "latency_ms": round(latency_ms, 3),

@@ -1,7 +1,7 @@
 """The plain server ``make bench`` compares against: what tutorials do, under the same gunicorn.
 
 Full-resolution decode with Pillow, convert, resize, then ``model.predict`` per request; no
-logging, no metrics. ``gunicorn -c python:serve.gunicorn_conf devkit.naive:app``.
+logging, no metrics. ``gunicorn -c python:serve.gunicorn_conf devkit.tutorial_server:app``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def create_app(models_dir=None) -> Flask:
     model = load_model(registry.model_path(models_dir, version))
     size = tuple(info["image_size"])
     mode = "L" if info["color_mode"] == "grayscale" else "RGB"
-    app = Flask("naive")
+    app = Flask("tutorial_server")
 
     @app.post("/predict")
     def predict():
