@@ -20,7 +20,7 @@ WORKERS ?= 2
 DASHBOARD_PORT ?= 5006
 export PORT WORKERS DASHBOARD_PORT
 
-.PHONY: help setup lock lock-cuda bench-backbone bench-gate bench-stats bench-trust bench-quality soak bench-train data data-fashion eda train evaluate retrain pipeline run model db serve worker \
+.PHONY: help setup lock lock-cuda bench-backbone bench-gate bench-stats bench-trust bench-quality bench-data soak bench-train data data-fashion eda train evaluate retrain pipeline run model db serve worker \
         cluster dashboard token bench loadtest reports lab test test-fast lint format clean docs \
         image stack-up stack-down stack-status test-containers loadtest-containers
 
@@ -120,6 +120,9 @@ bench-gate: setup ## simulate the promotion gate: false rejections and power by 
 
 bench-quality: setup ## accuracy on digits and Fashion-MNIST: CNN vs pretrained EfficientNet-Lite0
 	$(PY) -m devkit.bench_quality
+
+bench-data: setup ## the data audit on planted copies: leaks and near-duplicates found, clean images flagged
+	$(PY) -m devkit.bench_data
 
 bench-trust: model ## what the unknown answer and ?explain=true cost a prediction, in process
 	$(PY) -m devkit.bench_trust $(BENCH_TRUST_ARGS)

@@ -249,6 +249,23 @@ def worker(project, tmp_path):
 TOKEN = "integration-token"
 
 
+def api_client(project: Settings, token: str):
+    """Flask's test client of the API on ``project``, with ``token`` as the admin token, once
+    its worker has loaded the model (in a background thread: no test should end, and no
+    interpreter exit, in the middle of an XLA compilation)."""
+    from dataclasses import replace
+
+    from imgclf import config
+    from serve.app import create_app
+
+    service = replace(config.get_service_settings(), admin_token=token, reload_poll_s=0.1)
+    client = create_app(project, service).test_client()
+    wait_for(
+        lambda: client.get("/health").get_json()["status"] != "loading", 60, "the model to load"
+    )
+    return client
+
+
 def settled(job: dict) -> dict | None:
     """A retrain job's row once it has ended (None while it is queued or running)."""
     return job if job["state"] not in ("queued", "running") else None

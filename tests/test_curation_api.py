@@ -8,13 +8,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import replace
 
 import pytest
 import sqlalchemy as sa
-from conftest import png, wait_for
+from conftest import api_client, png
 
-from imgclf import config
 from imgclf.data import uploads
 from imgclf.store import Store, audit, migrations
 
@@ -51,16 +49,7 @@ def test_the_audit_table_comes_from_a_migration_and_matches_the_code(tmp_path):
 # ------------------------------------------------------------------------------------- API
 @pytest.fixture
 def client(project):
-    from serve.app import create_app
-
-    service = replace(config.get_service_settings(), admin_token=TOKEN, reload_poll_s=0.1)
-    client = create_app(project, service).test_client()
-    # the worker loads the model in a background thread: let it finish, so that no test ends
-    # (and no interpreter exits) in the middle of an XLA compilation
-    wait_for(
-        lambda: client.get("/health").get_json()["status"] != "loading", 60, "the model to load"
-    )
-    return client
+    return api_client(project, TOKEN)
 
 
 def api_upload(client, label: str, values: list[int]) -> str:

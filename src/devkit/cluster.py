@@ -146,10 +146,10 @@ class Cluster:
         }
 
     def _start(self, name: str, command: list[str], **env) -> subprocess.Popen:
-        log = open(self.folder / f"{name}.log", "w")
-        return subprocess.Popen(
-            command, env=self._environment(**env), stdout=log, stderr=subprocess.STDOUT
-        )
+        with open(self.folder / f"{name}.log", "w") as log:  # the child keeps its own copy
+            return subprocess.Popen(
+                command, env=self._environment(**env), stdout=log, stderr=subprocess.STDOUT
+            )
 
     def start_replica(self, index: int) -> None:
         port = free_port()
@@ -181,11 +181,12 @@ class Cluster:
         limit = config.get_service_settings().max_request_bytes // (1024 * 1024)
         ports = [int(u.rsplit(":", 1)[1]) for u in self.api_urls]
         conf.write_text(nginx_conf(self.folder, port, ports, limit, self.rate_limits))
-        self.nginx = subprocess.Popen(
-            ["nginx", "-p", str(self.folder), "-c", str(conf), "-g", "daemon off;"],
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.folder / "nginx.log", "w"),
-        )
+        with open(self.folder / "nginx.log", "w") as log:
+            self.nginx = subprocess.Popen(
+                ["nginx", "-p", str(self.folder), "-c", str(conf), "-g", "daemon off;"],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
         self.url = f"http://127.0.0.1:{port}"
         self.wait_healthy()
         return self

@@ -80,3 +80,40 @@ class AuditEntry(OpenSchema):
         metadata={"description": "first 8 hex digits of the admin token's SHA-256"},
     )
     client = fields.String(allow_none=True, metadata={"description": "the request's address"})
+
+
+class Leak(OpenSchema):
+    batch = fields.String(metadata={"description": "the upload (batch) it came with"})
+    file = fields.String(metadata={"description": "its name in the upload"})
+    label = fields.String()
+    test_file = fields.String(metadata={"description": "the test image it nearly duplicates"})
+    similarity = fields.Float(metadata={"description": "cosine of the two fingerprints"})
+
+
+class NearDuplicate(OpenSchema):
+    batch = fields.String()
+    file = fields.String(metadata={"description": "its name in the upload"})
+    label = fields.String()
+    stored_as = fields.String()
+    duplicate_of = fields.String(metadata={"description": "the image it nearly duplicates"})
+    duplicate_label = fields.String(metadata={"description": "that image's label"})
+    conflict = fields.Boolean(metadata={"description": "the same picture under two labels"})
+    similarity = fields.Float()
+
+
+class DataIssues(OpenSchema):
+    leaks = fields.List(
+        fields.Nested(Leak),
+        metadata={"description": "uploads held out: they nearly duplicate a test image"},
+    )
+    near_duplicates = fields.List(
+        fields.Nested(NearDuplicate),
+        metadata={
+            "description": "stored uploads nearly duplicating a training image or "
+            "another image of their upload; conflict: under a different label"
+        },
+    )
+
+
+class IssuesQuery(StrictSchema):
+    batch = fields.String(metadata={"description": "one upload's findings (its batch id)"})

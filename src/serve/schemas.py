@@ -230,6 +230,8 @@ class UploadResult(Schema):
     accepted = fields.List(fields.Nested(UploadFile))
     duplicates = fields.List(fields.Nested(UploadFile))
     rejected = fields.List(fields.Nested(UploadFile))
+    leaks = fields.List(fields.Dict(), metadata={"description": "held out: copies of test images"})
+    near_duplicates = fields.List(fields.Dict(), metadata={"description": "see GET /data/issues"})
 
 
 class Job(OpenSchema):

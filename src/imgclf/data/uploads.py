@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath
 from PIL import Image
 
 from imgclf.config import UploadLimits
-from imgclf.data import curation, folders, manifest
+from imgclf.data import audit, curation, folders, manifest
 from imgclf.data.preprocessing import ImageDecodeError, load_image
 from imgclf.data.uploadrules import (  # noqa: F401  (the upload API's names)
     LABEL_PATTERN,
@@ -56,6 +56,10 @@ class UploadReport:
     accepted: list[dict] = field(default_factory=list)
     duplicates: list[dict] = field(default_factory=list)
     rejected: list[dict] = field(default_factory=list)
+    #: held out: near-duplicates of test images (``audit``), with the test file
+    leaks: list[dict] = field(default_factory=list)
+    #: stored, but nearly the same picture as a training image or another of this upload
+    near_duplicates: list[dict] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {
@@ -64,11 +68,15 @@ class UploadReport:
                 "accepted": len(self.accepted),
                 "duplicate": len(self.duplicates),
                 "rejected": len(self.rejected),
+                "leak": len(self.leaks),
+                "near_duplicate": len(self.near_duplicates),
             },
             "by_class": _count_by_class(self.accepted),
             "accepted": self.accepted,
             "duplicates": self.duplicates,
             "rejected": self.rejected,
+            "leaks": self.leaks,
+            "near_duplicates": self.near_duplicates,
         }
 
 
@@ -176,6 +184,8 @@ class HashIndex:
     def __init__(self, data_dir: Path):
         self.data_dir = data_dir
         self._cache: dict[Path, tuple[int, int, str]] = {}
+        #: the images' fingerprints, for near-duplicates and leaks (``audit``)
+        self.content = audit.ContentIndex(data_dir)
 
     def hashes(self) -> dict[str, Path]:
         found: dict[str, Path] = {}
@@ -282,16 +292,20 @@ def _validated(
     return candidates
 
 
+def new_batch_name() -> str:
+    """A time stamp and a random suffix (``audit.BATCH_NAME``)."""
+    return f"{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
 def _write_batch(
     uploads_dir: Path,
+    batch: str,
     fresh: dict[str, tuple[str, str, str, bytes]],
     splits: dict[str, str],
     report: UploadReport,
-) -> str:
-    """Write the new images and their manifest into a hidden folder and rename it into place;
-    returns the batch name."""
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    batch = f"{stamp}-{uuid.uuid4().hex[:6]}"
+) -> None:
+    """Write the new images and their manifest into a hidden folder and rename it into place
+    as ``batch``."""
     staging = Path(tempfile.mkdtemp(prefix=f".{batch}-", dir=uploads_dir))
     try:
         rows = []
@@ -306,7 +320,6 @@ def _write_batch(
         os.rename(staging, uploads_dir / batch)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return batch
 
 
 def store_upload(
@@ -320,7 +333,8 @@ def store_upload(
     """Validate and store ``(label, file name, bytes)`` triples as one new batch.
 
     Each accepted image is given to the training or the test share (``assign_splits``); the
-    answer and the batch's manifest say which.
+    answer and the batch's manifest say which. A near-copy of a test image is held out as a
+    leak, and near-copies of training images are listed (``audit``).
 
     Returns:
         The report; ``batch`` is None when nothing was accepted (then nothing was written).
@@ -351,16 +365,45 @@ def store_upload(
                 )
             else:
                 fresh[digest] = candidate
-        if not fresh:
-            return report
+        if fresh:
+            _store_fresh(uploads_dir, index, fresh, report, test_share, min_test)
+    return report
+
+
+def _store_fresh(uploads_dir, index, fresh, report, test_share, min_test) -> None:
+    """Audit the new images (``audit.inspect``): hold out the leaks, store the rest as one
+    batch (copies inside it on one share), keep the findings."""
+    batch = new_batch_name()
+    found = audit.inspect(fresh, index.content)
+    for digest, leak in found.leaks.items():
+        label, name = fresh.pop(digest)[:2]
+        report.leaks.append({"batch": batch, "file": name, "label": label, **leak})
+    if fresh:
         splits = assign_splits(
             {digest: candidate[0] for digest, candidate in fresh.items()},
             split_counts(index.data_dir),
             test_share,
             min_test,
         )
-        report.batch = _write_batch(uploads_dir, fresh, splits, report)
-    return report
+        for later, earlier in found.within.items():  # one picture, one share
+            if later in splits and earlier in splits:
+                splits[later] = splits[earlier]
+        _write_batch(uploads_dir, batch, fresh, splits, report)
+        report.batch = batch
+        stored = {row["sha256"]: row for row in report.accepted}
+        report.near_duplicates = [
+            {"batch": batch, **_public(stored[digest]), **twin}
+            for digest, twin in found.near_duplicates.items()
+            if digest in stored
+        ]
+    if report.leaks or report.near_duplicates:
+        audit.write(uploads_dir, batch, report.leaks, report.near_duplicates)
+
+
+def _public(row: dict) -> dict:
+    """A manifest row as the audit lists it: the file's name in the upload, its label, where
+    it is stored."""
+    return {"file": row["file"], "label": row["label"], "stored_as": row["stored_as"]}
 
 
 def class_counts(data_dir: Path) -> dict:

@@ -77,7 +77,7 @@ def upload_data():
         metrics.UPLOADED.labels(outcome).inc(count)
     if report.batch:
         return result, 201
-    if not report.duplicates:
+    if not report.duplicates and not report.leaks:
         reasons = "; ".join(f"{r['file']}: {r['reason']}" for r in report.rejected)
         return errors.json_error(422, f"no image was accepted: {reasons}", **result)
     return result, 200

@@ -13,6 +13,7 @@ from filelock import Timeout
 from flask import Response, request
 from flask_smorest import Blueprint, abort
 
+from imgclf.data import audit as data_audit
 from imgclf.data import curation
 from imgclf.loop import jobs
 from imgclf.store import audit
@@ -144,3 +145,20 @@ def rename_class(body, name):
         lambda: curation.rename_class(uploads_dir, name, new_name),
         new_name=new_name,
     )
+
+
+@blueprint.route("/data/issues")
+@require_token
+@blueprint.arguments(schemas.IssuesQuery, location="query")
+@blueprint.doc(security=ADMIN)
+@blueprint.response(200, schemas.DataIssues)
+@blueprint.alt_response(401, description="no or a wrong admin token")
+@blueprint.alt_response(404, description="no audit of that batch")
+def data_issues(query):
+    """What the audit of the uploads found (``?batch=<id>``: one upload): leaks of test
+    images, held out, and near-duplicates of training images or of each other."""
+    uploads_dir = state.current().settings.uploads_dir
+    found = data_audit.read(uploads_dir, query.get("batch"))
+    if found is None:
+        abort(404, message=f"no audit of upload batch {query['batch']!r}")
+    return found

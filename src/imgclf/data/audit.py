@@ -1,0 +1,167 @@
+"""The audit of an upload on content (``neardup``): leaks of test images, and near-duplicates
+of training images or of each other, found before anything is stored.
+
+- A **leak** is an upload that nearly duplicates a test image (``data/test`` or an earlier
+  upload's test share): trained on, it would teach the candidate the very images that judge
+  it. It is held out: not stored, listed with the test file it copies.
+- A **near-duplicate** of a training image (``data/train`` or an earlier upload's training
+  share) is stored, and listed with the image it copies; when their labels differ it is a
+  **label conflict** (``conflict``: the same picture under two names), the cheapest label
+  issue to see.
+- Near-duplicates **within** one upload are given the same share (train or test) as the first
+  of them, so that an upload cannot leak into itself.
+
+Each upload's findings are kept in ``uploads/.audit/<batch>.json`` (``GET /data/issues``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from imgclf.data import folders, neardup
+from imgclf.files import write_json_atomic
+
+AUDIT_DIR = ".audit"
+#: An upload's name (``uploads._write_batch``): a time stamp and a random suffix
+BATCH_NAME = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
+
+
+class ContentIndex:
+    """Fingerprints of the data's images by share (``test``, ``train``), cached by (path,
+    size, modification time) so that only new files are decoded again."""
+
+    def __init__(self, data_dir: Path):
+        self.data_dir = data_dir
+        self._cache: dict[Path, tuple[int, int, np.ndarray]] = {}
+
+    def _paths(self, share: str) -> list[Path]:
+        paths = []
+        if (self.data_dir / share).is_dir():
+            paths += folders.discover(self.data_dir / share).paths
+        uploaded = folders.discover_uploads(self.data_dir / "uploads", share)
+        return paths + (uploaded.paths if uploaded else [])
+
+    def share(self, share: str) -> tuple[list[Path], np.ndarray]:
+        """The images of ``share`` and their fingerprints (one row each)."""
+        paths, rows, seen = [], [], {}
+        for path in self._paths(share):
+            try:
+                info = path.stat()
+            except FileNotFoundError:
+                continue
+            cached = self._cache.get(path)
+            if cached is None or cached[:2] != (info.st_size, info.st_mtime_ns):
+                try:
+                    cached = (info.st_size, info.st_mtime_ns, neardup.fingerprint(path))
+                except OSError:
+                    continue  # unreadable: training reports it; nothing to compare
+            seen[path] = cached
+            paths.append(path)
+            rows.append(cached[2])
+        self._cache.update(seen)
+        width = neardup.KEEP**2 - 1
+        return paths, np.stack(rows) if rows else np.zeros((0, width), np.float32)
+
+
+@dataclass
+class Findings:
+    """What ``inspect`` found among an upload's new images (keys: SHA-256)."""
+
+    leaks: dict[str, dict] = field(default_factory=dict)
+    near_duplicates: dict[str, dict] = field(default_factory=dict)
+    #: later image -> the earlier image of this upload it nearly duplicates
+    within: dict[str, str] = field(default_factory=dict)
+
+
+def inspect(fresh: dict[str, tuple], index: ContentIndex) -> Findings:
+    """Compare an upload's new images (sha256 -> (label, file name, ending, bytes)) with the
+    test and training images and with each other."""
+    found = Findings()
+    digests = list(fresh)
+    if not digests:
+        return found
+    prints = np.stack([neardup.fingerprint(fresh[d][3]) for d in digests])
+    test_paths, test_prints = index.share("test")
+    for match in neardup.duplicates(prints, test_prints):
+        digest = digests[match.query]
+        found.leaks[digest] = {
+            "test_file": _relative(test_paths[match.known], index.data_dir),
+            "similarity": round(match.similarity, 4),
+        }
+    train_paths, train_prints = index.share("train")
+    for match in neardup.duplicates(prints, train_prints):
+        digest = digests[match.query]
+        if digest not in found.leaks:
+            twin = _twin(fresh[digest][0], train_paths[match.known], index)
+            found.near_duplicates[digest] = {**twin, "similarity": round(match.similarity, 4)}
+    for match in neardup.within(prints):
+        later, earlier = digests[match.query], digests[match.known]
+        found.within[later] = earlier
+        if later not in found.leaks and later not in found.near_duplicates:
+            found.near_duplicates[later] = {
+                "duplicate_of": f"this upload: {fresh[earlier][1]}",
+                "duplicate_label": fresh[earlier][0],
+                "conflict": fresh[earlier][0] != fresh[later][0],
+                "similarity": round(match.similarity, 4),
+            }
+    return found
+
+
+def _relative(path: Path, data_dir: Path) -> str:
+    return path.relative_to(data_dir).as_posix()
+
+
+def _twin(label: str, path: Path, index: ContentIndex) -> dict:
+    twin_label = path.parent.name
+    return {
+        "duplicate_of": _relative(path, index.data_dir),
+        "duplicate_label": twin_label,
+        "conflict": twin_label != label,
+    }
+
+
+def write(uploads_dir: Path, batch: str, leaks: list[dict], near_duplicates: list[dict]) -> Path:
+    """Keep one upload's findings (atomically) for ``GET /data/issues``."""
+    folder = uploads_dir / AUDIT_DIR
+    folder.mkdir(exist_ok=True)
+    record = {"batch": batch, "leaks": leaks, "near_duplicates": near_duplicates}
+    return write_json_atomic(folder / f"{batch}.json", record)
+
+
+def read(uploads_dir: Path, batch: str | None = None) -> dict | None:
+    """The findings of one upload (None: no such audit), or of every upload (``batch`` None);
+    near-duplicates removed since (curation) are left out."""
+    folder = uploads_dir / AUDIT_DIR
+    if batch is not None:
+        path = folder / f"{batch}.json"
+        if not BATCH_NAME.match(batch) or not path.is_file():
+            return None
+        paths = [path]
+    else:
+        paths = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    leaks, near = [], []
+    for path in paths:
+        record = json.loads(path.read_text())
+        leaks += record["leaks"]
+        kept = uploads_dir.parent
+        near += [row for row in record["near_duplicates"] if (kept / row["stored_as"]).is_file()]
+    return {"leaks": leaks, "near_duplicates": near}
+
+
+def summary(uploads_dir: Path) -> str:
+    """One sentence of what the audit of the uploads found, for the retrain's report."""
+    found = read(uploads_dir)
+    leaks, near = found["leaks"], found["near_duplicates"]
+    conflicts = sum(1 for row in near if row.get("conflict"))
+    if not leaks and not near:
+        return "Upload audit: no leak of a test image, no near-duplicate."
+    return (
+        f"Upload audit: {len(leaks)} near-copies of test images held out (not trained on); "
+        f"{len(near)} near-duplicates of other images in the training data, {conflicts} of "
+        "them under a different label than their twin (`GET /data/issues` lists them)."
+    )
