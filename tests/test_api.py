@@ -286,7 +286,13 @@ def test_upload_files_dedupes_against_training_set_and_itself(client, project):
     )
     assert response.status_code == 201
     body = response.get_json()
-    assert body["counts"] == {"accepted": 2, "duplicate": 2, "rejected": 1}
+    assert body["counts"] == {
+        "accepted": 2,
+        "duplicate": 2,
+        "rejected": 1,
+        "leak": 0,
+        "near_duplicate": 0,
+    }
     assert body["rejected"][0]["file"] == "fake.png"
     assert "not a readable image" in body["rejected"][0]["reason"]
     assert {d["duplicate_of"] for d in body["duplicates"]} == {

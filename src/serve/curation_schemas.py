@@ -101,7 +101,29 @@ class NearDuplicate(OpenSchema):
     similarity = fields.Float()
 
 
+class LabelIssue(OpenSchema):
+    batch = fields.String()
+    file = fields.String(metadata={"description": "its name in the upload"})
+    stored_as = fields.String()
+    label = fields.String(metadata={"description": "the label it was uploaded with"})
+    suggested_label = fields.String(metadata={"description": "the most probable label"})
+    score = fields.Float(metadata={"description": "label quality, 0 to 1: low is suspect"})
+
+
 class DataIssues(OpenSchema):
+    state = fields.String(metadata={"description": "running while a label check runs, else done"})
+    model_version = fields.String(
+        allow_none=True, metadata={"description": "the model whose features the check used"}
+    )
+    computed_at = fields.String(allow_none=True)
+    notes = fields.List(fields.String(), metadata={"description": "what was not judged, why"})
+    label_issues = fields.List(
+        fields.Nested(LabelIssue),
+        metadata={
+            "description": "uploads whose label the served model's features do not "
+            "support (confident learning, cleanlab), lowest score first"
+        },
+    )
     leaks = fields.List(
         fields.Nested(Leak),
         metadata={"description": "uploads held out: they nearly duplicate a test image"},

@@ -5,5 +5,7 @@ digits set), ``preprocessing`` (the one decode path, shared by training and serv
 (decoded images on disk, read by training), ``augment`` (on-device augmentation), ``imagestats``
 (per-image statistics for EDA and drift), ``eda``; uploads: ``uploads`` (store an upload batch),
 ``uploadrules`` (its lock and label rule), ``manifest`` (the one owner of a batch's manifest),
-``curation`` (list, delete, rename, merge uploaded classes and batches, atomically).
+``curation`` (list, delete, rename, merge uploaded classes and batches, atomically),
+``neardup`` (content fingerprints: the same picture resized or re-encoded), ``audit`` (an
+upload's leaks of test images, held out, and near-duplicates).
 """

@@ -11,7 +11,9 @@ of training images or of each other, found before anything is stored.
 - Near-duplicates **within** one upload are given the same share (train or test) as the first
   of them, so that an upload cannot leak into itself.
 
-Each upload's findings are kept in ``uploads/.audit/<batch>.json`` (``GET /data/issues``).
+Each upload's findings are kept in ``uploads/.audit/<batch>.json`` (``GET /data/issues``),
+with the label check the API runs on the stored images after the upload
+(``imgclf.loop.labelcheck``: confident learning on the served model's features).
 """
 
 from __future__ import annotations
@@ -133,6 +135,18 @@ def write(uploads_dir: Path, batch: str, leaks: list[dict], near_duplicates: lis
     return write_json_atomic(folder / f"{batch}.json", record)
 
 
+def record_label_check(uploads_dir: Path, batch: str, check: dict) -> Path:
+    """Keep the state or the result of one upload's label check (``loop.labelcheck``):
+    ``check`` holds ``state`` (running, done or failed), ``model_version``, ``computed_at``,
+    ``issues``, ``checked`` and ``note``."""
+    path = uploads_dir / AUDIT_DIR / f"{batch}.json"
+    record = json.loads(path.read_text()) if path.is_file() else None
+    record = record or {"batch": batch, "leaks": [], "near_duplicates": []}
+    record["label_check"] = check
+    (uploads_dir / AUDIT_DIR).mkdir(exist_ok=True)
+    return write_json_atomic(path, record)
+
+
 def read(uploads_dir: Path, batch: str | None = None) -> dict | None:
     """The findings of one upload (None: no such audit), or of every upload (``batch`` None);
     near-duplicates removed since (curation) are left out."""
@@ -144,13 +158,30 @@ def read(uploads_dir: Path, batch: str | None = None) -> dict | None:
         paths = [path]
     else:
         paths = sorted(folder.glob("*.json")) if folder.is_dir() else []
-    leaks, near = [], []
+    leaks, near, issues, checks = [], [], [], []
+    kept = uploads_dir.parent
     for path in paths:
         record = json.loads(path.read_text())
         leaks += record["leaks"]
-        kept = uploads_dir.parent
         near += [row for row in record["near_duplicates"] if (kept / row["stored_as"]).is_file()]
-    return {"leaks": leaks, "near_duplicates": near}
+        check = record.get("label_check")
+        if check:
+            checks.append(check)
+            issues += [
+                {"batch": record["batch"], **row}
+                for row in check.get("issues", [])
+                if (kept / row["stored_as"]).is_file()
+            ]
+    latest = max(checks, key=lambda c: c.get("computed_at") or "", default={})
+    return {
+        "state": "running" if any(c["state"] == "running" for c in checks) else "done",
+        "model_version": latest.get("model_version"),
+        "computed_at": latest.get("computed_at"),
+        "notes": [c["note"] for c in checks if c.get("note")],
+        "label_issues": issues,
+        "leaks": leaks,
+        "near_duplicates": near,
+    }
 
 
 def summary(uploads_dir: Path) -> str:

@@ -6,6 +6,7 @@ kernel), ``worker`` (claims and runs jobs), ``retention`` (images of recent pred
 that feedback can label them); the promotion gate: ``evidence`` (paired statistics),
 ``comparison`` (per-class and overall verdicts), ``gate`` (``GateThresholds``, the decision
 and its reasons), ``promotion`` (register a candidate and decide), ``outcome`` (how a run
-ended), ``registering`` (the registering run: reserve a version, run the notebook, settle the
+ended), ``labelcheck`` (an upload's label issues, by cleanlab on the model's features),
+``registering`` (the registering run: reserve a version, run the notebook, settle the
 pointer).
 """

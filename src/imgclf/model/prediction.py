@@ -235,6 +235,17 @@ class Predictor:
         ]
         return np.concatenate(rows) if rows else np.zeros((0, len(self.class_names)), np.float32)
 
+    def features(self, images, batch_size: int = 64) -> np.ndarray:
+        """The pooled features (the unknown answer's; a backbone's for a backbone model) of
+        images (uint8 or floats in [0, 1]), batch by batch, computed by ``runtime``."""
+        from imgclf.model.batches import as_inputs
+
+        rows = [
+            self._outputs(as_inputs(np.asarray(images[start : start + batch_size])))[0]
+            for start in range(0, len(images), batch_size)
+        ]
+        return np.concatenate(rows)
+
     def predict_images(self, images: np.ndarray) -> np.ndarray:
         """Return the calibrated probabilities for preprocessed images ``(n, h, w, c)``."""
         return self.answers(images)[0]

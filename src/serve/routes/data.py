@@ -13,6 +13,7 @@ from flask_smorest import Blueprint, abort
 from PIL import Image
 
 from imgclf.data import folders, uploads
+from imgclf.loop import labelcheck
 from imgclf.loop.retention import ImageGone
 from imgclf.model import registry
 from imgclf.store import StoreError
@@ -76,6 +77,7 @@ def upload_data():
     for outcome, count in result["counts"].items():
         metrics.UPLOADED.labels(outcome).inc(count)
     if report.batch:
+        labelcheck.start(worker.model.loaded, worker.settings.data_dir, report.batch)
         return result, 201
     if not report.duplicates and not report.leaks:
         reasons = "; ".join(f"{r['file']}: {r['reason']}" for r in report.rejected)
