@@ -143,6 +143,7 @@ def test_a_blank_image_is_nobodys_near_duplicate():
     assert audit.BATCH_NAME.match(uploads.new_batch_name())
 
 
+@pytest.mark.slow  # a label check in the background: kept out of make test-fast
 def test_an_upload_with_twenty_wrong_labels_lists_them_as_label_issues(client, project):
     rng = np.random.default_rng(5)
     chosen = []
@@ -179,6 +180,7 @@ def test_an_upload_with_twenty_wrong_labels_lists_them_as_label_issues(client, p
     assert len(caught) >= 18 and len(right) >= 16 and len(false) <= 8, (caught, right, false)
 
 
+@pytest.mark.slow  # a label check in the background: kept out of make test-fast
 def test_the_harmful_upload_is_flagged_before_any_retrain_and_one_call_removes_it(client, project):
     """Every training image of '3', altered, uploaded as '8' (the gate used to be the first to
     notice, after a retrain was paid for, and the images stayed)."""
