@@ -41,17 +41,10 @@ class ContentIndex:
         self.data_dir = data_dir
         self._cache: dict[Path, tuple[int, int, np.ndarray]] = {}
 
-    def _paths(self, share: str) -> list[Path]:
-        paths = []
-        if (self.data_dir / share).is_dir():
-            paths += folders.discover(self.data_dir / share).paths
-        uploaded = folders.discover_uploads(self.data_dir / "uploads", share)
-        return paths + (uploaded.paths if uploaded else [])
-
     def share(self, share: str) -> tuple[list[Path], np.ndarray]:
         """The images of ``share`` and their fingerprints (one row each)."""
         paths, rows, seen = [], [], {}
-        for path in self._paths(share):
+        for path in folders.share_images(self.data_dir, share)[0]:
             try:
                 info = path.stat()
             except FileNotFoundError:

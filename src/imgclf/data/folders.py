@@ -171,6 +171,20 @@ def discover_uploads(
     return Split(uploads_dir, names, paths, labels)
 
 
+def share_images(data_dir: Path, share: str) -> tuple[list[Path], list[str]]:
+    """Every image of a share (``train`` or ``test``): ``data_dir/<share>/`` and the uploads
+    given to it, with their class names."""
+    paths: list[Path] = []
+    labels: list[str] = []
+    parts = [discover(data_dir / share)] if (data_dir / share).is_dir() else []
+    parts.append(discover_uploads(data_dir / "uploads", share))
+    for part in parts:
+        if part is not None:
+            paths += part.paths
+            labels += [part.class_names[i] for i in part.labels]
+    return paths, labels
+
+
 def merge_splits(base: Split, extra: Split | None) -> Split:
     """Return ``base`` plus ``extra``; classes new in ``extra`` are appended after base's.
 

@@ -52,18 +52,9 @@ class LabelCheck:
 def _reference(data_dir: Path, exclude: str, seed: int = 0) -> tuple[list[Path], list[str]]:
     """A stratified sample of the training images (``data/train`` and the uploads' training
     share but the batch ``exclude``): at most ``MAX_REFERENCE``, the same for the same data."""
-    paths: list[Path] = []
-    labels: list[str] = []
-    if (data_dir / "train").is_dir():
-        split = folders.discover(data_dir / "train")
-        paths += split.paths
-        labels += [split.class_names[i] for i in split.labels]
-    uploaded = folders.discover_uploads(data_dir / "uploads", "train")
-    if uploaded:
-        for path, index in zip(uploaded.paths, uploaded.labels, strict=True):
-            if path.parent.parent.name != exclude:
-                paths.append(path)
-                labels.append(uploaded.class_names[index])
+    everything, named = folders.share_images(data_dir, "train")
+    chosen = [i for i, path in enumerate(everything) if path.parent.parent.name != exclude]
+    paths, labels = [everything[i] for i in chosen], [named[i] for i in chosen]
     if len(paths) > MAX_REFERENCE:
         from sklearn.model_selection import train_test_split
 
@@ -73,6 +64,19 @@ def _reference(data_dir: Path, exclude: str, seed: int = 0) -> tuple[list[Path],
         kept = sorted(kept)
         paths, labels = [paths[i] for i in kept], [labels[i] for i in kept]
     return paths, labels
+
+
+#: The reference's features of the last check: ``(model version, paths) -> (features, kept)``;
+#: uploads in a row against the same training data and model compute them once.
+_last_reference: dict[tuple, tuple[np.ndarray, list[int]]] = {}
+
+
+def _reference_features(predictor, paths: list[Path]) -> tuple[np.ndarray, list[int]]:
+    key = (predictor.version, tuple(paths))
+    if key not in _last_reference:
+        _last_reference.clear()
+        _last_reference[key] = _features(predictor, paths)
+    return _last_reference[key]
 
 
 def _features(predictor, paths: list[Path]) -> tuple[np.ndarray, list[int]]:
@@ -121,9 +125,13 @@ def check_batch(predictor, data_dir: Path, batch: str) -> LabelCheck:
     rows = [r for r in manifest.read(data_dir / "uploads" / batch) or [] if r.get("stored_as")]
     rows = [r for r in rows if (data_dir / r["stored_as"]).is_file()]
     ref_paths, ref_labels = _reference(data_dir, batch)
-    features, kept = _features(predictor, ref_paths + [data_dir / r["stored_as"] for r in rows])
-    position = {index: row for row, index in enumerate(kept)}
     first = len(ref_paths)
+    known, known_kept = _reference_features(predictor, ref_paths)
+    fresh, fresh_kept = _features(predictor, [data_dir / r["stored_as"] for r in rows])
+    width = max(known.shape[1], fresh.shape[1], 1)
+    features = np.concatenate([known.reshape(-1, width), fresh.reshape(-1, width)])
+    kept = known_kept + [first + j for j in fresh_kept]
+    position = {index: row for row, index in enumerate(kept)}
     counts = {name: ref_labels.count(name) for name in set(ref_labels)}
     classes = sorted(name for name, count in counts.items() if count >= FOLDS)
     if len(classes) < 2:
