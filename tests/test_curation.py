@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import fill, png
 
-from imgclf.data import curation, folders, manifest, uploadrules, uploads
+from imgclf.data import curation, filecuration, folders, manifest, uploadrules, uploads
 from imgclf.model import training
 
 
@@ -317,3 +317,54 @@ def test_training_no_longer_sees_a_deleted_class_and_sees_a_renamed_one(tmp_path
     curation.rename_class(data_dir / "uploads", "sevn", "seven")
     names, tested = classes()
     assert names == ["a", "b", "seven"] and "seven" in tested and "sevn" not in tested
+
+
+# ------------------------------------------------------------------------------ one image
+def test_one_image_relabelled_moves_with_its_manifest_row_and_share(store):
+    data_dir, index, names = store
+    uploads_dir, batch = data_dir / "uploads", data_dir / "uploads" / names["a"]
+    row = next(r for r in rows_of(batch) if r["label"] == "junk")
+    result = filecuration.relabel_file(uploads_dir, row["stored_as"], "cat")
+    moved = f"uploads/{names['a']}/cat/{row['stored_as'].rsplit('/', 1)[1]}"
+    assert result["stored_as"] == moved and result["images"] == 1
+    assert result[row["split"]] == 1 and result["new_name"] == "cat"
+    assert (data_dir / moved).is_file() and not (data_dir / row["stored_as"]).exists()
+    after = {r["sha256"]: r for r in rows_of(batch)}
+    assert after[row["sha256"]] == {**row, "label": "cat", "stored_as": moved}
+    assert len(after) == 10, "the other rows are untouched"
+    other = uploads.store_upload([("x", "y.png", png(100))], uploads_dir, index)
+    assert other.duplicates and not other.accepted, "still known by its bytes"
+
+
+def test_one_image_deleted_and_the_last_of_a_batch_takes_the_batch(store):
+    data_dir, _, names = store
+    uploads_dir = data_dir / "uploads"
+    only = rows_of(uploads_dir / names["b"])[0]["stored_as"]
+    result = filecuration.delete_file(uploads_dir, only)
+    assert result["images"] == 1 and result["batches_removed"] == [names["b"]]
+    assert not (uploads_dir / names["b"]).exists()
+    row = rows_of(uploads_dir / names["a"])[0]
+    filecuration.delete_file(uploads_dir, row["stored_as"])
+    assert not (data_dir / row["stored_as"]).exists()
+    assert row["sha256"] not in {r["sha256"] for r in rows_of(uploads_dir / names["a"])}
+
+
+def test_one_image_unknown_or_relabelled_badly_is_refused_and_nothing_changes(store):
+    data_dir, _, names = store
+    uploads_dir = data_dir / "uploads"
+    before = snapshot(uploads_dir)
+    row = rows_of(uploads_dir / names["a"])[0]
+    place = row["stored_as"]
+    for wrong in ("uploads/nope/cat/0.png", f"uploads/{names['a']}/cat/none.png", "../x.png"):
+        with pytest.raises(curation.NotFound):
+            filecuration.delete_file(uploads_dir, wrong)
+    with pytest.raises(curation.InvalidName):
+        filecuration.relabel_file(uploads_dir, place, "a b/c")
+    with pytest.raises(curation.InvalidName):
+        filecuration.relabel_file(uploads_dir, place, row["label"])
+    twin = uploads_dir / names["a"] / "junk" / place.rsplit("/", 1)[1]
+    twin.write_bytes(png(999))  # another image of the same name in the target class
+    with pytest.raises(curation.Conflict):
+        filecuration.relabel_file(uploads_dir, place, "junk")
+    twin.unlink()
+    assert snapshot(uploads_dir) == before

@@ -45,6 +45,19 @@ class RenameClass(StrictSchema):
     )
 
 
+class RelabelFile(StrictSchema):
+    label = fields.String(
+        required=True,
+        metadata={
+            "description": f"the image's new label (a new class or an existing one). "
+            f"Rule: {LABEL_RULE}",
+            "pattern": LABEL_PATTERN.pattern,
+            "maxLength": MAX_LABEL_LENGTH,
+            "example": "seven",
+        },
+    )
+
+
 class CurationResult(OpenSchema):
     operation = fields.String(validate=validate.OneOf(CURATION_OPERATIONS))
     target = fields.String(metadata={"description": "the batch or class changed"})
@@ -55,6 +68,7 @@ class CurationResult(OpenSchema):
     batches_removed = fields.List(fields.String(), metadata={"description": "left empty"})
     new_name = fields.String()
     merged = fields.Boolean(metadata={"description": "renamed into an existing class"})
+    stored_as = fields.String(metadata={"description": "a relabelled image's new place"})
     audit_id = fields.Integer(metadata={"description": "its row in GET /uploads/audit"})
 
 
@@ -110,6 +124,16 @@ class LabelIssue(OpenSchema):
     score = fields.Float(metadata={"description": "label quality, 0 to 1: low is suspect"})
 
 
+class Outlier(OpenSchema):
+    batch = fields.String()
+    file = fields.String(metadata={"description": "its name in the upload"})
+    stored_as = fields.String()
+    label = fields.String(metadata={"description": "the label it was uploaded with"})
+    unknown_score = fields.Float(
+        metadata={"description": "the unknown answer's score: over 1.0 is unlike every class"}
+    )
+
+
 class DataIssues(OpenSchema):
     state = fields.String(metadata={"description": "running while a label check runs, else done"})
     model_version = fields.String(
@@ -123,6 +147,10 @@ class DataIssues(OpenSchema):
             "description": "uploads whose label the served model's features do not "
             "support (confident learning, cleanlab), lowest score first"
         },
+    )
+    outliers = fields.List(
+        fields.Nested(Outlier),
+        metadata={"description": "uploads the served model calls unlike every class it knows"},
     )
     leaks = fields.List(
         fields.Nested(Leak),

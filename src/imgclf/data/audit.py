@@ -151,7 +151,7 @@ def read(uploads_dir: Path, batch: str | None = None) -> dict | None:
         paths = [path]
     else:
         paths = sorted(folder.glob("*.json")) if folder.is_dir() else []
-    leaks, near, issues, checks = [], [], [], []
+    leaks, near, issues, outliers, checks = [], [], [], [], []
     kept = uploads_dir.parent
     for path in paths:
         record = json.loads(path.read_text())
@@ -160,11 +160,8 @@ def read(uploads_dir: Path, batch: str | None = None) -> dict | None:
         check = record.get("label_check")
         if check:
             checks.append(check)
-            issues += [
-                {"batch": record["batch"], **row}
-                for row in check.get("issues", [])
-                if (kept / row["stored_as"]).is_file()
-            ]
+            issues += _present(record["batch"], check.get("issues", []), kept)
+            outliers += _present(record["batch"], check.get("outliers", []), kept)
     latest = max(checks, key=lambda c: c.get("computed_at") or "", default={})
     return {
         "state": "running" if any(c["state"] == "running" for c in checks) else "done",
@@ -172,9 +169,15 @@ def read(uploads_dir: Path, batch: str | None = None) -> dict | None:
         "computed_at": latest.get("computed_at"),
         "notes": [c["note"] for c in checks if c.get("note")],
         "label_issues": issues,
+        "outliers": outliers,
         "leaks": leaks,
         "near_duplicates": near,
     }
+
+
+def _present(batch: str, rows: list[dict], kept: Path) -> list[dict]:
+    """``rows`` of images still stored (curation may have moved or removed them since)."""
+    return [{"batch": batch, **row} for row in rows if (kept / row["stored_as"]).is_file()]
 
 
 def summary(uploads_dir: Path) -> str:

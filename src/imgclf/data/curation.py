@@ -136,12 +136,12 @@ def delete_batch(uploads_dir: Path, batch_id: str) -> dict:
     Raises:
         NotFound: no batch of that name.
     """
-    with _locked(uploads_dir, "batch", batch_id):
+    with locked(uploads_dir, "batch", batch_id):
         if batch_id not in {batch.name for batch in batches(uploads_dir)}:
             raise NotFound(f"no upload batch {batch_id!r}")
         counts = batch_counts(uploads_dir / batch_id)
-        _apply(uploads_dir, {batch_id: None})
-    return _result("delete-batch", batch_id, {batch_id: counts}, {batch_id})
+        apply_plan(uploads_dir, {batch_id: None})
+    return result_of("delete-batch", batch_id, {batch_id: counts}, {batch_id})
 
 
 def delete_class(uploads_dir: Path, name: str) -> dict:
@@ -153,10 +153,10 @@ def delete_class(uploads_dir: Path, name: str) -> dict:
     Raises:
         NotFound: no uploaded class of that name.
     """
-    with _locked(uploads_dir, "class", name):
+    with locked(uploads_dir, "class", name):
         counts = _batches_with(uploads_dir, name)
-        removed = _apply(uploads_dir, {batch: _builder(name, None) for batch in counts})
-    return _result("delete-class", name, counts, removed)
+        removed = apply_plan(uploads_dir, {batch: _builder(name, None) for batch in counts})
+    return result_of("delete-class", name, counts, removed)
 
 
 def rename_class(uploads_dir: Path, name: str, new_name: str) -> dict:
@@ -170,13 +170,13 @@ def rename_class(uploads_dir: Path, name: str, new_name: str) -> dict:
         Conflict: a batch holds a different file of the same name in both classes.
     """
     check_name(new_name)
-    with _locked(uploads_dir, "class", name):
+    with locked(uploads_dir, "class", name):
         counts = _batches_with(uploads_dir, name)
         if new_name == name:
             raise InvalidName(f"the class is already named {name!r}")
         merged = any(new_name in batch_counts(batch) for batch in batches(uploads_dir))
-        _apply(uploads_dir, {batch: _builder(name, new_name) for batch in counts})
-    result = _result("rename-class", name, counts, set())
+        apply_plan(uploads_dir, {batch: _builder(name, new_name) for batch in counts})
+    result = result_of("rename-class", name, counts, set())
     return {**result, "new_name": new_name, "merged": merged}
 
 
@@ -212,7 +212,7 @@ def _batches_with(uploads_dir: Path, name: str) -> dict[str, dict[str, dict[str,
     return found
 
 
-def _result(operation: str, target: str, counts: dict, removed: set[str]) -> dict:
+def result_of(operation: str, target: str, counts: dict, removed: set[str]) -> dict:
     """What an operation did: images and batches touched, by split."""
     tallies = [tally for per_class in counts.values() for tally in per_class.values()]
     by_split = {split: sum(t[split] for t in tallies) for split in folders.SPLITS}
@@ -226,7 +226,7 @@ def _result(operation: str, target: str, counts: dict, removed: set[str]) -> dic
     }
 
 
-class _locked:
+class locked:
     """Hold the uploads' lock and finish what a killed operation left (``recover``)."""
 
     def __init__(self, uploads_dir: Path, kind: str, name: str):
@@ -235,7 +235,9 @@ class _locked:
 
     def __enter__(self):
         if not self.uploads_dir.is_dir():
-            what = "upload batch" if self.kind == "batch" else "uploaded class"
+            what = {"batch": "upload batch", "file": "uploaded image"}.get(
+                self.kind, "uploaded class"
+            )
             raise NotFound(f"no {what} {self.name!r}: nothing has been uploaded")
         self.lock = uploadrules.lock(self.uploads_dir)
         self.lock.acquire()
@@ -254,7 +256,7 @@ class _locked:
 Builder = Callable[[Path, Path], bool]
 
 
-def _link(source: str, target: str) -> None:
+def link(source: str, target: str) -> None:
     """Hard-link a file (no data copied); a copy where the file system has no hard links."""
     try:
         os.link(source, target)
@@ -276,13 +278,13 @@ def _builder(name: str, new_name: str | None) -> Builder:
             if entry.name in skip:
                 continue
             if entry.is_dir() and not entry.is_symlink():
-                shutil.copytree(entry, target / entry.name, symlinks=True, copy_function=_link)
+                shutil.copytree(entry, target / entry.name, symlinks=True, copy_function=link)
             else:
-                _link(str(entry), str(target / entry.name))
+                link(str(entry), str(target / entry.name))
         dropped = set()
         if new_name is not None:
             if merge:
-                shutil.copytree(source / new_name, target / new_name, copy_function=_link)
+                shutil.copytree(source / new_name, target / new_name, copy_function=link)
             dropped = _merge_folder(source / name, target / new_name)
         _write_manifest(source, target, name, new_name, dropped)
         return bool(batch_counts(target))
@@ -311,7 +313,7 @@ def _merge_folder(source: Path, target: Path) -> set[str]:
                 )
             dropped.add(path.relative_to(source).as_posix())
         else:
-            _link(str(path), str(destination))
+            link(str(path), str(destination))
     return dropped
 
 
@@ -327,12 +329,12 @@ def _write_manifest(
         return
     rows = manifest.read(source)
     if rows is None:
-        _link(str(path), str(target / manifest.FILE))
+        link(str(path), str(target / manifest.FILE))
         return
     manifest.write(target, manifest.relabelled(rows, name, new_name, dropped))
 
 
-def _apply(uploads_dir: Path, plan: dict[str, Builder | None]) -> set[str]:
+def apply_plan(uploads_dir: Path, plan: dict[str, Builder | None]) -> set[str]:
     """Replace each batch of ``plan`` by what its builder makes (None: remove the batch), all
     of them or none (see the module docstring); returns the batches removed."""
     work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=uploads_dir))

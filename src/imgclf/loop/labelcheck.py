@@ -9,8 +9,9 @@ images only, so that an upload is judged against the trusted data); cleanlab's
 ``find_label_issues`` (``FILTER``) flags the upload's images whose given label those
 probabilities do not support, with a per-image label quality score
 (``get_label_quality_scores``: low is suspect) and the suggested label (the most probable one).
-Only the upload's images are reported: the training set is the reference. ``start`` runs it in
-a background thread after an upload (``POST /upload-data``).
+Only the upload's images are reported: the training set is the reference. The same pass lists
+the **outliers**: uploads that the model's unknown answer (``model.novelty``) calls unlike
+every class. ``start`` runs it in a background thread after an upload (``POST /upload-data``).
 
 An upload's images of a class the training data lacks (a new class), or holds fewer than
 ``FOLDS`` images of, cannot be judged: they are left out, and ``note`` says so.
@@ -45,6 +46,8 @@ class LabelCheck:
 
     model_version: str
     issues: list[dict] = field(default_factory=list)
+    #: images the served model's unknown answer calls unlike every class it knows
+    outliers: list[dict] = field(default_factory=list)
     checked: int = 0
     note: str = ""
 
@@ -128,6 +131,7 @@ def check_batch(predictor, data_dir: Path, batch: str) -> LabelCheck:
     first = len(ref_paths)
     known, known_kept = _reference_features(predictor, ref_paths)
     fresh, fresh_kept = _features(predictor, [data_dir / r["stored_as"] for r in rows])
+    result.outliers = _outliers(predictor, fresh, [rows[j] for j in fresh_kept])
     width = max(known.shape[1], fresh.shape[1], 1)
     features = np.concatenate([known.reshape(-1, width), fresh.reshape(-1, width)])
     kept = known_kept + [first + j for j in fresh_kept]
@@ -174,6 +178,25 @@ def check_batch(predictor, data_dir: Path, batch: str) -> LabelCheck:
             )
     result.issues.sort(key=lambda issue: issue["score"])
     return result
+
+
+def _outliers(predictor, features: np.ndarray, rows: list[dict]) -> list[dict]:
+    """The rows whose features the model's unknown answer (``model.novelty``) calls unlike
+    every class, most unlike first; none without a detector."""
+    if predictor.novelty is None or not len(rows):
+        return []
+    unknown, scores = predictor.novelty.unknown(features)
+    found = [
+        {
+            "file": row["file"],
+            "stored_as": row["stored_as"],
+            "label": row["label"],
+            "unknown_score": round(float(score), 4),
+        }
+        for row, flag, score in zip(rows, unknown, scores, strict=True)
+        if flag
+    ]
+    return sorted(found, key=lambda row: -row["unknown_score"])
 
 
 def start(predictor, data_dir: Path, batch: str) -> threading.Thread | None:

@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 from imgclf.store.database import metadata
 
 OUTCOMES = ("started", "done", "refused", "failed")
-OPERATIONS = ("delete-batch", "delete-class", "rename-class")
+OPERATIONS = ("delete-batch", "delete-class", "rename-class", "delete-file", "relabel-file")
 
 curation_audit = sa.Table(
     "curation_audit",

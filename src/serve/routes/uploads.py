@@ -1,4 +1,5 @@
-"""Curation of uploaded data (admin): list, delete a batch, delete or rename (merge) a class.
+"""Curation of uploaded data (admin): list, delete a batch, delete or rename (merge) a class,
+delete or relabel one image.
 
 Every change is atomic (``imgclf.data.curation``) and recorded in the audit table
 (``imgclf.store.audit``: who by token fingerprint and address, never the token). While a retrain
@@ -14,7 +15,7 @@ from flask import Response, request
 from flask_smorest import Blueprint, abort
 
 from imgclf.data import audit as data_audit
-from imgclf.data import curation
+from imgclf.data import curation, filecuration
 from imgclf.loop import jobs
 from imgclf.store import audit
 from serve import curation_schemas as schemas
@@ -144,6 +145,44 @@ def rename_class(body, name):
         name,
         lambda: curation.rename_class(uploads_dir, name, new_name),
         new_name=new_name,
+    )
+
+
+@blueprint.route("/uploads/files/<path:stored_as>", methods=["DELETE"])
+@require_token
+@blueprint.doc(security=ADMIN)
+@blueprint.response(200, schemas.CurationResult)
+@blueprint.alt_response(401, description="no or a wrong admin token")
+@blueprint.alt_response(404, description="no uploaded image there")
+@blueprint.alt_response(409, description="a retrain job is queued or running")
+def delete_file(stored_as):
+    """Delete one uploaded image (`stored_as` as `GET /data/issues` names it:
+    `uploads/<batch>/<class>/<file>`) and its manifest row."""
+    uploads_dir = state.current().settings.uploads_dir
+    return _curate(
+        "delete-file", stored_as, lambda: filecuration.delete_file(uploads_dir, stored_as)
+    )
+
+
+@blueprint.route("/uploads/files/<path:stored_as>", methods=["PATCH"])
+@require_token
+@blueprint.arguments(schemas.RelabelFile)
+@blueprint.doc(security=ADMIN)
+@blueprint.response(200, schemas.CurationResult)
+@blueprint.alt_response(401, description="no or a wrong admin token")
+@blueprint.alt_response(404, description="no uploaded image there")
+@blueprint.alt_response(409, description="a retrain job is queued or running, or a file clash")
+@blueprint.alt_response(422, description="the label breaks the class-name rule or is unchanged")
+def relabel_file(body, stored_as):
+    """Give one uploaded image another label (for example a label issue's suggested label):
+    it moves to `<batch>/<label>/` and keeps its train/test share."""
+    uploads_dir = state.current().settings.uploads_dir
+    label = body["label"]
+    return _curate(
+        "relabel-file",
+        stored_as,
+        lambda: filecuration.relabel_file(uploads_dir, stored_as, label),
+        new_name=label,
     )
 
 
