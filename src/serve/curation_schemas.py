@@ -6,7 +6,10 @@ from marshmallow import fields, validate
 
 from imgclf.data.uploadrules import LABEL_PATTERN, LABEL_RULE, MAX_LABEL_LENGTH
 from imgclf.store.audit import OPERATIONS as CURATION_OPERATIONS
-from serve.schemas import OpenSchema, StrictSchema
+from serve.schemas import Job, OpenSchema, StrictSchema
+
+#: A scan of the data (``POST /data/issues/scan``) is a job of the worker like a retrain
+ScanJob = Job
 
 
 class SplitCounts(OpenSchema):
@@ -97,9 +100,17 @@ class AuditEntry(OpenSchema):
 
 
 class Leak(OpenSchema):
-    batch = fields.String(metadata={"description": "the upload (batch) it came with"})
+    batch = fields.String(
+        allow_none=True, metadata={"description": "the upload (batch) it came with"}
+    )
     file = fields.String(metadata={"description": "its name in the upload"})
     label = fields.String()
+    stored_as = fields.String(
+        metadata={
+            "description": "a training image's place (a scan's finding); uploads that "
+            "leak are held out, not stored"
+        }
+    )
     test_file = fields.String(metadata={"description": "the test image it nearly duplicates"})
     similarity = fields.Float(metadata={"description": "cosine of the two fingerprints"})
 
@@ -116,7 +127,7 @@ class NearDuplicate(OpenSchema):
 
 
 class LabelIssue(OpenSchema):
-    batch = fields.String()
+    batch = fields.String(allow_none=True, metadata={"description": "None: data/train"})
     file = fields.String(metadata={"description": "its name in the upload"})
     stored_as = fields.String()
     label = fields.String(metadata={"description": "the label it was uploaded with"})
@@ -162,6 +173,10 @@ class DataIssues(OpenSchema):
             "description": "stored uploads nearly duplicating a training image or "
             "another image of their upload; conflict: under a different label"
         },
+    )
+
+    scan = fields.Nested(
+        Job, allow_none=True, metadata={"description": "the scan of all the data, while live"}
     )
 
 

@@ -251,6 +251,12 @@ def backbone_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imgclf"
 
 
+def environment_without_secrets() -> dict[str, str]:
+    """This process's environment less the secrets (``SECRET_NAMES``), for a child process
+    that needs none of them."""
+    return {name: v for name, v in os.environ.items() if not SECRET_NAMES.search(name)}
+
+
 @contextlib.contextmanager
 def secrets_hidden() -> Iterator[list[str]]:
     """Remove the secrets from this process's environment while a kernel is started and runs
@@ -277,6 +283,7 @@ from imgclf.config.runtime import (  # noqa: E402
 __all__ = [
     "GATE_RANGES",
     "SECRET_NAMES",
+    "environment_without_secrets",
     "ConfigError",
     "RUNTIMES",
     "LoopSettings",

@@ -29,6 +29,8 @@ from imgclf.data import folders, neardup
 from imgclf.files import write_json_atomic
 
 AUDIT_DIR = ".audit"
+#: What the last scan found in the whole training set (``loop.scan``)
+TRAINING_FILE = "training.json"
 #: An upload's name (``uploads._write_batch``): a time stamp and a random suffix
 BATCH_NAME = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
 
@@ -120,6 +122,36 @@ def _twin(label: str, path: Path, index: ContentIndex) -> dict:
     }
 
 
+def training_leaks(data_dir: Path, index: ContentIndex | None = None) -> list[dict]:
+    """Training images (``data/train`` and the uploads' training share) that nearly duplicate
+    a test image: the test set then judges a model on what it was trained on."""
+    index = index or ContentIndex(data_dir)
+    test_paths, test_prints = index.share("test")
+    train_paths, train_prints = index.share("train")
+    found = []
+    for match in neardup.duplicates(train_prints, test_prints):
+        place = _relative(train_paths[match.query], data_dir)
+        parts = place.split("/")
+        found.append(
+            {
+                "batch": parts[1] if parts[0] == "uploads" else None,
+                "file": parts[-1],
+                "stored_as": place,
+                "label": parts[-2],
+                "test_file": _relative(test_paths[match.known], data_dir),
+                "similarity": round(match.similarity, 4),
+            }
+        )
+    return found
+
+
+def write_training(uploads_dir: Path, record: dict) -> Path:
+    """Keep what the last scan found in the training set (``loop.scan``): ``state``,
+    ``model_version``, ``computed_at``, ``label_issues``, ``leaks``, ``note``."""
+    (uploads_dir / AUDIT_DIR).mkdir(parents=True, exist_ok=True)
+    return write_json_atomic(uploads_dir / AUDIT_DIR / TRAINING_FILE, record)
+
+
 def write(uploads_dir: Path, batch: str, leaks: list[dict], near_duplicates: list[dict]) -> Path:
     """Keep one upload's findings (atomically) for ``GET /data/issues``."""
     folder = uploads_dir / AUDIT_DIR
@@ -141,8 +173,9 @@ def record_label_check(uploads_dir: Path, batch: str, check: dict) -> Path:
 
 
 def read(uploads_dir: Path, batch: str | None = None) -> dict | None:
-    """The findings of one upload (None: no such audit), or of every upload (``batch`` None);
-    near-duplicates removed since (curation) are left out."""
+    """The findings of one upload (None: no such audit), or of every upload and the last scan
+    of the training set (``batch`` None); images removed or moved since (curation) are left
+    out."""
     folder = uploads_dir / AUDIT_DIR
     if batch is not None:
         path = folder / f"{batch}.json"
@@ -150,7 +183,8 @@ def read(uploads_dir: Path, batch: str | None = None) -> dict | None:
             return None
         paths = [path]
     else:
-        paths = sorted(folder.glob("*.json")) if folder.is_dir() else []
+        found = sorted(folder.glob("*.json")) if folder.is_dir() else []
+        paths = [path for path in found if BATCH_NAME.match(path.stem)]
     leaks, near, issues, outliers, checks = [], [], [], [], []
     kept = uploads_dir.parent
     for path in paths:
@@ -162,6 +196,16 @@ def read(uploads_dir: Path, batch: str | None = None) -> dict | None:
             checks.append(check)
             issues += _present(record["batch"], check.get("issues", []), kept)
             outliers += _present(record["batch"], check.get("outliers", []), kept)
+    scan = _training(uploads_dir) if batch is None else None
+    if scan:  # the last scan of the whole training set (loop.scan): what the uploads lack
+        checks.append(scan)
+        listed = {row["stored_as"] for row in issues}
+        issues += [
+            row
+            for row in scan.get("label_issues", [])
+            if row["stored_as"] not in listed and (kept / row["stored_as"]).is_file()
+        ]
+        leaks += [row for row in scan.get("leaks", []) if (kept / row["stored_as"]).is_file()]
     latest = max(checks, key=lambda c: c.get("computed_at") or "", default={})
     return {
         "state": "running" if any(c["state"] == "running" for c in checks) else "done",
@@ -173,6 +217,11 @@ def read(uploads_dir: Path, batch: str | None = None) -> dict | None:
         "leaks": leaks,
         "near_duplicates": near,
     }
+
+
+def _training(uploads_dir: Path) -> dict | None:
+    path = uploads_dir / AUDIT_DIR / TRAINING_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _present(batch: str, rows: list[dict], kept: Path) -> list[dict]:

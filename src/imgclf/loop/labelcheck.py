@@ -199,6 +199,54 @@ def _outliers(predictor, features: np.ndarray, rows: list[dict]) -> list[dict]:
     return sorted(found, key=lambda row: -row["unknown_score"])
 
 
+def issues_in(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray, ...]:
+    """Label issues among images whose labels are all in question (the training set): out of
+    fold probabilities (``FOLDS``-fold), then cleanlab (``FILTER``); returns ``(flagged,
+    scores, suggested)``, one per image (suggested: the most probable class index)."""
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    folds = StratifiedKFold(FOLDS, shuffle=True, random_state=seed)
+    own = cross_val_predict(_classifier(), features, labels, cv=folds, method="predict_proba")
+    flagged = find_label_issues(labels, own, filter_by=FILTER)
+    return flagged, get_label_quality_scores(labels, own), own.argmax(axis=1)
+
+
+def check_training(predictor, data_dir: Path) -> LabelCheck:
+    """The label issues among every training image (``data/train`` and the uploads' training
+    share), each judged out of fold: the scan (``loop.scan``) runs it. Rows name the image by
+    its place under ``data_dir`` (``batch``: its upload, None for ``data/train``)."""
+    result = LabelCheck(predictor.version)
+    paths, named = folders.share_images(data_dir, "train")
+    features, kept = _features(predictor, paths)
+    counts = {name: named.count(name) for name in set(named)}
+    classes = sorted(name for name, count in counts.items() if count >= FOLDS)
+    if len(classes) < 2:
+        result.note = "fewer than two training classes to compare: nothing judged"
+        return result
+    chosen = [row for row, index in enumerate(kept) if named[index] in classes]
+    labels = np.array([classes.index(named[kept[row]]) for row in chosen])
+    flagged, scores, suggested = issues_in(features[chosen], labels)
+    result.checked = len(chosen)
+    for position, row in enumerate(chosen):
+        if flagged[position]:
+            place = paths[kept[row]].relative_to(data_dir).as_posix()
+            parts = place.split("/")
+            result.issues.append(
+                {
+                    "batch": parts[1] if parts[0] == "uploads" else None,
+                    "file": parts[-1],
+                    "stored_as": place,
+                    "label": named[kept[row]],
+                    "suggested_label": classes[int(suggested[position])],
+                    "score": round(float(scores[position]), 4),
+                }
+            )
+    result.issues.sort(key=lambda issue: issue["score"])
+    return result
+
+
 def start(predictor, data_dir: Path, batch: str) -> threading.Thread | None:
     """Check the labels of upload ``batch`` in a background thread (the upload has been
     answered); its state and result go into the batch's audit (``GET /data/issues``). Without

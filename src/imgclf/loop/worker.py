@@ -2,9 +2,11 @@
 
 Any number of workers, on any hosts that share the database, the models, data and reports
 folders, may run at once: the database hands each job to one of them, and at most one retrain
-is live at a time. ``make run`` and ``make serve`` start one beside gunicorn (``WORKER=0``
-leaves it out). While idle, a worker also evaluates the automatic retraining policy
-(``imgclf.loop.policy``) every ``POLICY_EVERY_S`` and queues a retrain when it is due.
+is live at a time. Retrains come first; a scan of the data (``imgclf.loop.scan``, ``POST
+/data/issues/scan``) runs when no retrain is queued. ``make run`` and ``make serve`` start one
+beside gunicorn (``WORKER=0`` leaves it out). While idle, a worker also evaluates the automatic
+retraining policy (``imgclf.loop.policy``) every ``POLICY_EVERY_S`` and queues a retrain when it
+is due.
 SIGTERM or Ctrl-C: the worker stops claiming, finishes the job it runs, exits.
 """
 
@@ -26,7 +28,7 @@ from imgclf.config import (
     get_server_settings,
     get_settings,
 )
-from imgclf.loop import drift, jobs, policy
+from imgclf.loop import drift, jobs, policy, scan
 from imgclf.store import UNAVAILABLE, JobState, Store, describe_url, unavailable
 from imgclf.store.migrations import DatabaseUnreachable
 
@@ -81,7 +83,9 @@ def work(
     done, last_policy, last_sync, backoff = 0, 0.0, 0.0, Backoff(poll_s)
     while not stop.is_set():
         try:
-            job = store.claim_job(jobs.KIND, pid=os.getpid())
+            job = store.claim_job(jobs.KIND, pid=os.getpid()) or store.claim_job(
+                scan.KIND, pid=os.getpid()
+            )
             if job is None:
                 store.fail_dead_jobs()
             if job is None and time.monotonic() - last_sync >= POINTER_SYNC_S:
@@ -143,7 +147,7 @@ def _run(store: Store, job: dict, settings: Settings) -> None:
     problem = jobs.malformed(job)
     try:
         if problem is None:
-            jobs.run_job(store, job, settings)
+            (scan.run_job if job.get("kind") == scan.KIND else jobs.run_job)(store, job, settings)
             return
     except Exception as error:
         log.exception("job %s could not be run", job.get("id"))

@@ -10,7 +10,7 @@ class JobState(StrEnum):
     """The states of a job: the one list, used by the store, the jobs, the API and the dashboard.
 
     ``queued`` and ``running`` are live; ``promoted`` and ``rejected`` (by the gate),
-    ``failed`` and ``cancelled`` (by request) are final.
+    ``failed``, ``cancelled`` (by request) and ``done`` (a scan) are final.
     """
 
     QUEUED = "queued"
@@ -19,6 +19,8 @@ class JobState(StrEnum):
     REJECTED = "rejected"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    #: a job that decides nothing (a scan of the data, ``loop.scan``) ended well
+    DONE = "done"
 
     @property
     def live(self) -> bool:
@@ -26,6 +28,12 @@ class JobState(StrEnum):
 
 
 LIVE_STATES = (JobState.QUEUED, JobState.RUNNING)
-FINAL_STATES = (JobState.PROMOTED, JobState.REJECTED, JobState.FAILED, JobState.CANCELLED)
+FINAL_STATES = (
+    JobState.PROMOTED,
+    JobState.REJECTED,
+    JobState.FAILED,
+    JobState.CANCELLED,
+    JobState.DONE,
+)
 #: The live states as SQL, for the index that allows one live job of a kind.
 LIVE_SQL = "state IN (" + ", ".join(f"'{state.value}'" for state in LIVE_STATES) + ")"

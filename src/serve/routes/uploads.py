@@ -16,8 +16,9 @@ from flask_smorest import Blueprint, abort
 
 from imgclf.data import audit as data_audit
 from imgclf.data import curation, filecuration
-from imgclf.loop import jobs
-from imgclf.store import audit
+from imgclf.loop import jobs, scan
+from imgclf.model import registry
+from imgclf.store import JobConflict, audit
 from serve import curation_schemas as schemas
 from serve import errors, state
 from serve.auth import ADMIN, require_token
@@ -196,8 +197,34 @@ def relabel_file(body, stored_as):
 def data_issues(query):
     """What the audit of the uploads found (``?batch=<id>``: one upload): leaks of test
     images, held out, and near-duplicates of training images or of each other."""
-    uploads_dir = state.current().settings.uploads_dir
-    found = data_audit.read(uploads_dir, query.get("batch"))
+    worker = state.current()
+    found = data_audit.read(worker.settings.uploads_dir, query.get("batch"))
     if found is None:
         abort(404, message=f"no audit of upload batch {query['batch']!r}")
-    return found
+    job = worker.store.live_job(scan.KIND)
+    if job is not None:
+        found["state"] = "running"
+    return {**found, "scan": jobs.describe(job, log_lines=0) if job else None}
+
+
+@blueprint.route("/data/issues/scan", methods=["POST"])
+@require_token
+@blueprint.doc(security=ADMIN)
+@blueprint.response(202, schemas.ScanJob)
+@blueprint.alt_response(401, description="no or a wrong admin token")
+@blueprint.alt_response(409, description="a scan is queued or running, or no model is served")
+def scan_data():
+    """Audit all the data again with the served model's features, as a job of the worker:
+    the labels of every upload and of the whole training set (out of fold), the outliers,
+    and training images that nearly duplicate a test image. `GET /data/issues` shows
+    `running` meanwhile, then what it found."""
+    worker = state.current()
+    if registry.current_version(worker.settings.models_dir) is None:
+        abort(409, message="no model is served: the audit needs its features; train one first")
+    try:
+        job = scan.queue(worker.store, worker.settings)
+    except JobConflict:
+        job = worker.store.live_job(scan.KIND)
+        message = f"a scan is already {job['state'] if job else 'running'}; wait for it"
+        return errors.json_error(409, message, job=jobs.describe(job, 0) if job else None)
+    return jobs.describe(job, log_lines=0), 202
