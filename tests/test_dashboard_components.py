@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import panel as pn
+
 from dashboard.client import ApiError
 from dashboard.components import DataView, RetrainView, ReviewView
 from dashboard.components.curation import CurationView
@@ -14,11 +16,12 @@ class StubClient:
     base_url, token = "http://api", "t"
 
     def __init__(self, **answers):
-        self.answers, self.calls = answers, []
+        self.answers, self.calls, self.arguments = answers, [], []
 
     def __getattr__(self, name):
         def call(*args, **kwargs):
             self.calls.append(name)
+            self.arguments.append((name, *args))
             answer = self.answers[name]
             if isinstance(answer, Exception):
                 raise answer
@@ -145,10 +148,14 @@ def test_data_tab_lists_uploaded_classes_and_batches():
     entry = {"created_at": 0, "operation": "delete-class", "target": "junk", "outcome": "done"}
     entry.update(images=3, actor="1a2b3c4d", client="127.0.0.1")
     client = StubClient(
-        data_summary={"train": {"1": 5}, "uploads": {}}, uploads=LISTING, upload_audit=[entry]
+        data_summary={"train": {"1": 5}, "uploads": {}},
+        uploads=LISTING,
+        upload_audit=[entry],
+        data_issues=NO_ISSUES,
     )
     view = DataView(DashboardState(client))
     view.refresh()
+    assert "No label check has run yet" in view.issues.summary.object
     curation = view.curation
     assert list(curation.classes.value["class"]) == ["junk", "sevn"]
     assert list(curation.batches.value["stored"]) == [
@@ -288,3 +295,169 @@ def test_the_token_typed_once_reaches_the_client_and_every_tab():
     assert board.state.token == "typed-token" and client.token == "typed-token"
     curation.refresh()
     assert "uploads" in client.calls
+
+
+# ------------------------------------------------------------------ issues found in the data
+NO_ISSUES = {
+    "state": "done",
+    "model_version": None,
+    "computed_at": None,
+    "notes": [],
+    "label_issues": [],
+    "outliers": [],
+    "leaks": [],
+    "near_duplicates": [],
+    "scan": None,
+}
+UPLOADED = "uploads/b1/8/3f2a.png"
+ISSUES = {
+    **NO_ISSUES,
+    "model_version": "v0001",
+    "computed_at": "2026-12-03T07:00:00+00:00",
+    "notes": ["class 'junk' is not in the training data: not judged"],
+    "label_issues": [
+        {"batch": "b1", "file": "three.png", "stored_as": UPLOADED, "label": "8",
+         "suggested_label": "3", "score": 0.02},
+        {"batch": None, "file": "d1.png", "stored_as": "train/7/d1.png", "label": "7",
+         "suggested_label": "1", "score": 0.1},
+    ],
+    "outliers": [{"batch": "b1", "file": "noise.png", "stored_as": "uploads/b1/8/9e1c.png",
+                  "label": "8", "unknown_score": 3.2}],
+    "leaks": [{"batch": "b1", "file": "t.png", "label": "4", "test_file": "test/4/x.png",
+               "similarity": 0.9951}],
+    "near_duplicates": [
+        {"batch": "b1", "file": "twin.png", "label": "0", "stored_as": "uploads/b1/0/77aa.png",
+         "duplicate_of": "train/6/y.png", "duplicate_label": "6", "conflict": True,
+         "similarity": 0.997},
+        {"batch": "b1", "file": "same.png", "label": "5", "stored_as": "uploads/b1/5/88bb.png",
+         "duplicate_of": "train/5/z.png", "duplicate_label": "5", "conflict": False,
+         "similarity": 0.998},
+    ],
+}  # fmt: skip
+RELABELLED = {
+    "operation": "relabel-file", "target": UPLOADED, "new_name": "3", "images": 1, "train": 1,
+    "test": 0, "batches": ["b1"], "batches_removed": [], "stored_as": "uploads/b1/3/3f2a.png",
+}  # fmt: skip
+
+
+def buttons(row) -> dict:
+    """The buttons of a row of the issues by label."""
+    return {button.label: button for button in row.select(pn.widgets.Button)}
+
+
+def issues_view(**answers):
+    from dashboard.components.issues import IssuesView
+
+    answers = {"data_issues": ISSUES, "upload_file_thumbnail": b"\x89PNG", **answers}
+    client = StubClient(**answers)
+    return IssuesView(DashboardState(client)), client
+
+
+def test_the_issues_list_each_upload_with_its_thumbnail_and_leaks_read_only():
+    view, client = issues_view()
+    view.refresh()
+    assert "model **v0001** 2026-12-03 07:00:00 UTC" in view.summary.object
+    assert "2 label issue(s), 1 outlier(s), 1 near-duplicate(s) under another" in (
+        view.summary.object
+    )
+    assert "_class 'junk' is not in the training data" in view.summary.object
+    [issue] = view.label_issues.objects  # the data/train one goes to the read-only table
+    assert issue.name == UPLOADED and "data:image/png;base64,iVBORw==" in issue[0].object
+    assert "given **8** · suggested **3** · score 0.020" in issue[1].object
+    assert set(buttons(issue)) == {"Accept '3'", "Relabel", "Delete"}
+    [outlier] = view.outliers.objects
+    assert set(buttons(outlier)) == {"Relabel", "Delete"}  # no suggestion to accept
+    [conflict] = view.conflicts.objects  # the near-duplicate under the same label is no issue
+    assert "Accept '6'" in buttons(conflict) and "`train/6/y.png`" in conflict[1].object
+    assert view.training.value.to_dict("records") == [
+        {"image": "train/7/d1.png", "label": "7", "suggested label": "1", "score": 0.1}
+    ]
+    assert list(view.leaks.value["test file"]) == ["test/4/x.png"]
+    thumbnails = [args for args in client.arguments if args[0] == "upload_file_thumbnail"]
+    assert [args[1] for args in thumbnails] == [UPLOADED, "uploads/b1/8/9e1c.png"] + [
+        "uploads/b1/0/77aa.png"
+    ]
+    view.refresh()  # thumbnails are kept: an uploaded image's name is its content's hash
+    assert client.calls.count("upload_file_thumbnail") == 3
+
+
+def test_a_suggestion_is_accepted_only_after_the_confirmation_then_the_list_reloads():
+    view, client = issues_view(relabel_upload_file=RELABELLED)
+    view.refresh()
+    buttons(view.label_issues.objects[0])["Accept '3'"].clicks += 1
+    assert "relabel_upload_file" not in client.calls
+    assert "from **8** to **3** (the suggestion)?" in view.confirmation.text.object
+    view.confirmation.cancel_button.clicks += 1  # changing one's mind: nothing happens
+    view.confirmation.button.clicks += 1
+    assert "relabel_upload_file" not in client.calls
+    buttons(view.label_issues.objects[0])["Accept '3'"].clicks += 1
+    client.answers["data_issues"] = {**ISSUES, "label_issues": ISSUES["label_issues"][1:]}
+    view.confirmation.button.clicks += 1
+    assert ("relabel_upload_file", UPLOADED, "3") in client.arguments
+    assert f"Relabelled `{UPLOADED}` as **3**: 1 image(s) (1 train, 0 test)" in (
+        view.result.object
+    )
+    assert client.calls.count("data_issues") == 2  # reloaded: the issue has left the list
+    assert [row.object for row in view.label_issues.objects] == ["None."]
+
+
+def test_an_outlier_is_relabelled_to_the_chosen_class_or_deleted_and_a_409_shows():
+    refused = ApiError("retrain job abc is running: ... (HTTP 409)", 409, {"job": JOB})
+    view, client = issues_view(relabel_upload_file=refused, delete_upload_file=RELABELLED)
+    view.classes = ["3", "8", "junk"]
+    view.refresh()
+    [outlier] = view.outliers.objects
+    menu = outlier.select(pn.widgets.Select)[0]
+    assert menu.options == ["3", "junk"]  # not the label it has
+    menu.value = "junk"
+    buttons(outlier)["Relabel"].clicks += 1
+    assert "from **8** to **junk**?" in view.confirmation.text.object
+    view.confirmation.button.clicks += 1
+    assert ("relabel_upload_file", "uploads/b1/8/9e1c.png", "junk") in client.arguments
+    assert view.notices.alert.visible and "retrain job abc" in view.notices.alert.object
+    assert client.calls.count("data_issues") == 1  # refused: nothing to reload
+    buttons(outlier)["Delete"].clicks += 1
+    assert view.confirmation.text.object.startswith("Delete `noise.png` (batch `b1`")
+    view.confirmation.button.clicks += 1
+    assert ("delete_upload_file", "uploads/b1/8/9e1c.png") in client.arguments
+
+
+def test_the_issues_ask_for_the_token_before_calling_the_api():
+    view, client = issues_view()
+    view.state.token = ""
+    view.refresh()
+    assert client.calls == [] and "admin token" in view.summary.object
+
+
+def test_a_scan_is_followed_by_the_poll_and_its_findings_shown_when_it_ends():
+    queued = {"id": "s1", "state": "queued", "progress": {}}
+    done = {"id": "s1", "state": "done", "progress": {"stage": "done"}}
+    view, client = issues_view(scan_data=queued, job=queued, health=None)
+    view.scan_button.clicks += 1
+    assert view.state.scan_id == "s1" and "Scan `s1`: **queued**" in view.scan_status.object
+    view.state.poll()
+    assert client.calls == ["scan_data", "health", "job"] and "data_issues" not in client.calls
+    client.answers["job"] = done
+    view.state.poll()
+    assert "**done**" in view.scan_status.object and view.state.scan_id is None
+    assert "data_issues" in client.calls  # the findings, once, when it ended
+    client.calls.clear()
+    view.state.poll()
+    assert client.calls == ["health"]
+
+
+def test_a_scan_while_one_runs_follows_that_one_and_a_refusal_shows_in_the_banner():
+    running = {"id": "s2", "state": "running", "progress": {"stage": "training set"}}
+    live = ApiError("a scan is already running; wait for it (HTTP 409)", 409, {"job": running})
+    view, client = issues_view(scan_data=live)
+    view.on_scan()
+    assert view.state.scan_id == "s2" and "**running** · training set" in view.scan_status.object
+    assert not view.notices.alert.visible
+    client.answers["scan_data"] = ApiError("no model is served (HTTP 409)", 409, {"job": None})
+    view.state.scan_id = None
+    view.on_scan()
+    assert view.notices.alert.visible and "no model" in view.notices.alert.object
+    view.refresh()  # a scan found live by a reload is followed too
+    client.answers["data_issues"] = {**ISSUES, "state": "running", "scan": running}
+    view.refresh()
+    assert view.state.scan_id == "s2" and "is **running**" in view.summary.object

@@ -33,7 +33,10 @@ class ApiClient:
         self.timeout = timeout
         self.session = requests.Session()
 
-    def _call(self, method: str, path: str, admin: bool = False, timeout=None, **kwargs):
+    def _call(
+        self, method: str, path: str, admin: bool = False, timeout=None, raw=False, **kwargs
+    ):
+        """The answer's JSON body (``raw``: its bytes); ``ApiError`` for a refusal."""
         headers = kwargs.pop("headers", {})
         if admin:
             if not self.token:
@@ -51,6 +54,8 @@ class ApiClient:
             raise ApiError(f"the API at {self.base_url} is not answering (timed out)") from None
         except requests.ConnectionError:
             raise ApiError(f"the API at {self.base_url} is down (connection refused)") from None
+        if raw and response.status_code < 400:
+            return response.content
         try:
             body = response.json()
         except ValueError:
@@ -124,6 +129,28 @@ class ApiClient:
 
     def upload_audit(self, limit: int = 20) -> list[dict]:
         return self._call("GET", "/uploads/audit", admin=True, params={"limit": limit})
+
+    def data_issues(self, batch: str | None = None) -> dict:
+        """What the audit of the data found (admin; ``batch``: one upload's)."""
+        params = {"batch": batch} if batch else None
+        return self._call("GET", "/data/issues", admin=True, params=params, timeout=30)
+
+    def scan_data(self) -> dict:
+        """Queue a scan of all the data (admin): the job, 409 with it while one is live."""
+        return self._call("POST", "/data/issues/scan", admin=True, timeout=30)
+
+    def upload_file_thumbnail(self, stored_as: str, size: int = 64) -> bytes:
+        """One uploaded image (``uploads/<batch>/<class>/<file>``) as PNG bytes (admin)."""
+        path = f"/uploads/files/{quote(stored_as, safe='/')}"
+        return self._call("GET", path, admin=True, params={"size": size}, raw=True)
+
+    def relabel_upload_file(self, stored_as: str, label: str) -> dict:
+        path = f"/uploads/files/{quote(stored_as, safe='/')}"
+        return self._call("PATCH", path, admin=True, json={"label": label}, timeout=60)
+
+    def delete_upload_file(self, stored_as: str) -> dict:
+        path = f"/uploads/files/{quote(stored_as, safe='/')}"
+        return self._call("DELETE", path, admin=True, timeout=60)
 
     def samples(self, per_class: int = 6) -> dict:
         return self._call("GET", "/data/samples", params={"per_class": per_class})

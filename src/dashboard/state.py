@@ -1,7 +1,7 @@
-"""The dashboard's one state: what the API said at the last poll, the followed job, and the
-admin token. One browser session has one ``DashboardState``; its ``poll`` is the only timer
-(every ``IMGCLF_DASHBOARD_REFRESH_MS``), and the tabs bind to its parameters instead of asking
-the API on their own.
+"""The dashboard's one state: what the API said at the last poll, the followed jobs (a retrain,
+a scan of the data), and the admin token. One browser session has one ``DashboardState``; its
+``poll`` is the only timer (every ``IMGCLF_DASHBOARD_REFRESH_MS``), and the tabs bind to its
+parameters instead of asking the API on their own.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ class DashboardState(param.Parameterized):
     model = param.Dict(default=None, allow_None=True, doc="/model, polled while monitored.")
     job_id = param.String(default=None, allow_None=True, doc="The job followed, if any.")
     job = param.Dict(default=None, allow_None=True, doc="That job at the last poll.")
+    scan_id = param.String(default=None, allow_None=True, doc="The data scan followed, if any.")
+    scan = param.Dict(default=None, allow_None=True, doc="That scan job at the last poll.")
     monitoring = param.Boolean(default=False, doc="Poll /stats and /model too.")
     polls = param.Integer(default=0, doc="Polls so far (one per interval).")
 
@@ -53,17 +55,29 @@ class DashboardState(param.Parameterized):
         self.job_id = job["id"] if job["state"] in LIVE_STATES else None
         self.job = job
 
+    def follow_scan(self, job: dict) -> None:
+        """Show the scan of all the data ``job`` and, while it lives, follow it at every poll."""
+        self.scan_id = job["id"] if job["state"] in LIVE_STATES else None
+        self.scan = job
+
+    def _poll_job(self, id_name: str, job_name: str) -> None:
+        """The followed job ``id_name`` into ``job_name``: shown once more when it has ended,
+        then no longer followed."""
+        job = self.call(self.client.job, getattr(self, id_name))
+        if job is not None:
+            if job["state"] not in LIVE_STATES:
+                setattr(self, id_name, None)
+            setattr(self, job_name, job)
+
     def poll(self) -> None:
-        """The one poll of an interval: health, the followed job, and the Monitor's figures
-        while it is shown. A job that has ended is shown once more, then no longer followed."""
+        """The one poll of an interval: health, the followed retrain job and data scan, and
+        the Monitor's figures while it is shown."""
         self.polls += 1
         self.health = self.call(self.client.health)
         if self.job_id:
-            job = self.call(self.client.job, self.job_id)
-            if job is not None:
-                if job["state"] not in LIVE_STATES:
-                    self.job_id = None
-                self.job = job
+            self._poll_job("job_id", "job")
+        if self.scan_id:
+            self._poll_job("scan_id", "scan")
         if self.monitoring:
             stats = self.call(self.client.stats)
             if stats is not None:

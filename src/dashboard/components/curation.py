@@ -1,5 +1,6 @@
 """Curation of uploads (part of the Data tab): list uploaded classes and batches, delete a
-batch, delete or rename a class. Every change asks for a second click first (Confirm)."""
+batch, delete or rename a class. Every change asks for a second click first (``Confirmation``,
+also used by the list of issues for single images) and says what it did (``result_text``)."""
 
 from __future__ import annotations
 
@@ -57,11 +58,14 @@ def audit_frame(entries: list[dict]) -> pd.DataFrame:
 
 def result_text(result: dict) -> str:
     """One line on what a curation did."""
+    target, new_name = result["target"], result.get("new_name")
     what = {
-        "delete-batch": f"Deleted batch `{result['target']}`",
-        "delete-class": f"Deleted class **{result['target']}**",
-        "rename-class": f"Renamed class **{result['target']}** to **{result.get('new_name')}**"
+        "delete-batch": f"Deleted batch `{target}`",
+        "delete-class": f"Deleted class **{target}**",
+        "rename-class": f"Renamed class **{target}** to **{new_name}**"
         + (" (merged into the existing class)" if result.get("merged") else ""),
+        "delete-file": f"Deleted `{target}`",
+        "relabel-file": f"Relabelled `{target}` as **{new_name}**",
     }[result["operation"]]
     removed = result.get("batches_removed") or []
     gone = f"; batch(es) left empty and removed: {', '.join(removed)}" if removed else ""
@@ -69,6 +73,47 @@ def result_text(result: dict) -> str:
         f"{what}: {result['images']} image(s) ({result['train']} train, {result['test']} test) "
         f"in {len(result['batches'])} batch(es){gone}."
     )
+
+
+class Confirmation(pn.viewable.Viewer):
+    """A question with Confirm and Cancel: the curation asked for runs only on Confirm (a
+    second click), through the state's safe call (a refusal shows in the banner); what it did
+    goes to ``result`` (``result_text``), then ``on_done`` runs (a refresh)."""
+
+    def __init__(self, state, result: pn.pane.Markdown, on_done: Callable[[], None], **params):
+        super().__init__(**params)
+        self.state, self.result, self.on_done = state, result, on_done
+        self.text = pn.pane.Markdown("", visible=False)
+        self.button = pn.widgets.Button(label="Confirm", color="danger", visible=False)
+        self.cancel_button = pn.widgets.Button(label="Cancel", color="light", visible=False)
+        self.pending: Callable[[], dict] | None = None
+        self.button.on_click(self.confirm)
+        self.cancel_button.on_click(self.cancel)
+
+    def __panel__(self):
+        return pn.Row(self.text, self.button, self.cancel_button)
+
+    def ask(self, question: str, action: Callable[[], dict]) -> None:
+        """Show the question with Confirm and Cancel; ``action`` runs only on Confirm."""
+        self.pending = action
+        self.text.object = question
+        for widget in (self.text, self.button, self.cancel_button):
+            widget.visible = True
+
+    def cancel(self, _=None) -> None:
+        self.pending = None
+        for widget in (self.text, self.button, self.cancel_button):
+            widget.visible = False
+
+    def confirm(self, _=None) -> None:
+        action = self.pending
+        self.cancel()
+        if action is None:
+            return
+        result = self.state.call(action)
+        if result is not None:
+            self.result.object = result_text(result)
+            self.on_done()
 
 
 class CurationView(Component):
@@ -88,17 +133,15 @@ class CurationView(Component):
         self.delete_class_button = pn.widgets.Button(label="Delete class", color="danger")
         self.rename_button = pn.widgets.Button(label="Rename class", color="primary")
         self.delete_batch_button = pn.widgets.Button(label="Delete batch", color="danger")
-        self.confirm_text = pn.pane.Markdown("", visible=False)
-        self.confirm_button = pn.widgets.Button(label="Confirm", color="danger", visible=False)
-        self.cancel_button = pn.widgets.Button(label="Cancel", color="light", visible=False)
         self.result = pn.pane.Markdown("")
+        self.confirmation = Confirmation(state, self.result, lambda: self.on_change())
+        self.confirm_text = self.confirmation.text
+        self.confirm_button = self.confirmation.button
+        self.cancel_button = self.confirmation.cancel_button
         self.audit = table(pd.DataFrame(columns=AUDIT_COLUMNS), height=160)
-        self.pending: Callable[[], dict] | None = None
         self.delete_class_button.on_click(self.on_delete_class)
         self.rename_button.on_click(self.on_rename_class)
         self.delete_batch_button.on_click(self.on_delete_batch)
-        self.confirm_button.on_click(self.on_confirm)
-        self.cancel_button.on_click(self.on_cancel)
 
     def __panel__(self):
         return pn.Column(
@@ -109,7 +152,7 @@ class CurationView(Component):
                 pn.Column(self.new_name, self.rename_button),
                 pn.Column(self.batch_select, self.delete_batch_button),
             ),
-            pn.Row(self.confirm_text, self.confirm_button, self.cancel_button),
+            self.confirmation,
             self.result,
             pn.pane.Markdown("#### Latest changes (audit)"),
             self.audit,
@@ -131,11 +174,7 @@ class CurationView(Component):
             self.audit.value = audit_frame(trail)
 
     def _ask(self, question: str, action: Callable[[], dict]) -> None:
-        """Show the question with Confirm and Cancel; ``action`` runs only on Confirm."""
-        self.pending = action
-        self.confirm_text.object = question
-        for widget in (self.confirm_text, self.confirm_button, self.cancel_button):
-            widget.visible = True
+        self.confirmation.ask(question, action)
 
     def on_delete_class(self, _=None) -> None:
         name = self.class_select.value
@@ -169,16 +208,7 @@ class CurationView(Component):
         )
 
     def on_cancel(self, _=None) -> None:
-        self.pending = None
-        for widget in (self.confirm_text, self.confirm_button, self.cancel_button):
-            widget.visible = False
+        self.confirmation.cancel()
 
     def on_confirm(self, _=None) -> None:
-        action = self.pending
-        self.on_cancel()
-        if action is None:
-            return
-        result = self.call(action)
-        if result is not None:
-            self.result.object = result_text(result)
-            self.on_change()
+        self.confirmation.confirm()

@@ -1,5 +1,5 @@
-"""Data: bulk upload of labelled images (files + label, or a zip), images per class, and the
-curation of uploads (``components.curation``)."""
+"""Data: bulk upload of labelled images (files + label, or a zip), images per class, the issues
+found in the data (``components.issues``) and the curation of uploads (``components.curation``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import panel as pn
 from dashboard import charts
 from dashboard.components.base import Component, table
 from dashboard.components.curation import CurationView
+from dashboard.components.issues import IssuesView
 
 OUTCOME_COLUMNS = ["file", "label", "outcome", "detail"]
 
@@ -36,6 +37,7 @@ class DataView(Component):
         self.result = pn.pane.Markdown("")
         self.outcomes = table(pd.DataFrame(columns=OUTCOME_COLUMNS), height=220)
         self.distribution = pn.Column()
+        self.issues = IssuesView(state, on_change=self.refresh)
         self.curation = CurationView(state, on_change=self.refresh)
 
     def __panel__(self):
@@ -54,6 +56,7 @@ class DataView(Component):
                 "### Images per class: training set and uploads waiting for a retrain"
             ),
             self.distribution,
+            self.issues,
             self.curation,
         )
 
@@ -94,4 +97,6 @@ class DataView(Component):
         if summary["uploads"]:
             counts["uploads (pending)"] = summary["uploads"]
         self.distribution.objects = [pn.pane.Bokeh(charts.bars(counts, "images per class"))]
+        self.issues.classes = sorted({*summary["train"], *summary["uploads"]})
+        self.issues.refresh()
         self.curation.refresh()
