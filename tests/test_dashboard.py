@@ -116,6 +116,9 @@ def test_dashboard_predicts_uploads_retrains_and_shows_every_tab(dashboard, serv
         page.locator("input[type=text]").first.fill("3")
         page.locator("button", has_text="Upload images").click()
         page.get_by_text("1 duplicate").wait_for(timeout=30_000)  # it is a test-set image
+        # the issues found in the data, with the admin's scan (the token is configured)
+        page.get_by_text("Issues found in the data").wait_for(timeout=30_000)
+        page.locator("button", has_text="Scan all data").wait_for(timeout=10_000)
         page.screenshot(path=ARTIFACTS / "data.png", full_page=True)
 
         # Retrain: start a job, watch it finish with the gate's decision
