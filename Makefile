@@ -20,7 +20,7 @@ WORKERS ?= 2
 DASHBOARD_PORT ?= 5006
 export PORT WORKERS DASHBOARD_PORT
 
-.PHONY: help setup lock lock-cuda bench-backbone bench-gate bench-stats bench-trust bench-quality bench-data soak bench-train data data-fashion eda train evaluate retrain pipeline run model db serve worker \
+.PHONY: help setup lock lock-cuda bench-request bench-backbone bench-gate bench-stats bench-trust bench-quality bench-data soak bench-train data data-fashion eda train evaluate retrain pipeline run model db serve worker \
         cluster dashboard token bench loadtest reports lab test test-fast lint format clean docs \
         image stack-up stack-down stack-status test-containers loadtest-containers
 
@@ -110,6 +110,10 @@ bench: model db ## /predict over HTTP (hey): this API against a plain server; th
 	@command -v hey >/dev/null || { echo "make bench needs hey: apt-get install hey"; exit 1; }
 	$(PY) -m devkit.bench
 	$(PY) -m devkit.bench_backbone
+
+bench-request: model ## /predict piece by piece, then over HTTP against /health and a plain server
+	@command -v hey >/dev/null || { echo "make bench-request needs hey: apt-get install hey"; exit 1; }
+	$(PY) -m devkit.bench_request $(BENCH_REQUEST_ARGS)
 
 bench-backbone: setup ## EfficientNet-Lite0 served by JAX and OpenVINO, with and without micro-batching
 	@command -v hey >/dev/null || { echo "make bench needs hey: apt-get install hey"; exit 1; }

@@ -69,6 +69,10 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+    # its mark that it served (serve.state.ready_mark): /ready waits for its successor
+    mark = os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], f"ready-{worker.pid}.flag")
+    if os.path.exists(mark):
+        os.remove(mark)
 
 
 def on_exit(server):

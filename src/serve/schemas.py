@@ -213,6 +213,14 @@ class Health(Schema):
     worker_pid = fields.Integer()
 
 
+class Ready(Schema):
+    status = fields.String(
+        metadata={"description": "ok: every worker serves its model at full speed; no-model"}
+    )
+    model_version = fields.String(allow_none=True)
+    runtime = fields.String(allow_none=True)
+
+
 class UploadFile(Schema):
     file = fields.String()
     label = fields.String()

@@ -6,7 +6,9 @@ Built by ``create_app`` in the worker (after the fork) and kept in
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 from flask import current_app
 from flask_smorest import abort
@@ -15,11 +17,13 @@ from imgclf import config
 from imgclf.data import uploads
 from imgclf.loop import drift
 from imgclf.loop.retention import ImageKeeper
+from imgclf.model import registry
 from imgclf.model.prediction import LiveModel, Predictor
 from imgclf.store import PredictionLogWriter, Store
 from imgclf.store.migrations import DatabaseUnreachable
 from serve import metrics
 from serve.batching import MicroBatcher
+from serve.schemas import EXPLAIN_MAX_BATCH
 
 EXTENSION = "imgclf"
 #: How long a drift report is reused by ``/metrics`` scrapes and ``/policy``.
@@ -67,9 +71,18 @@ class WorkerState:
             if self.runtime.batching
             else None
         )
+        server = config.get_server_settings()
+        #: under gunicorn: this worker's mark that it serves at full speed (``readiness``)
+        self.ready_mark = ready_mark(server.metrics_dir, os.getpid())
+        self.workers = server.workers
         self.model = LiveModel(
-            settings.models_dir, service.reload_poll_s, self.runtime.batch_max_size
-        )  # a version is compiled for the batches it will get before it serves
+            settings.models_dir,
+            service.reload_poll_s,
+            self.runtime.batch_max_size,
+            largest=service.max_batch,
+            explain_max=EXPLAIN_MAX_BATCH,
+            on_loaded=self._loaded,
+        )  # a version is compiled for every request it can get before it serves
         self.hashes = uploads.HashIndex(settings.data_dir)
         self.keeper = ImageKeeper(
             settings.data_dir / "retained",
@@ -102,6 +115,27 @@ class WorkerState:
             "journal_rows": writer["journal_rows"],
         }
 
+    def _loaded(self, predictor: Predictor) -> None:
+        if self.ready_mark is not None:
+            self.ready_mark.touch()
+
+    def readiness(self) -> tuple[bool, str]:
+        """For /ready: ``(ready, why)``. Ready once this worker and, under gunicorn, every
+        worker of the server has its model loaded and every path compiled; with no model at
+        all, ready too (every other endpoint answers, /predict a 503 at once)."""
+        if self.model.loaded is None:
+            if registry.current_version(self.settings.models_dir) is None:
+                return True, "no-model"
+            return False, "this worker is loading and compiling the model"
+        if self.ready_mark is not None:
+            serving = ready_workers(self.ready_mark.parent)
+            if serving < self.workers:
+                return (
+                    False,
+                    f"{serving} of {self.workers} workers serve the model; the others load it",
+                )
+        return True, "ok"
+
     def predictor(self) -> Predictor:
         """The predictor to use now; answers 503 when no model can be served."""
         self.model.start()
@@ -113,6 +147,29 @@ class WorkerState:
                 or "no model has been trained yet: run `make train` (or `make run`)",
             )
         return predictor
+
+
+#: A worker's ready mark in the server's shared folder (prometheus_client's, which reads only
+#: ``*.db`` there): ``ready-<pid>.flag``; ``serve.gunicorn_conf`` removes a dead worker's.
+READY_MARK = "ready-{pid}.flag"
+
+
+def ready_mark(folder: str | None, pid: int) -> Path | None:
+    return Path(folder) / READY_MARK.format(pid=pid) if folder else None
+
+
+def ready_workers(folder: Path) -> int:
+    """The workers of this server whose mark is there and whose process is alive."""
+    count = 0
+    for mark in folder.glob(READY_MARK.format(pid="*")):
+        try:
+            os.kill(int(mark.name.split("-")[1].split(".")[0]), 0)
+        except (ValueError, ProcessLookupError):
+            continue
+        except PermissionError:  # alive, another user's
+            pass
+        count += 1
+    return count
 
 
 def current() -> WorkerState:

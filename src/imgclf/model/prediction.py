@@ -250,25 +250,36 @@ class Predictor:
         """Return the calibrated probabilities for preprocessed images ``(n, h, w, c)``."""
         return self.answers(images)[0]
 
-    def warm_up(self, max_batch: int = 1) -> None:
-        """Compile the forward pass now, not on the first request: for one image and, up to
-        ``max_batch`` (micro-batching's largest batch), every size JAX pads to."""
+    def warm_up(self, max_batch: int = 1, largest: int = 1, explain_max: int = 0) -> None:
+        """Compile now every shape a request can need, not on the request: the forward pass
+        for one image and, for JAX, every size it pads to up to ``largest`` (the biggest
+        request) or ``max_batch`` (micro-batching's largest call); with ``explain_max``, the
+        heat maps' gradient for every size they pad to up to it."""
         channels = 1 if self.color_mode == "grayscale" else 3
-        size = 1
-        while True:
-            self.predict_images(np.zeros((size, *self.image_size, channels), np.float32))
-            if size >= max_batch:
-                break
-            size = min(2 * size, max_batch)
+        shape = (*self.image_size, channels)
+        limit = max(max_batch, largest if self.runtime == "jax" else 1)
+        for size in _padded_sizes(limit) | ({max_batch} if max_batch > 1 else set()):
+            self.predict_images(np.zeros((size, *shape), np.float32))
+        for size in _padded_sizes(explain_max) if explain_max else ():
+            self.saliency(np.zeros((size, *shape), np.float32), np.zeros(size, np.int32))
 
     def saliency(self, images: np.ndarray, classes) -> np.ndarray:
         """Heat maps ``(n, h, w)`` in [0, 1] of why ``images`` got ``classes`` (one backward
         pass; ``imgclf.model.saliency``)."""
         from imgclf.model import saliency
 
-        return saliency.maps(
+        count = len(images)  # padded as the forward pass is: a few shapes, compiled at load
+        padded = 1 << max(0, (count - 1).bit_length())
+        classes = np.asarray(classes, np.int32)
+        if padded != count:
+            images = np.concatenate(
+                [images, np.zeros((padded - count, *images.shape[1:]), np.float32)]
+            )
+            classes = np.concatenate([classes, np.zeros(padded - count, np.int32)])
+        found = saliency.maps(
             self._with_features, self._trainable, self._non_trainable, images, classes
         )
+        return found[:count]
 
     def classify(
         self,
@@ -332,6 +343,11 @@ class Predictor:
         )
 
 
+def _padded_sizes(limit: int) -> set[int]:
+    """The batch sizes JAX pads to (powers of two) for batches of 1 to ``limit`` images."""
+    return {1 << power for power in range(max(0, (limit - 1).bit_length()) + 1)}
+
+
 class LiveModel:
     """The current registry version, kept up to date by a background thread.
 
@@ -339,13 +355,26 @@ class LiveModel:
     read only when it changed). When another version became current, the thread loads it,
     compiles and warms its forward pass, and only then swaps it in: requests already running
     finish on the old predictor, new ones get the new one, none waits or fails.
+
+    Compiled before it serves means every path (``Predictor.warm_up``): one image, every batch
+    up to ``largest`` images, and heat maps of up to ``explain_max`` images. ``on_loaded`` is
+    called (in the loading thread) once a version serves.
     """
 
-    def __init__(self, models_dir: Path, poll_s: float = 0.5, batch_setting: int | None = 1):
+    def __init__(
+        self,
+        models_dir: Path,
+        poll_s: float = 0.5,
+        batch_setting: int | None = 1,
+        largest: int = 1,
+        explain_max: int = 0,
+        on_loaded: Callable[[Predictor], None] | None = None,
+    ):
         self.models_dir = Path(models_dir)
         self.poll_s = poll_s
         #: ``BATCH_MAX_SIZE``: a version is compiled up to its batch limit before it serves
         self.batch_setting = batch_setting
+        self.largest, self.explain_max, self.on_loaded = largest, explain_max, on_loaded
         self.last_error: str | None = None
         self._predictor: Predictor | None = None
         self._stamp: tuple | None = None
@@ -383,12 +412,14 @@ class LiveModel:
                 limit = runtime.batch_limit(
                     self.batch_setting, predictor.runtime, predictor.threads
                 )
-                predictor.warm_up(limit)
+                predictor.warm_up(limit, self.largest, self.explain_max)
             except Exception as error:  # keep serving the loaded version; retry next poll
                 self.last_error = f"loading the current model failed: {error}"
                 return False
             self._predictor, self._stamp, self.last_error = predictor, stamp, None
-            return True
+        if self.on_loaded is not None:
+            self.on_loaded(predictor)
+        return True
 
     def start(self) -> LiveModel:
         """Start the polling thread (once per process; call it after forking)."""

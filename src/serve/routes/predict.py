@@ -4,17 +4,60 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http
+import json
 import time
 import uuid
+from copy import deepcopy
+from functools import wraps
 
-from flask import g, request
+from flask import Response, g, request
 from flask_smorest import Blueprint, abort
+from marshmallow import fields
 
 from imgclf.model.prediction import Classified, Predictor
 from serve import metrics, schemas, state
 from serve.auth import client_fingerprint, feedback_token
 
 blueprint = Blueprint("predict", __name__, description="Classify images")
+_EXPLAIN = schemas.ExplainQuery()
+_TRUE, _FALSE = fields.Boolean.truthy, fields.Boolean.falsy
+
+
+def _query_documented(view):
+    """Document ``?explain`` (``schemas.ExplainQuery``) as ``blueprint.arguments`` does, without
+    its parser on every request: ``_explain`` reads it."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        return view(*args, **kwargs)
+
+    wrapper._apidoc = deepcopy(getattr(view, "_apidoc", {}))
+    docs = wrapper._apidoc.setdefault("arguments", {})
+    docs.setdefault("parameters", []).append({"in": "query", "required": True, "schema": _EXPLAIN})
+    docs.setdefault("responses", {})[422] = http.HTTPStatus(422).name
+    return wrapper
+
+
+def _explain() -> bool:
+    """``?explain``: a plain look at the query string when it is empty or one known value;
+    anything else goes through the schema, which answers the same 422s as before."""
+    query = request.args
+    if not query:
+        return False
+    if len(query) == 1 and len(values := query.getlist("explain")) == 1:
+        if values[0] in _TRUE:
+            return True
+        if values[0] in _FALSE:
+            return False
+    return blueprint.ARGUMENTS_PARSER.parse(_EXPLAIN, location="query")["explain"]
+
+
+def _json(body: dict) -> Response:
+    """The answer as Flask's ``jsonify`` writes it (sorted keys, compact), encoded once: no
+    schema dump on the way (the schema documents it)."""
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return Response(text + "\n", mimetype="application/json")
 
 
 def _read_image_payload() -> tuple[str, bytes]:
@@ -85,45 +128,49 @@ def _row(predictor: Predictor, result: Classified, payload: bytes, latency_ms: f
 
 
 @blueprint.route("/predict", methods=["POST"])
-@blueprint.arguments(schemas.ExplainQuery, location="query")
+@_query_documented
 @blueprint.doc(requestBody=schemas.IMAGE_BODY)
 @blueprint.response(200, schemas.Prediction)
 @blueprint.alt_response(400, description="no image in the request")
 @blueprint.alt_response(415, description="neither multipart/form-data nor image/*")
 @blueprint.alt_response(422, description="not a readable image")
-def predict_one(query):
+def predict_one():
     """Classify one image (multipart field `image`, or a raw `image/*` body); with
     `?explain=true`, also why (a heat map)."""
+    explain = _explain()
     predictor = state.current().predictor()
     _, payload = _read_image_payload()
-    (row,), latency_ms = _classify(predictor, [payload], query["explain"])
+    (row,), latency_ms = _classify(predictor, [payload], explain)
     metrics.PREDICT_LATENCY.labels("predict").observe(latency_ms / 1000)
     if "error" in row:
         abort(422, message=row["error"])
-    return {
-        "prediction_id": row["id"],
-        "feedback_token": feedback_token(row["id"]),
-        "label": row["label"],
-        "confidence": row["confidence"],
-        "probabilities": row["probabilities"],
-        "unknown": row["unknown"],
-        "unknown_score": row["unknown_score"],
-        "model_version": predictor.version,
-        "latency_ms": round(latency_ms, 3),
-        **({"saliency": row["saliency"]} if "saliency" in row else {}),
-    }
+    return _json(
+        {
+            "prediction_id": row["id"],
+            "feedback_token": feedback_token(row["id"]),
+            "label": row["label"],
+            "confidence": row["confidence"],
+            "probabilities": row["probabilities"],
+            "unknown": row["unknown"],
+            "unknown_score": row["unknown_score"],
+            "model_version": predictor.version,
+            "latency_ms": round(latency_ms, 3),
+            **({"saliency": row["saliency"]} if "saliency" in row else {}),
+        }
+    )
 
 
 @blueprint.route("/predict/batch", methods=["POST"])
-@blueprint.arguments(schemas.ExplainQuery, location="query")
+@_query_documented
 @blueprint.doc(requestBody=schemas.BATCH_BODY)
 @blueprint.response(200, schemas.BatchPrediction)
 @blueprint.alt_response(400, description="no images in the request")
 @blueprint.alt_response(413, description="more images than the batch limit")
 @blueprint.alt_response(422, description="no image was readable")
-def predict_batch(query):
+def predict_batch():
     """Classify many images (multipart field `images`, repeated); errors are per image. With
     `?explain=true` (at most 16 images), each prediction has its heat map."""
+    explain = _explain()
     worker = state.current()
     predictor = worker.predictor()
     files = request.files.getlist("images") + request.files.getlist("image")
@@ -131,14 +178,14 @@ def predict_batch(query):
         abort(400, message="send the images as multipart fields named 'images'")
     if len(files) > worker.service.max_batch:
         abort(413, message=f"{len(files)} images in one batch; at most {worker.service.max_batch}")
-    if query["explain"] and len(files) > schemas.EXPLAIN_MAX_BATCH:
+    if explain and len(files) > schemas.EXPLAIN_MAX_BATCH:
         abort(
             413,
             message=f"{len(files)} images with explain=true; at most "
             f"{schemas.EXPLAIN_MAX_BATCH} (each needs a backward pass)",
         )
     names = [f.filename or "image" for f in files]
-    rows, latency_ms = _classify(predictor, [f.read() for f in files], query["explain"])
+    rows, latency_ms = _classify(predictor, [f.read() for f in files], explain)
     metrics.PREDICT_LATENCY.labels("predict_batch").observe(latency_ms / 1000)
     failed = sum("error" in row for row in rows)
     if failed == len(rows):
@@ -155,18 +202,21 @@ def predict_batch(query):
         "saliency",
         "error",
     )
-    return {
-        "model_version": predictor.version,
-        "latency_ms": round(latency_ms, 3),
-        "count": len(rows),
-        "failed": failed,
-        "predictions": [
-            {
-                "prediction_id": row["id"],
-                "feedback_token": feedback_token(row["id"]),
-                "file": name,
-                **{k: row[k] for k in keys if k in row},
-            }
-            for name, row in zip(names, rows, strict=True)
-        ],
-    }
+    items = [
+        {
+            "prediction_id": row["id"],
+            "feedback_token": feedback_token(row["id"]),
+            "file": name,
+            **{k: row[k] for k in keys if k in row},
+        }
+        for name, row in zip(names, rows, strict=True)
+    ]
+    return _json(
+        {
+            "model_version": predictor.version,
+            "latency_ms": round(latency_ms, 3),
+            "count": len(rows),
+            "failed": failed,
+            "predictions": items,
+        }
+    )

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
 from flask import Response, send_from_directory
-from flask_smorest import Blueprint
+from flask_smorest import Blueprint, abort
 
 from imgclf.loop import jobs
 from imgclf.model import registry
@@ -52,6 +52,26 @@ def health():
             "max_wait_ms": worker.runtime.batch_max_wait_ms,
         },
         "worker_pid": os.getpid(),
+    }
+
+
+@blueprint.route("/ready")
+@blueprint.response(200, schemas.Ready)
+@blueprint.alt_response(503, description="not ready: a worker still loads or compiles the model")
+def ready():
+    """Whether this server answers every request at full speed (for load balancers and
+    Kubernetes' readinessProbe): 200 once every worker has its model loaded, converted and
+    every path compiled (one image, batches, explanations); 503 until then. With no model
+    trained yet it is ready: every endpoint answers (`/predict` a 503 at once)."""
+    worker = state.current()
+    ready, why = worker.readiness()
+    if not ready:
+        abort(503, message=f"not ready: {why}")
+    predictor = worker.model.loaded
+    return {
+        "status": why,
+        "model_version": predictor.version if predictor else None,
+        "runtime": predictor.runtime if predictor else None,
     }
 
 
