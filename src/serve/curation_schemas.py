@@ -6,7 +6,7 @@ from marshmallow import fields, validate
 
 from imgclf.data.uploadrules import LABEL_PATTERN, LABEL_RULE, MAX_LABEL_LENGTH
 from imgclf.store.audit import OPERATIONS as CURATION_OPERATIONS
-from serve.schemas import Job, OpenSchema, StrictSchema
+from serve.schemas import Job, OpenSchema, ReviewQuery, StrictSchema
 
 #: A scan of the data (``POST /data/issues/scan``) is a job of the worker like a retrain
 ScanJob = Job
@@ -182,3 +182,15 @@ class DataIssues(OpenSchema):
 
 class IssuesQuery(StrictSchema):
     batch = fields.String(metadata={"description": "one upload's findings (its batch id)"})
+
+
+class OrderedReviewQuery(ReviewQuery):
+    order = fields.String(
+        load_default="confidence",
+        validate=validate.OneOf(["confidence", "useful"]),
+        metadata={
+            "description": "confidence: the least confident first; useful: the model's "
+            "smallest margins, spread over its features (k-centre greedy), so that one "
+            "round of labels covers the different kinds of doubt"
+        },
+    )

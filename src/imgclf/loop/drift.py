@@ -11,8 +11,12 @@ Two views, each a statistical test with a verdict only above a minimum productio
   it predicted on the test set (the confusion matrix's column sums in the model's metadata),
   by a chi-square test of homogeneity.
 
+- **The model's features** (``featuredrift``): a classifier two-sample test of the features of
+  the latest kept production images against the test images', with an effect-size floor.
+
 Drift is called when any test's p-value is below ``DRIFT_P_VALUE`` divided by the number of
-tests (Bonferroni: six tests at once would otherwise cry wolf six times as often).
+tests (Bonferroni: seven tests at once would otherwise cry wolf seven times as often); the
+test on features also needs its AUC at ``featuredrift.AUC_FLOOR`` at least.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from scipy import stats
 
 from imgclf.config import LoopSettings
 from imgclf.data import folders, imagestats
+from imgclf.loop import featuredrift
 from imgclf.model import registry
 
 FEATURES = ("brightness", "contrast", "width", "height", "aspect_ratio")
@@ -159,14 +164,17 @@ def _shares(counts: dict[str, int]) -> dict[str, float]:
     return {name: round(n / total, 4) for name, n in sorted(counts.items())} if total else {}
 
 
-def assess(reference: Reference, recent: list[dict], loop: LoopSettings) -> dict:
+def assess(
+    reference: Reference, recent: list[dict], loop: LoopSettings, model_view: dict | None = None
+) -> dict:
     """The drift figures and verdict for the latest production predictions (``recent``: rows
     of the prediction log, newest first, successful ones only).
 
     Returns:
         ``verdict`` (``not-enough-data``, ``no-drift`` or ``drift``), a ``message``, the
-        ``features`` tests, the ``predicted_classes`` test, and ``drifted`` (the tests that
-        called drift).
+        ``features`` tests, the ``predicted_classes`` test, ``model_features`` (the test on
+        the model's features, ``featuredrift``, when ``model_view`` holds one) and ``drifted``
+        (the tests that called drift).
     """
     production = features_of(recent)
     count = len(recent)
@@ -190,8 +198,15 @@ def assess(reference: Reference, recent: list[dict], loop: LoopSettings) -> dict
         "clients": len({row["client"] for row in recent if row.get("client")}),
     }
     tests = {**report["features"], "predicted_classes": report["predicted_classes"]}
+    if model_view is not None:
+        report["model_features"] = tests["model_features"] = dict(model_view)
     threshold = loop.drift_p_value / len(tests)
     report["threshold"] = threshold
+    return _verdict(report, tests, threshold, count, loop)
+
+
+def _verdict(report: dict, tests: dict, threshold: float, count: int, loop) -> dict:
+    """``report`` with its ``verdict``, ``message`` and the tests that called drift."""
     if count < loop.drift_min_sample:
         report["verdict"] = DriftVerdict.NOT_ENOUGH_DATA.value
         report["message"] = (
@@ -200,7 +215,10 @@ def assess(reference: Reference, recent: list[dict], loop: LoopSettings) -> dict
         )
         return report
     for name, test in tests.items():
-        test["drift"] = test["p_value"] is not None and test["p_value"] < threshold
+        if name == "model_features":  # significant and large enough (an effect-size floor)
+            test.update(featuredrift.judged(test, threshold))
+        else:
+            test["drift"] = test["p_value"] is not None and test["p_value"] < threshold
         if test["drift"]:
             report["drifted"].append(name)
     if report["drifted"]:
@@ -228,5 +246,9 @@ def _labels(rows: list[dict]) -> dict[str, int]:
 
 
 def check(cache: ReferenceCache, store, loop: LoopSettings) -> dict:
-    """``assess`` the latest ``DRIFT_WINDOW`` successful predictions in the store."""
-    return assess(cache.get(), store.recent_inputs(loop.drift_window), loop)
+    """``assess`` the latest ``DRIFT_WINDOW`` successful predictions in the store, with the
+    last test on the model's features (``featuredrift``) when it is recent and of this
+    model."""
+    reference = cache.get()
+    model_view = featuredrift.read(cache.models_dir, reference.version, featuredrift.EVERY_S * 2)
+    return assess(reference, store.recent_inputs(loop.drift_window), loop, model_view)

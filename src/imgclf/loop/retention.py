@@ -28,6 +28,10 @@ QUEUE_LIMIT = 256
 PRUNE_EVERY_S = 30.0
 
 
+#: The folder under ``DATA_DIR`` where the API keeps prediction images
+KEPT_FOLDER = "retained"
+
+
 class ImageGone(LookupError):
     """The image is not kept (retention is off, or it was pruned); the message says which."""
 

@@ -90,7 +90,8 @@ def scan(predictor, data_dir: Path) -> dict:
 
 
 def run_job(store: Store, job: dict, settings: Settings) -> JobState:
-    """Run a claimed scan in a child process and record its end."""
+    """Run a claimed scan in a child process and record its end; the job's heartbeat is kept
+    and a cancel request kills the child (``jobs.Watcher``)."""
     from imgclf.loop import jobs
 
     run_dir = Path(job["run_dir"])
@@ -98,18 +99,30 @@ def run_job(store: Store, job: dict, settings: Settings) -> JobState:
     environment = environment_without_secrets()
     environment.update(settings.as_environment())
     environment.pop("DATABASE_URL", None)  # the child reads files only
-    with open(run_dir / runs.LOG_FILE, "ab") as job_log:
-        child = subprocess.run(
-            [sys.executable, "-m", "imgclf.loop.scan", str(run_dir)],
-            env=environment,
-            stdout=job_log,
-            stderr=subprocess.STDOUT,
-            check=False,
-        )
+    watcher = jobs.Watcher(store, job["id"], run_dir)
+    watcher.start()
+    try:
+        with open(run_dir / runs.LOG_FILE, "ab") as job_log:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "imgclf.loop.scan", str(run_dir)],
+                env=environment,
+                stdout=job_log,
+                stderr=subprocess.STDOUT,
+            )
+            while child.poll() is None:
+                if watcher.cancelled.wait(jobs.CANCEL_POLL_S):
+                    child.kill()
+                    child.wait()
+    finally:
+        watcher.stop.set()
+        watcher.join(timeout=jobs.HEARTBEAT_S + 1)
     result = runs.read_summary(run_dir)
     tail = (run_dir / runs.LOG_FILE).read_text(errors="replace").splitlines()[-jobs.LOG_LINES :]
-    if child.returncode == 0 and "error" not in result:
-        state, error = JobState.DONE, None
+    error = None
+    if watcher.cancelled.is_set():
+        state, error = JobState.CANCELLED, "cancelled by request"
+    elif child.returncode == 0 and "error" not in result:
+        state = JobState.DONE
     else:
         state = JobState.FAILED
         error = result.get("error") or f"the scan exited with {child.returncode}: {tail[-1:]}"

@@ -28,7 +28,7 @@ from imgclf.config import (
     get_server_settings,
     get_settings,
 )
-from imgclf.loop import drift, jobs, policy, scan
+from imgclf.loop import drift, featuredrift, jobs, policy, scan
 from imgclf.store import UNAVAILABLE, JobState, Store, describe_url, unavailable
 from imgclf.store.migrations import DatabaseUnreachable
 
@@ -101,6 +101,8 @@ def work(
             if loop.auto_retrain and time.monotonic() - last_policy >= POLICY_EVERY_S:
                 last_policy = time.monotonic()
                 try:
+                    if loop.auto_on_drift:  # the test on the model's features, when stale
+                        featuredrift.refresh_in_child(settings)
                     policy.maybe_queue(settings, loop, store, check_drift)
                 except Exception:  # a policy that cannot be evaluated must not stop the worker
                     log.exception("evaluating the retraining policy failed")

@@ -13,14 +13,18 @@ from flask_smorest import Blueprint, abort
 from PIL import Image
 
 from imgclf.data import folders, uploads
+from imgclf.data.preprocessing import ImageDecodeError, load_image
 from imgclf.loop import labelcheck
 from imgclf.loop.retention import ImageGone
+from imgclf.loop.review import useful_order
 from imgclf.model import registry
 from imgclf.store import StoreError
-from serve import errors, metrics, schemas, state
+from serve import curation_schemas, errors, metrics, schemas, state
 from serve.auth import ADMIN, check_feedback_token, require_token, token_given
 
 blueprint = Blueprint("data", __name__, description="Labelled data and feedback")
+#: Least confident kept images that ``GET /review?order=useful`` chooses from
+USEFUL_POOL = 200
 
 
 def _uploaded_files(limits) -> list[tuple[str, str, bytes]]:
@@ -215,29 +219,57 @@ def feedback(body):
 
 @blueprint.route("/review")
 @require_token
-@blueprint.arguments(schemas.ReviewQuery, location="query")
+@blueprint.arguments(curation_schemas.OrderedReviewQuery, location="query")
 @blueprint.doc(security=ADMIN)
 @blueprint.response(200, schemas.ReviewQueue)
 @blueprint.alt_response(401, description="no or a wrong admin token")
 def review(query):
-    """The least confident recent predictions whose image is kept and that have no feedback
-    yet, with a thumbnail each and the current model's classes, for labelling."""
+    """Recent predictions whose image is kept and that have no feedback yet, with a thumbnail
+    each and the current model's classes, for labelling: the least confident first, or with
+    `order=useful` those most worth a label (the served model's smallest margins, spread over
+    its features: `imgclf.loop.review`)."""
     worker = state.current()
     worker.log.flush()
     since = time.time() - worker.keeper.max_age_s
-    items = []
-    for row in worker.store.least_confident(since, limit=query["limit"] * 4):
-        if len(items) == query["limit"]:
+    limit, useful = query["limit"], query["order"] == "useful"
+    pool = USEFUL_POOL if useful else limit * 4
+    kept = []
+    for row in worker.store.least_confident(since, limit=pool):
+        if len(kept) == (pool if useful else limit):
             break
         try:
-            payload = worker.keeper.read(row["image_sha256"] or "")
+            kept.append((row, worker.keeper.read(row["image_sha256"] or "")))
         except ImageGone:
             continue
-        keys = ("id", "created_at", "label", "confidence", "model_version")
-        items.append({**{k: row[k] for k in keys}, "image": _thumbnail(io.BytesIO(payload))})
+    predictor = worker.model.loaded
+    if useful and predictor is not None and kept:
+        kept = [kept[i] for i in _useful(predictor, [payload for _, payload in kept], limit)]
+    keys = ("id", "created_at", "label", "confidence", "model_version")
+    items = [
+        {**{k: row[k] for k in keys}, "image": _thumbnail(io.BytesIO(payload))}
+        for row, payload in kept[:limit]
+    ]
     version = registry.current_version(worker.settings.models_dir)
     info = registry.metadata(worker.settings.models_dir, version) if version else {}
     return {"classes": info.get("class_names", []), "items": items}
+
+
+def _useful(predictor, payloads: list[bytes], count: int) -> list[int]:
+    """The order of ``payloads`` most worth a label (``imgclf.loop.review``); images that no
+    longer decode go last."""
+    images, decoded = [], []
+    for index, payload in enumerate(payloads):
+        try:
+            images.append(load_image(payload, predictor.image_size, predictor.color_mode))
+        except ImageDecodeError:
+            continue
+        decoded.append(index)
+    if not images:
+        return list(range(len(payloads)))
+    batch = np.stack(images)
+    chosen = useful_order(predictor.predict_images(batch), predictor.features(batch), count)
+    first = [decoded[i] for i in chosen]
+    return first + [i for i in range(len(payloads)) if i not in set(first)]
 
 
 def _thumbnail(source: Path | io.BytesIO, size: int = 64) -> str:

@@ -4,20 +4,33 @@ from __future__ import annotations
 
 from flask_smorest import Blueprint
 
-from imgclf.loop import policy
+from imgclf.loop import featuredrift, policy
 from serve import schemas, state
 
+#: How old the test on the model's features may be before GET /drift measures it again
+FEATURES_EVERY_S = 60.0
 blueprint = Blueprint("loop", __name__, description="Drift and automatic retraining")
 
 
 @blueprint.route("/drift")
 @blueprint.response(200, schemas.Drift)
 def drift():
-    """Production inputs against the training data: a Kolmogorov-Smirnov test per feature,
-    a chi-square test of the predicted-class mix, and the verdict (`not-enough-data`,
+    """Production inputs against the training data: a Kolmogorov-Smirnov test per image
+    statistic, a chi-square test of the predicted-class mix, a classifier two-sample test on
+    the model's features of the latest kept images against the test images (`model_features`:
+    AUC, p-value, drift only from an AUC of `auc_floor`), and the verdict (`not-enough-data`,
     `no-drift` or `drift`)."""
     worker = state.current()
     worker.log.flush()
+    worker.keeper.flush()  # the images of the latest predictions, kept in the background
+    settings = worker.settings
+    featuredrift.refresh(
+        worker.model.loaded,
+        settings.data_dir,
+        settings.models_dir,
+        worker.loop.drift_window,
+        every_s=FEATURES_EVERY_S,
+    )
     return worker.drift(fresh=True)
 
 
