@@ -116,6 +116,10 @@ def test_insights_show_the_drift_verdict_and_one_row_per_test():
     frame = drift_frame(report)
     assert list(frame["test"]) == ["brightness", "predicted classes"]
     assert list(frame["drift"]) == ["yes", ""]
+    seen = {"auc": 0.77, "p_value": 4e-8, "drift": True, "auc_floor": 0.6}
+    frame = drift_frame({**report, "model_features": {**seen, "production_count": 80}})
+    assert frame["test"].iloc[-1].startswith("model's features (AUC, drift from 0.6)")
+    assert list(frame.iloc[-1][["production", "statistic", "drift"]]) == [80, 0.77, "yes"]
 
 
 LISTING = {

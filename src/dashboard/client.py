@@ -81,8 +81,10 @@ class ApiClient:
             json={"prediction_id": prediction_id, "label": label},
         )
 
-    def review(self, limit: int = 12) -> dict:
-        return self._call("GET", "/review", admin=True, params={"limit": limit}, timeout=30)
+    def review(self, limit: int = 12, order: str = "useful") -> dict:
+        """The images most worth a label first (``order=useful``), or the least confident."""
+        params = {"limit": limit, "order": order}
+        return self._call("GET", "/review", admin=True, params=params, timeout=30)
 
     def drift(self) -> dict:
         return self._call("GET", "/drift", timeout=60)

@@ -400,6 +400,20 @@ class DriftTest(OpenSchema):
     drift = fields.Boolean()
 
 
+class FeatureDrift(OpenSchema):
+    auc = fields.Float(
+        allow_none=True,
+        metadata={"description": "how well a classifier tells production from test images"},
+    )
+    p_value = fields.Float(allow_none=True)
+    auc_floor = fields.Float(metadata={"description": "the least AUC that is drift"})
+    drift = fields.Boolean()
+    reference_count = fields.Integer(metadata={"description": "test images compared with"})
+    production_count = fields.Integer(metadata={"description": "latest kept images"})
+    model_version = fields.String()
+    made_at = fields.Float()
+
+
 class Drift(OpenSchema):
     verdict = fields.String(
         validate=validate.OneOf([verdict.value for verdict in DriftVerdict]),
@@ -414,6 +428,13 @@ class Drift(OpenSchema):
     threshold = fields.Float(metadata={"description": "per test: p_value / number of tests"})
     features = fields.Dict(keys=fields.String(), values=fields.Nested(DriftTest))
     predicted_classes = fields.Nested(DriftTest)
+    model_features = fields.Nested(
+        FeatureDrift,
+        metadata={
+            "description": "a classifier two-sample test on the served model's features "
+            "(imgclf.loop.featuredrift); absent until measured"
+        },
+    )
     drifted = fields.List(fields.String())
 
 

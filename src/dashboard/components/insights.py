@@ -39,6 +39,18 @@ def drift_frame(report: dict) -> pd.DataFrame:
             "yes" if classes.get("drift") else "",
         )
     )
+    seen = report.get("model_features")
+    if seen:  # the classifier two-sample test on the model's features: AUC as its statistic
+        rows.append(
+            (
+                f"model's features (AUC, drift from {seen.get('auc_floor')})",
+                seen.get("reference_count"),
+                seen.get("production_count"),
+                seen.get("auc"),
+                seen.get("p_value"),
+                "yes" if seen.get("drift") else "",
+            )
+        )
     return pd.DataFrame(rows, columns=DRIFT_COLUMNS).round(4)
 
 

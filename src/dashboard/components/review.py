@@ -1,4 +1,5 @@
-"""Review: the least confident recent predictions, each labelled in one click.
+"""Review: the recent predictions most worth a label (``GET /review?order=useful``: where the
+model hesitates most, spread over what it sees), each labelled in one click.
 
 A label sent with the admin token turns the prediction's kept image into a labelled upload
 (split into the training or the test share like any upload), which the next retrain uses.
@@ -37,7 +38,8 @@ class ReviewView(Component):
     def __panel__(self):
         return pn.Column(
             pn.pane.Markdown(
-                "### Review queue\nThe least confident recent predictions. Click the true class: "
+                "### Review queue\nThe predictions most worth a label first: where the model "
+                "hesitates between classes, one of each kind of doubt. Click the true class: "
                 "the image becomes labelled data for the next retrain."
             ),
             pn.Row(self.reload_button),

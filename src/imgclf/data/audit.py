@@ -230,14 +230,27 @@ def _present(batch: str, rows: list[dict], kept: Path) -> list[dict]:
 
 
 def summary(uploads_dir: Path) -> str:
-    """One sentence of what the audit of the uploads found, for the retrain's report."""
+    """What the audit of the data found, in a few sentences, for the retrain's report."""
     found = read(uploads_dir)
     leaks, near = found["leaks"], found["near_duplicates"]
     conflicts = sum(1 for row in near if row.get("conflict"))
+    held_out = [row for row in leaks if not row.get("stored_as")]
+    said = []
     if not leaks and not near:
-        return "Upload audit: no leak of a test image, no near-duplicate."
-    return (
-        f"Upload audit: {len(leaks)} near-copies of test images held out (not trained on); "
-        f"{len(near)} near-duplicates of other images in the training data, {conflicts} of "
-        "them under a different label than their twin (`GET /data/issues` lists them)."
+        said.append("Data audit: no leak of a test image, no near-duplicate.")
+    else:
+        said.append(
+            f"Data audit: {len(held_out)} near-copies of test images held out (not trained "
+            f"on); {len(leaks) - len(held_out)} training images nearly duplicating a test image "
+            f"(found by a scan); {len(near)} near-duplicates of other images in the training "
+            f"data, {conflicts} of them under a different label than their twin."
+        )
+    issues, outliers = found["label_issues"], found["outliers"]
+    said.append(
+        f"{len(issues)} label issues (images whose label the model's features do not support) "
+        f"and {len(outliers)} outliers (unlike every class) are listed; `GET /data/issues` "
+        "shows them, the Data tab fixes them."
     )
+    if found["state"] == "running":
+        said.append("A check was still running when this retrain read the data.")
+    return " ".join(said)
