@@ -15,7 +15,7 @@ from imgclf.loop import drift
 from imgclf.loop.gate import GateThresholds
 from imgclf.model import registry
 from imgclf.model.network import TrainParams
-from serve import schemas
+from serve import drift_schemas, schemas
 
 
 def notebook_parameters(name: str) -> dict[str, object]:
@@ -86,7 +86,7 @@ def test_the_gate_figures_have_one_list_of_ranges():
 def test_version_names_and_drift_verdicts_come_from_their_owners():
     [rule] = schemas.Promote().fields["version"].validators
     assert rule.regex.pattern == registry.VERSION_PATTERN.pattern
-    [choices] = schemas.Drift().fields["verdict"].validators
+    [choices] = drift_schemas.Drift().fields["verdict"].validators
     assert list(choices.choices) == [verdict.value for verdict in drift.DriftVerdict]
 
 

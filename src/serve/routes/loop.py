@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask_smorest import Blueprint
 
 from imgclf.loop import featuredrift, policy
-from serve import schemas, state
+from serve import drift_schemas, schemas, state
 
 #: How old the test on the model's features may be before GET /drift measures it again
 FEATURES_EVERY_S = 60.0
@@ -13,7 +13,7 @@ blueprint = Blueprint("loop", __name__, description="Drift and automatic retrain
 
 
 @blueprint.route("/drift")
-@blueprint.response(200, schemas.Drift)
+@blueprint.response(200, drift_schemas.Drift)
 def drift():
     """Production inputs against the training data: a Kolmogorov-Smirnov test per image
     statistic, a chi-square test of the predicted-class mix, a classifier two-sample test on
