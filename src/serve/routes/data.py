@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 from flask import request
 from flask_smorest import Blueprint, abort
-from PIL import Image
 
 from imgclf.data import folders, uploads
 from imgclf.data.preprocessing import ImageDecodeError, load_image
@@ -21,6 +20,7 @@ from imgclf.model import registry
 from imgclf.store import StoreError
 from serve import curation_schemas, errors, metrics, schemas, state
 from serve.auth import ADMIN, check_feedback_token, require_token, token_given
+from serve.routes.uploadfiles import thumbnail_png
 
 blueprint = Blueprint("data", __name__, description="Labelled data and feedback")
 #: Least confident kept images that ``GET /review?order=useful`` chooses from
@@ -273,12 +273,5 @@ def _useful(predictor, payloads: list[bytes], count: int) -> list[int]:
 
 
 def _thumbnail(source: Path | io.BytesIO, size: int = 64) -> str:
-    with Image.open(source) as image:
-        image = image.convert("RGB") if image.mode not in ("L", "RGB") else image.copy()
-    image.thumbnail((size, size))
-    if max(image.size) < size:  # tiny images (digits are 8 x 8): scale up, keep the pixels
-        factor = size // max(image.size)
-        image = image.resize((image.width * factor, image.height * factor), Image.NEAREST)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    """A PNG thumbnail as a data URI (``uploadfiles.thumbnail_png``)."""
+    return "data:image/png;base64," + base64.b64encode(thumbnail_png(source, size)).decode()

@@ -58,10 +58,10 @@ def uploaded_image(uploads_dir: Path, stored_as: str) -> Path | None:
     return path
 
 
-def thumbnail_png(path: Path, size: int) -> bytes:
+def thumbnail_png(source: Path | io.BytesIO, size: int) -> bytes:
     """The image at most ``size`` pixels on its longer side; a smaller one scaled up by a whole
     factor with nearest neighbours (an 8 x 8 digit stays sharp)."""
-    with Image.open(path) as image:
+    with Image.open(source) as image:
         image = image.convert("RGB") if image.mode not in ("L", "RGB") else image.copy()
     image.thumbnail((size, size))
     if max(image.size) < size:
