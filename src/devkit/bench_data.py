@@ -9,15 +9,22 @@ the same way: the share wrongly flagged is the false-flag rate. Both at every th
 grid; the library's ``THRESHOLD`` must be the lowest one that flags at most 1 % of clean
 images on both data sets (resized copies), else the bench exits 1 naming it.
 
-Not measured yet (issue 31): label noise, drift on features, active learning, the audit's cost.
+The other rows of issue 31, each in its own module on a real model's features
+(``bench_data_features``: EfficientNet-Lite0, ImageNet weights, 64 px): label noise
+(``bench_data_labels``), drift on features (``bench_data_drift``), active learning
+(``bench_data_active``) and the audit's cost (``bench_data_cost``). ``BENCH_DATA_PARTS`` (a
+comma-separated subset of ``PARTS``) runs only some.
 
-Writes ``reports/bench-data-<time>.json`` and the table between ``<!-- bench-data -->`` markers in
-docs/benchmarks.md. Seeded; about a minute on 2 cores.
+Writes ``reports/bench-data-<time>.json`` (every part run) and each part's table between its
+markers in docs/benchmarks.md (``<!-- bench-data -->``, ``<!-- bench-data-labels -->``, ...).
+Seeded. The near-duplicate rows take about a minute on 2 cores; all of it about 15 minutes the
+first time (the features, about 4 of them, are cached in ``reports/bench-data-features/``).
 """
 
 from __future__ import annotations
 
 import io
+import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -25,7 +32,10 @@ from datetime import UTC, datetime
 import numpy as np
 from PIL import Image
 
-from devkit.bench_train import publish
+from devkit import bench_data_active, bench_data_cost, bench_data_drift, bench_data_labels
+from devkit import bench_data_features as shared
+from devkit.bench_data_features import datasets
+from devkit.bench_train import publish, update_page
 from imgclf.data import neardup
 
 SEED = 1
@@ -53,27 +63,6 @@ def altered(pixels: np.ndarray, rng: np.random.Generator, crop: int = 0) -> byte
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=int(rng.integers(60, 91)))
     return buffer.getvalue()
-
-
-def datasets() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """(training images, test images) of each data set, grey, uint8."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    from imgclf.data import folders
-
-    digits = load_digits()
-    pixels = np.uint8(np.round(digits.images / 16.0 * 255.0))
-    train, test = train_test_split(
-        np.arange(len(pixels)), test_size=0.2, stratify=digits.target, random_state=42
-    )
-    found = {"digits": (pixels[train], pixels[test])}
-    fashion = folders._fashion_mnist_offline(folders.FASHION_MNIST_DIR)
-    if fashion is not None:
-        found["fashion-mnist"] = (fashion["train"][0][:10_000], fashion["test"][0])
-    else:
-        print("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist): skipped")
-    return found
 
 
 def measure(name: str, train: np.ndarray, test: np.ndarray, rng, crop: int) -> dict:
@@ -127,7 +116,16 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+#: the parts that use the model's features, their modules and doc markers
+PARTS = {
+    "labels": bench_data_labels,
+    "drift": bench_data_drift,
+    "active": bench_data_active,
+    "cost": bench_data_cost,
+}
+
+
+def near_duplicates() -> dict:
     rows = []
     for alteration, crop in ALTERATIONS.items():
         for name, pair in datasets().items():
@@ -144,21 +142,90 @@ def main() -> int:
             if cut["threshold"] == t
         )
     ]
-    report = {
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "seed": SEED,
+    return {
         "threshold": neardup.THRESHOLD,
         "lowest_safe_threshold": min(safe) if safe else None,
         "datasets": rows,
     }
-    publish("bench-data", report, table(report), ("<!-- bench-data -->", "<!-- /bench-data -->"))
-    if report["lowest_safe_threshold"] != neardup.THRESHOLD:
+
+
+def chosen_parts() -> list[str]:
+    wanted = os.environ.get("BENCH_DATA_PARTS") or ",".join(["neardup", *PARTS])
+    parts = [part.strip() for part in wanted.split(",") if part.strip()]
+    unknown = sorted(set(parts) - {"neardup", *PARTS})
+    if unknown:
+        raise SystemExit(
+            f"BENCH_DATA_PARTS: unknown {unknown}; known: neardup, {', '.join(PARTS)}"
+        )
+    return parts
+
+
+def feature_parts(parts: list[str], report: dict) -> None:
+    """Run the parts on model features; each one's table goes to its markers."""
+    if not any(part in PARTS for part in parts):
+        return
+    benches = shared.benches()
+    report["features"] = {
+        "model": f"{shared.BACKBONE}, ImageNet weights, {shared.SIZE} px, pooled (1,280)",
+        "images": {
+            name: {k: len(v) for k, v in b.features.items()} for name, b in benches.items()
+        },
+        "extracted_now": dict(shared.spent),
+    }
+    for part, module in PARTS.items():
+        if part not in parts:
+            continue
+        started = time.perf_counter()
+        report[part] = module.measure(benches)
+        report[part]["seconds"] = round(time.perf_counter() - started, 1)
+        text = module.table(report[part])
+        print(text)
+        markers = (f"<!-- bench-data-{part} -->", f"<!-- /bench-data-{part} -->")
+        if not update_page(text, markers):
+            print(f"docs/benchmarks.md has no {markers[0]} markers: its table is not written")
+
+
+def main() -> int:
+    parts = chosen_parts()
+    report = {
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seed": SEED,
+        "parts": parts,
+    }
+    feature_parts(parts, report)
+    if "neardup" in parts:
+        report.update(near_duplicates())
+        text = table(report)
+    else:
+        text = "(near-duplicate rows not run: BENCH_DATA_PARTS)"
+    # without the near-duplicate rows, markers no page holds: the JSON only
+    name = "bench-data" if "neardup" in parts else "bench-data-partial"
+    publish("bench-data", report, text, (f"<!-- {name} -->", f"<!-- /{name} -->"))
+    advise(report)
+    if "neardup" in parts and report["lowest_safe_threshold"] != neardup.THRESHOLD:
         print(
             f"neardup.THRESHOLD is {neardup.THRESHOLD}; the lowest threshold that flags at most "
             f"{MAX_FALSE_FLAGS:.0%} of clean images is {report['lowest_safe_threshold']}"
         )
         return 1
     return 0
+
+
+def advise(report: dict) -> None:
+    """Say where the measured best differs from the library's choice (not a failure: the
+    goals are reported, and the library's owners choose)."""
+    if "labels" in report:
+        best = report["labels"]["best"]
+        if best["best"] != report["labels"]["filter"]:
+            print(
+                f"label noise: {best['best']} comes closer to the goal than labelcheck.FILTER "
+                f"({report['labels']['filter']}): {best['by_rule']}"
+            )
+    if "drift" in report:
+        floor = report["drift"]["floors"]["best"]
+        used = report["drift"]["auc_floor"]
+        if floor != str(used):
+            print(f"drift: the best AUC floor measured is {floor}, not featuredrift's {used}")
 
 
 if __name__ == "__main__":
