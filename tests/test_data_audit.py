@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import shutil
 import zipfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -283,3 +284,17 @@ def test_a_scan_finds_wrong_labels_and_test_leaks_in_the_training_set(client, pr
     for path in copied:
         assert leaks.get(f"train/4/copied-{path.name}") == f"test/4/{path.name}", leaks
     assert len(issues) <= 0.03 * 1437 + 5, "few of the right labels are flagged"
+
+
+def test_a_label_check_left_running_by_a_process_that_died_is_reported_failed(tmp_path):
+    uploads_dir = tmp_path / "uploads"
+    batch = "20260101-000000-abcdef"
+    started = datetime.now(UTC) - timedelta(seconds=audit.STALE_S + 60)
+    check = {"state": "running", "model_version": "v0001", "computed_at": started.isoformat()}
+    audit.record_label_check(uploads_dir, batch, check)
+    found = audit.read(uploads_dir, batch)
+    assert found["state"] == "done" and "interrupted" in found["notes"][0], found
+    audit.record_label_check(
+        uploads_dir, batch, {**check, "computed_at": datetime.now(UTC).isoformat()}
+    )
+    assert audit.read(uploads_dir, batch)["state"] == "running", "a recent one still runs"

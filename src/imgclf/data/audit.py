@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,8 @@ from imgclf.data import folders, neardup
 from imgclf.files import write_json_atomic
 
 AUDIT_DIR = ".audit"
+#: A label check still ``running`` after this long was interrupted (see ``_settled``)
+STALE_S = 1800.0
 #: What the last scan found in the whole training set (``loop.scan``)
 TRAINING_FILE = "training.json"
 #: An upload's name (``uploads._write_batch``): a time stamp and a random suffix
@@ -168,7 +171,7 @@ def record_label_check(uploads_dir: Path, batch: str, check: dict) -> Path:
     record = json.loads(path.read_text()) if path.is_file() else None
     record = record or {"batch": batch, "leaks": [], "near_duplicates": []}
     record["label_check"] = check
-    (uploads_dir / AUDIT_DIR).mkdir(exist_ok=True)
+    (uploads_dir / AUDIT_DIR).mkdir(parents=True, exist_ok=True)
     return write_json_atomic(path, record)
 
 
@@ -191,7 +194,7 @@ def read(uploads_dir: Path, batch: str | None = None) -> dict | None:
         record = json.loads(path.read_text())
         leaks += record["leaks"]
         near += [row for row in record["near_duplicates"] if (kept / row["stored_as"]).is_file()]
-        check = record.get("label_check")
+        check = _settled(record.get("label_check"))
         if check:
             checks.append(check)
             issues += _present(record["batch"], check.get("issues", []), kept)
@@ -217,6 +220,24 @@ def read(uploads_dir: Path, batch: str | None = None) -> dict | None:
         "leaks": leaks,
         "near_duplicates": near,
     }
+
+
+def _settled(check: dict | None) -> dict | None:
+    """A label check, or one left ``running`` by a process that ended (an API worker killed
+    mid-check) reported as ``failed`` once it is older than ``STALE_S``."""
+    if not check or check.get("state") != "running":
+        return check
+    try:
+        started = datetime.fromisoformat(check["computed_at"])
+    except (KeyError, TypeError, ValueError):
+        return check
+    if (datetime.now(UTC) - started).total_seconds() < STALE_S:
+        return check
+    note = (
+        "the label check was interrupted (its process ended before it finished); "
+        "POST /data/issues/scan checks every upload again"
+    )
+    return {**check, "state": "failed", "note": note}
 
 
 def _training(uploads_dir: Path) -> dict | None:
