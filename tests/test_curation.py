@@ -355,7 +355,15 @@ def test_one_image_unknown_or_relabelled_badly_is_refused_and_nothing_changes(st
     before = snapshot(uploads_dir)
     row = rows_of(uploads_dir / names["a"])[0]
     place = row["stored_as"]
-    for wrong in ("uploads/nope/cat/0.png", f"uploads/{names['a']}/cat/none.png", "../x.png"):
+    (uploads_dir / "loose.png").write_bytes(png(998))  # reachable only through ".."
+    outside = [f"uploads/{names['a']}/../loose.png", f"uploads/{names['a']}/./{place[-5:]}"]
+    for wrong in (
+        "uploads/nope/cat/0.png",
+        f"uploads/{names['a']}/cat/none.png",
+        "../x.png",
+        *outside,
+        f"uploads/{names['a']}/{manifest.FILE}",
+    ):
         with pytest.raises(curation.NotFound):
             filecuration.delete_file(uploads_dir, wrong)
     with pytest.raises(curation.InvalidName):
@@ -367,4 +375,5 @@ def test_one_image_unknown_or_relabelled_badly_is_refused_and_nothing_changes(st
     with pytest.raises(curation.Conflict):
         filecuration.relabel_file(uploads_dir, place, "junk")
     twin.unlink()
+    (uploads_dir / "loose.png").unlink()
     assert snapshot(uploads_dir) == before

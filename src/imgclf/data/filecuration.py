@@ -23,12 +23,15 @@ def _place(uploads_dir: Path, stored_as: str) -> tuple[str, str, str]:
     """
     parts = stored_as.split("/")
     batch_names = {batch.name for batch in curation.batches(uploads_dir)}
+    known = len(parts) == 4 and parts[0] == "uploads" and parts[1] in batch_names
+    classes = {c.name for c in folders.class_folders(uploads_dir / parts[1])} if known else set()
     if (
-        len(parts) != 4
-        or parts[0] != "uploads"
-        or parts[1] not in batch_names
+        not known
+        or parts[2] not in classes  # never "..", a hidden folder or a path of the caller's
+        or parts[3].startswith(".")
         or not folders.is_image_name(parts[3])
         or not (uploads_dir / parts[1] / parts[2] / parts[3]).is_file()
+        or (uploads_dir / parts[1] / parts[2] / parts[3]).is_symlink()
     ):
         raise curation.NotFound(
             f"no uploaded image {stored_as!r} (expected uploads/<batch>/<class>/<file>, "
