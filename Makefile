@@ -125,7 +125,7 @@ bench-gate: setup ## simulate the promotion gate: false rejections and power by 
 bench-quality: setup ## accuracy on digits and Fashion-MNIST: CNN vs pretrained EfficientNet-Lite0
 	$(PY) -m devkit.bench_quality
 
-bench-data: setup ## the data audit: planted leaks and near-duplicates, label noise, drift on features, review queue, cost (~15 min; BENCH_DATA_PARTS=labels,drift for some)
+bench-data: setup ## the data audit: planted leaks and near-duplicates, label noise, drift on features, review queue, cost (30-40 min on 2 shared cores; BENCH_DATA_PARTS=neardup,labels,drift,active,cost for some)
 	$(PY) -m devkit.bench_data
 
 bench-trust: model ## what the unknown answer and ?explain=true cost a prediction, in process

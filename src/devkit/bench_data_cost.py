@@ -56,7 +56,7 @@ def one(bench: Bench, train_images: np.ndarray) -> dict:
     pool, labels, features = bench.pool_x, bench.pool_y, bench.features["pool"]
     upload = min(UPLOAD, len(pool) // 2)
     _, build_s = timed(model, pool.shape[1])
-    extract(pool[:8])  # compiled once, as a served model is
+    extract(pool[:upload])  # compiled for these batch shapes once, as a served model is
     _, features_s = timed(extract, pool[:upload])
     reference = slice(upload, upload + labelcheck.MAX_REFERENCE)
     _, check_s = timed(
