@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -100,12 +102,15 @@ def test_register_and_decide_gates_registers_and_promotes(project):
     models_dir = project.models_dir
     dataset = training.load_dataset(project.data_dir, 16, "grayscale")
     model = network.load_model(registry.model_path(models_dir, "v0001"))
-    metrics, probabilities = training.evaluate(model, dataset.test)
+    scored = promotion.score(model, dataset.test)  # the candidate's one pass
+    metrics, probabilities = scored.metrics, scored.probabilities
+    assert metrics == training.evaluate(model, dataset.test)[0], "the same figures as Keras'"
+    assert scored.features.shape[0] == len(dataset.test)
     record = training.TrainingRecord({}, {}, "grayscale", parent_version="v0001")
 
     thresholds = gate.GateThresholds()
     same, current_metrics = promotion.register_and_decide(
-        models_dir, model, dataset, metrics, record, thresholds
+        models_dir, model, dataset, scored, record, thresholds
     )
     assert same.promoted and same.state is JobState.PROMOTED
     assert same.decision.verdict == "not-worse" and "no class shown worse" in same.decision.reason
@@ -121,21 +126,22 @@ def test_register_and_decide_gates_registers_and_promotes(project):
     worse = evaluation.classification_metrics(
         dataset.test.labels, np.eye(10)[answers], dataset.class_names
     )
+    confused = replace(scored, metrics=worse, probabilities=np.eye(10)[answers])
     rejected, _ = promotion.register_and_decide(
-        models_dir, model, dataset, worse, record, thresholds, candidate_answers=answers
+        models_dir, model, dataset, confused, record, thresholds
     )
     assert rejected.state is JobState.REJECTED and registry.current_version(models_dir) == "v0002"
     assert list(rejected.decision.blocked) == ["3"] and "'3': recall" in rejected.decision.reason
     assert registry.metadata(models_dir, rejected.version)["gate"]["promote"] is False
 
     forced, _ = promotion.register_and_decide(
-        models_dir, model, dataset, worse, record, thresholds, policy="always"
+        models_dir, model, dataset, confused, record, thresholds, policy="always"
     )
     assert forced.promoted and "promote='always'" in forced.decision.reason
     assert promotion.Outcome.from_dict(forced.as_dict()) == forced
     with pytest.raises(ValueError, match="promote="):
         promotion.register_and_decide(
-            models_dir, model, dataset, metrics, record, thresholds, policy="maybe"
+            models_dir, model, dataset, scored, record, thresholds, policy="maybe"
         )
     with pytest.raises(ValueError, match="outcome"):
         promotion.Outcome.from_dict({"version": "v1"})

@@ -67,7 +67,7 @@ def test_the_gate_refuses_a_candidate_whose_calibration_or_unknown_answer_is_cle
     models_dir = project.models_dir
     dataset = training.load_dataset(project.data_dir, 16, "grayscale")
     model = network.load_model(registry.model_path(models_dir, "v0001"))
-    metrics, _ = training.evaluate(model, dataset.test)
+    scored = promotion.score(model, dataset.test)
 
     def decide(**changes):
         record = training.TrainingRecord(
@@ -75,7 +75,7 @@ def test_the_gate_refuses_a_candidate_whose_calibration_or_unknown_answer_is_cle
         )
         thresholds = gate.GateThresholds()
         return promotion.register_and_decide(
-            models_dir, model, dataset, metrics, record, thresholds
+            models_dir, model, dataset, scored, record, thresholds
         )[0]
 
     same = decide()  # the same model and trust: no image differs, nothing to block

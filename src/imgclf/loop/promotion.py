@@ -7,7 +7,7 @@ The one place where that decision is made: the train and retrain notebooks call
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -89,62 +89,97 @@ def show_decision(outcome: Outcome, metrics: dict[str, dict | None], candidate: 
     ]
 
 
-def score_current(
-    models_dir: Path, dataset: training.Dataset
-) -> tuple[str | None, dict | None, np.ndarray | None]:
-    """Score the current model on the candidate's test set.
+@dataclass(frozen=True)
+class Scored:
+    """One model's single pass over the test images, all that the metrics and the trust checks
+    need: the metrics, the uncalibrated probabilities (padded to the data set's classes) and
+    the pooled features (``score``; the gate scores each model once)."""
+
+    metrics: dict
+    probabilities: np.ndarray
+    features: np.ndarray
+    #: what computed them (the JAX forward pass, the same for both models)
+    predictor: object = field(default=None, compare=False, repr=False)
+
+
+def score(model, split) -> Scored:
+    """A trained candidate's pass over ``split`` (the notebooks' one evaluation), by the same
+    JAX forward pass as the current model's (``score_current``): a paired comparison compares
+    the models, not two ways of computing them."""
+    from imgclf.model.prediction import Predictor
+
+    predictor = Predictor("candidate", {}, model)
+    features, outputs = predictor.outputs(split.images)
+    metrics, probabilities = training.evaluate(model, split, predict=lambda _: outputs)
+    return Scored(metrics, probabilities, features, predictor)
+
+
+def score_current(models_dir: Path, dataset: training.Dataset) -> tuple:
+    """Score the current model on the candidate's test set, in one pass.
 
     Returns:
-        ``(version, metrics, answers)``: metrics and the answer (class index) for each test
-        image are None when there is no current model, or when its classes are not the first
+        ``(version, scored, predictor)``: ``scored`` (``Scored``) and the loaded ``predictor``
+        are None when there is no current model, or when its classes are not the first
         classes of the data set (then the two cannot be compared on the same labels). A
         current model that lacks classes the data brought scores zero on them (see
         ``training.evaluate``).
     """
+    from imgclf.model.prediction import Predictor
+
     version = registry.current_version(models_dir)
     if version is None:
         return None, None, None
     classes = registry.metadata(models_dir, version)["class_names"]
     if dataset.class_names[: len(classes)] != classes:
         return version, None, None
-    current_model = network.load_model(registry.model_path(models_dir, version))
-    metrics, probabilities = training.evaluate(current_model, dataset.test)
-    return version, metrics, probabilities.argmax(axis=1)
+    # by JAX: the candidate is not registered yet, and a paired comparison compares the
+    # models, not the runtimes
+    predictor = Predictor.load(models_dir, version, runtime="jax")
+    features, outputs = predictor.outputs(dataset.test.images)
+    metrics, probabilities = training.evaluate(None, dataset.test, predict=lambda _: outputs)
+    return version, Scored(metrics, probabilities, features, predictor), predictor
 
 
-def trust_answers(models_dir: Path, current: str | None, model, dataset, record) -> tuple | None:
+def trust_answers(current: tuple, candidate: Scored, model, dataset, record) -> tuple | None:
     """``(candidate, current)`` ``trustcheck.Answers`` on the test images of the classes the
-    current model knows and on unlike images (``ood.sets``: noise, shuffled tiles, photos);
-    None when either model has no calibration (trained before it existed)."""
+    current model knows (from each model's one pass, ``Scored``) and on unlike images
+    (``ood.sets``: noise, shuffled tiles, photos); ``current``: ``(predictor, Scored)``. None
+    when either model has no calibration (trained before it existed)."""
     from imgclf.model import ood
     from imgclf.model.prediction import Predictor
 
-    if current is None or record.trust is None:
+    predictor, current_scored = current
+    known = predictor.metadata
+    if record.trust is None or "calibration" not in known:
         return None
-    known = registry.metadata(models_dir, current)
-    if "calibration" not in known:
-        return None
-    keep = np.asarray(dataset.test.labels) < len(known["class_names"])
+    classes = len(known["class_names"])
+    labels = np.asarray(dataset.test.labels)
+    keep = labels < classes
     if not keep.any():
         return None
-    images = as_inputs(np.asarray(dataset.test.images)[keep])
-    labels = np.asarray(dataset.test.labels)[keep]
     found = ood.sets(
-        images,
+        as_inputs(np.asarray(dataset.test.images)[keep]),
         tuple(known["image_size"]),
         known["color_mode"],
         known["class_names"],
         other_data=False,
     )
     unlike = np.concatenate([found[name] for name in sorted(found)]).astype(np.float32)
-    candidate = Predictor("candidate", {"calibration": record.trust.calibration}, model)
-    candidate.novelty = record.trust.novelty
-    return tuple(
-        trustcheck.answers(predictor, images, labels, unlike)
-        # both by JAX: the candidate is not registered yet, and a paired comparison compares
-        # the models, not the runtimes
-        for predictor in (candidate, Predictor.load(models_dir, current, runtime="jax"))
+    judged = candidate.predictor or Predictor("candidate", {}, model)
+    judged.temperature = float(record.trust.calibration.get("temperature", 1.0))
+    judged.novelty = record.trust.novelty
+    passes = (
+        (judged, candidate.features, candidate.probabilities),
+        (predictor, current_scored.features, current_scored.probabilities[:, :classes]),
     )
+    answers = []
+    for each, features, outputs in passes:
+        probabilities, unknown, _ = each.answers_from(features[keep], outputs[keep])
+        unlike_unknown = each.answers_from(*each.outputs(unlike))[1]
+        answers.append(
+            trustcheck.answers_from(probabilities, unknown, labels[keep], unlike_unknown)
+        )
+    return tuple(answers)
 
 
 def _decide(
@@ -170,16 +205,14 @@ def _decide(
     return decision
 
 
-def _pair(model, dataset: training.Dataset, candidate_answers, current_answers):
+def _pair(dataset: training.Dataset, candidate: Scored, current: Scored | None):
     """Both models' answers on the test set, with its fingerprint (None without a current)."""
-    if current_answers is None:
+    if current is None:
         return None
-    if candidate_answers is None:
-        candidate_answers = training.evaluate(model, dataset.test)[1].argmax(axis=1)
     return evidence.Paired(
         dataset.test.labels,
-        candidate_answers,
-        current_answers,
+        candidate.probabilities.argmax(axis=1),
+        current.probabilities.argmax(axis=1),
         dataset.class_names,
         training.test_fingerprint(dataset),
     )
@@ -200,11 +233,10 @@ def register_and_decide(
     models_dir: Path,
     model,
     dataset: training.Dataset,
-    candidate_metrics: dict,
+    candidate: Scored,
     record: training.TrainingRecord,
     thresholds: gate.GateThresholds,
     policy: str = "if-not-worse",
-    candidate_answers: np.ndarray | None = None,
     version: str | None = None,
     pointer=None,
 ) -> tuple[Outcome, dict | None]:
@@ -215,8 +247,8 @@ def register_and_decide(
     checks are the gate's (``gate.gate``) against ``thresholds``.
 
     Args:
-        candidate_answers: the candidate's class index for each test image (default: computed
-            again from the model).
+        candidate: the candidate's one pass over the test set (``score``): its metrics, answers
+            and features; the current model is scored once too (``score_current``).
         version: reserved by the registering run (``loop.registering``), which makes it
             current afterwards (the outcome is then ``pending``).
         pointer: else the database's model pointer (``store.pointer.ModelPointer``) to number
@@ -232,14 +264,17 @@ def register_and_decide(
     """
     if policy not in POLICIES:
         raise ValueError(f"promote={policy!r}: expected one of {', '.join(POLICIES)}")
-    current, current_metrics, current_answers = score_current(models_dir, dataset)
-    paired = _pair(model, dataset, candidate_answers, current_answers)
-    trust = trust_answers(models_dir, current, model, dataset, record) if paired else None
+    current, current_scored, predictor = score_current(models_dir, dataset)
+    paired = _pair(dataset, candidate, current_scored)
+    trust = None
+    if paired is not None:
+        trust = trust_answers((predictor, current_scored), candidate, model, dataset, record)
+    current_metrics = current_scored.metrics if current_scored else None
     decision = _decide(
-        candidate_metrics, current, current_metrics, paired, policy, thresholds, trust
+        candidate.metrics, current, current_metrics, paired, policy, thresholds, trust
     )
     extra = {"gate": decision.as_dict(), **_evidence(current, paired, trust)}
-    registration = (models_dir, model, dataset, candidate_metrics, record, extra)
+    registration = (models_dir, model, dataset, candidate.metrics, record, extra)
     return _register(registration, decision, current, policy, version, pointer), current_metrics
 
 

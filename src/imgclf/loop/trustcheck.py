@@ -78,6 +78,12 @@ def answers(predictor, images: np.ndarray, labels: np.ndarray, unlike: np.ndarra
     test images of the compared classes and on the unlike images."""
     probabilities, unknown = _answer(predictor, images)
     _, unlike_unknown = _answer(predictor, unlike)
+    return answers_from(probabilities, unknown, labels, unlike_unknown)
+
+
+def answers_from(probabilities, unknown, labels, unlike_unknown) -> Answers:
+    """``Answers`` from a model's calibrated ``probabilities`` and ``unknown`` flags on the test
+    images (computed once for the metrics too: ``loop.promotion``) and on the unlike ones."""
     return Answers(
         probabilities.max(axis=1),
         probabilities.argmax(axis=1) == np.asarray(labels),

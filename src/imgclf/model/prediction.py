@@ -199,7 +199,10 @@ class Predictor:
         Computed by ``runtime``; for JAX, batches are padded to a power of two so that only a
         few shapes are ever compiled.
         """
-        features, outputs = self._outputs(images)
+        return self.answers_from(*self._outputs(images))
+
+    def answers_from(self, features: np.ndarray, outputs: np.ndarray) -> tuple:
+        """``answers`` of images whose ``outputs`` (``(features, uncalibrated)``) are known."""
         probabilities = calibration.scale(outputs, self.temperature)
         if self.novelty is None:
             return probabilities, None, None
@@ -224,27 +227,27 @@ class Predictor:
         outputs.block_until_ready()
         return np.asarray(features)[:count], np.asarray(outputs)[:count]
 
-    def uncalibrated(self, images, batch_size: int = 64) -> np.ndarray:
-        """The model's own probabilities (no temperature) of images (uint8 or floats in [0, 1];
-        a memory map is read batch by batch), computed by ``runtime``: batch evaluation."""
+    def outputs(self, images, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """``(features, uncalibrated probabilities)`` of images (uint8 or floats in [0, 1]; a
+        memory map is read batch by batch) in one pass, computed by ``runtime``: everything a
+        batch evaluation needs (the gate scores a model once: ``loop.promotion``)."""
         from imgclf.model.batches import as_inputs
 
-        rows = [
-            self._outputs(as_inputs(np.asarray(images[start : start + batch_size])))[1]
+        parts = [
+            self._outputs(as_inputs(np.asarray(images[start : start + batch_size])))
             for start in range(0, len(images), batch_size)
         ]
-        return np.concatenate(rows) if rows else np.zeros((0, len(self.class_names)), np.float32)
+        if not parts:
+            return np.zeros((0, 0), np.float32), np.zeros((0, len(self.class_names)), np.float32)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def uncalibrated(self, images, batch_size: int = 64) -> np.ndarray:
+        """The model's own probabilities (no temperature) of images (``outputs``)."""
+        return self.outputs(images, batch_size)[1]
 
     def features(self, images, batch_size: int = 64) -> np.ndarray:
-        """The pooled features (the unknown answer's; a backbone's for a backbone model) of
-        images (uint8 or floats in [0, 1]), batch by batch, computed by ``runtime``."""
-        from imgclf.model.batches import as_inputs
-
-        rows = [
-            self._outputs(as_inputs(np.asarray(images[start : start + batch_size])))[0]
-            for start in range(0, len(images), batch_size)
-        ]
-        return np.concatenate(rows)
+        """The pooled features (the unknown answer's; a backbone's) of images (``outputs``)."""
+        return self.outputs(images, batch_size)[0]
 
     def predict_images(self, images: np.ndarray) -> np.ndarray:
         """Return the calibrated probabilities for preprocessed images ``(n, h, w, c)``."""
