@@ -17,7 +17,7 @@ import pytest
 from conftest import api_client, png, running_worker, wait_for
 from PIL import Image
 
-from imgclf.data import audit, neardup, uploads
+from imgclf.data import audit, manifest, neardup, uploads
 
 TOKEN = "audit-test-token-7a2e"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -105,6 +105,10 @@ def test_training_images_uploaded_again_are_not_leaks_but_near_duplicates_and_co
     assert conflicts == {Path(name).name for name in wrong} & set(near)
     issues = client.get("/data/issues", headers=AUTH).get_json()
     assert {row["file"] for row in issues["near_duplicates"]} == set(near)
+    # none of them is stored in the test share, where it would judge a model on its twin
+    rows = manifest.read(project.data_dir / "uploads" / result["batch"])
+    shares = {row["file"]: row["split"] for row in rows}
+    assert {shares[name] for name in near} == {"train"}, shares
     said = audit.summary(project.data_dir / "uploads")  # what the retrain's report shows
     assert f"{len(near)} near-duplicates" in said and f"{len(conflicts)} of them" in said
 
@@ -268,12 +272,23 @@ def test_a_scan_finds_wrong_labels_and_test_leaks_in_the_training_set(client, pr
     assert client.post("/data/issues/scan").status_code == 401
     assert client.get("/data/issues", headers=AUTH).get_json()["state"] == "running"
     with running_worker(project, tmp_path):
+        ended = wait_for(
+            lambda: (
+                (j := client.get(f"/retrain/{job['id']}").get_json())["state"] != "queued"
+                and j["state"] != "running"
+                and j
+            ),
+            180,
+            "the scan job",
+        )
 
         def scanned():
             found = client.get("/data/issues", headers=AUTH).get_json()
             return found if found["state"] == "done" else None
 
         found = wait_for(scanned, 180, "the scan")
+    assert ended["state"] == "done" and ended["error"] is None, ended
+    assert ended["result"]["training_leaks"] >= 3, ended["result"]
     issues = {row["stored_as"]: row for row in found["label_issues"]}
     caught = [f"train/7/moved-{path.name}" for path in moved]
     suggested = [issues[place]["suggested_label"] for place in caught if place in issues]

@@ -8,6 +8,8 @@ of training images or of each other, found before anything is stored.
   share) is stored, and listed with the image it copies; when their labels differ it is a
   **label conflict** (``conflict``: the same picture under two names), the cheapest label
   issue to see.
+- A near-duplicate of a training image is given the **training** share (in the test share it
+  would judge a candidate on its twin), and so are its copies in the upload.
 - Near-duplicates **within** one upload are given the same share (train or test) as the first
   of them, so that an upload cannot leak into itself.
 

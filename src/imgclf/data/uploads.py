@@ -385,9 +385,20 @@ def _store_fresh(uploads_dir, index, fresh, report, test_share, min_test) -> Non
             test_share,
             min_test,
         )
-        for later, earlier in found.within.items():  # one picture, one share
+        # a near-copy of a training image trains (it would judge a candidate on its twin), and
+        # so do its copies inside the upload; other copies inside it share one split
+        trains = {
+            digest
+            for digest, twin in found.near_duplicates.items()
+            if not twin["duplicate_of"].startswith("this upload:")
+        }
+        for later, earlier in found.within.items():
+            if later in trains or earlier in trains:
+                trains |= {later, earlier}
+        for later, earlier in found.within.items():
             if later in splits and earlier in splits:
                 splits[later] = splits[earlier]
+        splits.update({digest: "train" for digest in trains if digest in splits})
         _write_batch(uploads_dir, batch, fresh, splits, report)
         report.batch = batch
         stored = {row["sha256"]: row for row in report.accepted}

@@ -126,7 +126,7 @@ def run_job(store: Store, job: dict, settings: Settings) -> JobState:
     else:
         state = JobState.FAILED
         error = result.get("error") or f"the scan exited with {child.returncode}: {tail[-1:]}"
-    jobs.finish(store, job["id"], state, result, error, log_tail=tail)
+    jobs.finish(store, job["id"], state, result, error, log_tail="\n".join(tail) + "\n")
     return state
 
 
