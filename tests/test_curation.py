@@ -370,6 +370,17 @@ def test_one_image_unknown_or_relabelled_badly_is_refused_and_nothing_changes(st
         filecuration.relabel_file(uploads_dir, place, "a b/c")
     with pytest.raises(curation.InvalidName):
         filecuration.relabel_file(uploads_dir, place, row["label"])
+    with pytest.raises(curation.NotFound):  # a name the file system refuses: not a 500
+        filecuration.delete_file(uploads_dir, f"uploads/{names['a']}/cat/{'a' * 300}.png")
+    with pytest.raises(curation.InvalidName):  # a class every reader of the data skips
+        filecuration.relabel_file(uploads_dir, place, "Thumbs.db")
+    outside = data_dir.parent / "outside"
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(png(997))
+    (uploads_dir / names["a"] / "evil").symlink_to(outside)  # a linked class folder
+    with pytest.raises(curation.NotFound):
+        filecuration.relabel_file(uploads_dir, f"uploads/{names['a']}/evil/secret.png", "cat")
+    (uploads_dir / names["a"] / "evil").unlink()
     twin = uploads_dir / names["a"] / "junk" / place.rsplit("/", 1)[1]
     twin.write_bytes(png(999))  # another image of the same name in the target class
     with pytest.raises(curation.Conflict):

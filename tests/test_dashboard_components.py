@@ -372,7 +372,7 @@ def test_the_issues_list_each_upload_with_its_thumbnail_and_leaks_read_only():
     [outlier] = view.outliers.objects
     assert set(buttons(outlier)) == {"Relabel", "Delete"}  # no suggestion to accept
     [conflict] = view.conflicts.objects  # the near-duplicate under the same label is no issue
-    assert "Accept '6'" in buttons(conflict) and "`train/6/y.png`" in conflict[1].object
+    assert "Accept '6'" in buttons(conflict) and "<code>train/6/y.png</code>" in conflict[1].object
     assert view.training.value.to_dict("records") == [
         {"image": "train/7/d1.png", "label": "7", "suggested label": "1", "score": 0.1}
     ]
@@ -421,7 +421,7 @@ def test_an_outlier_is_relabelled_to_the_chosen_class_or_deleted_and_a_409_shows
     assert view.notices.alert.visible and "retrain job abc" in view.notices.alert.object
     assert client.calls.count("data_issues") == 1  # refused: nothing to reload
     buttons(outlier)["Delete"].clicks += 1
-    assert view.confirmation.text.object.startswith("Delete `noise.png` (batch `b1`")
+    assert view.confirmation.text.object.startswith("Delete <code>noise.png</code> (batch <code>b1</code>")
     view.confirmation.button.clicks += 1
     assert ("delete_upload_file", "uploads/b1/8/9e1c.png") in client.arguments
 
@@ -465,3 +465,15 @@ def test_a_scan_while_one_runs_follows_that_one_and_a_refusal_shows_in_the_banne
     client.answers["data_issues"] = {**ISSUES, "state": "running", "scan": running}
     view.refresh()
     assert view.state.scan_id == "s2" and "is **running**" in view.summary.object
+
+
+def test_a_hostile_upload_name_is_shown_as_text_not_markup():
+    from dashboard.components.issues import code, shown
+
+    name = "a`<img src=x onerror=alert(1)>`*b*.png"
+    for made in (shown(name), code(name)):
+        assert "<img" not in made and "`" not in made and "*" not in made, made
+    from markdown_it import MarkdownIt  # Panel's Markdown renderer, HTML allowed
+
+    rendered = MarkdownIt("commonmark").render(code(name))
+    assert "<img" not in rendered and "&lt;img" in rendered, rendered

@@ -313,3 +313,19 @@ def test_a_label_check_left_running_by_a_process_that_died_is_reported_failed(tm
         uploads_dir, batch, {**check, "computed_at": datetime.now(UTC).isoformat()}
     )
     assert audit.read(uploads_dir, batch)["state"] == "running", "a recent one still runs"
+
+
+def test_the_label_checks_sample_of_training_images_takes_a_class_of_one_image(
+    tmp_path, monkeypatch
+):
+    """Stratified sampling refuses a class of one image: the sample must not fail on it."""
+    from imgclf.loop import labelcheck
+
+    for label, count in (("a", 6), ("b", 6), ("c", 1)):
+        folder = tmp_path / "train" / label
+        folder.mkdir(parents=True)
+        for i in range(count):
+            (folder / f"{i}.png").write_bytes(png(i + 10 * ord(label)))
+    monkeypatch.setattr(labelcheck, "MAX_REFERENCE", 8)
+    paths, labels = labelcheck._reference(tmp_path, exclude="none")
+    assert len(paths) == len(labels) == 8

@@ -10,6 +10,7 @@ listed read-only: the API curates uploads only.
 from __future__ import annotations
 
 import base64
+import html
 from collections.abc import Callable
 
 import pandas as pd
@@ -64,8 +65,19 @@ def summary_text(found: dict) -> str:
         f"{len(found['label_issues'])} label issue(s), {len(found['outliers'])} outlier(s), "
         f"{conflicts} near-duplicate(s) under another label, {len(found['leaks'])} leak(s)."
     )
-    notes = "".join(f"  \n_{note}_" for note in found.get("notes") or [])
+    notes = "".join(f"  \n_{shown(note)}_" for note in found.get("notes") or [])
     return f"{head} {counts}{notes}"
+
+
+def shown(text) -> str:
+    """Text from the data (an uploaded file's name is anyone's choice) made inert in Markdown:
+    HTML escaped, and no backtick, star or underscore to open a span."""
+    escaped = html.escape(str(text), quote=False)
+    return "".join(f"&#{ord(c)};" if c in "`*_[]\\" else c for c in escaped)
+
+
+def code(text) -> str:
+    return f"<code>{shown(text)}</code>"
 
 
 def scan_text(job: dict | None) -> str:
@@ -74,7 +86,7 @@ def scan_text(job: dict | None) -> str:
     stage = (job.get("progress") or {}).get("stage")
     text = f"Scan `{job['id']}`: **{job['state']}**" + (f" · {stage}" if stage else "")
     if job.get("error"):
-        text += f" · {job['error']}"
+        text += f" · {shown(job['error'])}"
     return text
 
 
@@ -147,7 +159,9 @@ class IssuesView(Component):
         trained = [row for row in found["label_issues"] if not row.get("batch")]
         self.label_issues.objects = self._rows(
             sorted(uploaded, key=lambda row: row["score"]),
-            lambda row: f"suggested **{row['suggested_label']}** · score {row['score']:.3f}",
+            lambda row: (
+                f"suggested **{shown(row['suggested_label'])}** · score {row['score']:.3f}"
+            ),
             lambda row: row["suggested_label"],
         )
         self.outliers.objects = self._rows(
@@ -159,7 +173,7 @@ class IssuesView(Component):
         self.conflicts.objects = self._rows(
             conflicts,
             lambda row: (
-                f"copies `{row['duplicate_of']}` labelled **{row['duplicate_label']}** "
+                f"copies {code(row['duplicate_of'])} labelled **{shown(row['duplicate_label'])}** "
                 f"(similarity {row['similarity']:.3f})"
             ),
             lambda row: row.get("duplicate_label"),
@@ -179,7 +193,8 @@ class IssuesView(Component):
     def issue_row(self, row: dict, detail: str, suggestion: str | None) -> pn.Row:
         """One uploaded image: thumbnail, name, batch, given label, what is wrong, actions."""
         text = pn.pane.Markdown(
-            f"`{row['file']}` · batch `{row['batch']}`  \ngiven **{row['label']}** · {detail}",
+            f"{code(row['file'])} · batch {code(row['batch'])}  \n"
+            f"given **{shown(row['label'])}** · {detail}",
             width=330,
         )
         others = sorted({*self.classes, row["label"], suggestion or row["label"]})
@@ -219,14 +234,15 @@ class IssuesView(Component):
             return
         because = f" ({why})" if why else ""
         self.confirmation.ask(
-            f"Relabel `{row['file']}` (batch `{row['batch']}`) from **{row['label']}** to "
-            f"**{label}**{because}?",
+            f"Relabel {code(row['file'])} (batch {code(row['batch'])}) from "
+            f"**{shown(row['label'])}** to **{shown(label)}**{because}?",
             lambda: self.client.relabel_upload_file(row["stored_as"], label),
         )
 
     def ask_delete(self, row: dict) -> None:
         self.confirmation.ask(
-            f"Delete `{row['file']}` (batch `{row['batch']}`, labelled **{row['label']}**) "
+            f"Delete {code(row['file'])} (batch {code(row['batch'])}, labelled "
+            f"**{shown(row['label'])}**) "
             "from the uploads?",
             lambda: self.client.delete_upload_file(row["stored_as"]),
         )

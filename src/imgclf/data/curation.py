@@ -66,7 +66,11 @@ def batches(uploads_dir: Path) -> list[Path]:
     """The upload batches (hidden work folders excluded), sorted by name."""
     if not uploads_dir.is_dir():
         return []
-    return sorted(p for p in uploads_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(
+        p
+        for p in uploads_dir.iterdir()
+        if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
+    )
 
 
 def _image_names(folder: Path) -> list[str]:

@@ -24,20 +24,30 @@ def _place(uploads_dir: Path, stored_as: str) -> tuple[str, str, str]:
     parts = stored_as.split("/")
     batch_names = {batch.name for batch in curation.batches(uploads_dir)}
     known = len(parts) == 4 and parts[0] == "uploads" and parts[1] in batch_names
-    classes = {c.name for c in folders.class_folders(uploads_dir / parts[1])} if known else set()
+    classes = set()
+    if known:  # never "..", a hidden folder, a link or a path of the caller's
+        found = folders.class_folders(uploads_dir / parts[1])
+        classes = {folder.name for folder in found if not folder.is_symlink()}
     if (
         not known
-        or parts[2] not in classes  # never "..", a hidden folder or a path of the caller's
+        or parts[2] not in classes
         or parts[3].startswith(".")
         or not folders.is_image_name(parts[3])
-        or not (uploads_dir / parts[1] / parts[2] / parts[3]).is_file()
-        or (uploads_dir / parts[1] / parts[2] / parts[3]).is_symlink()
+        or not _plain_file(uploads_dir / parts[1] / parts[2] / parts[3])
     ):
         raise curation.NotFound(
             f"no uploaded image {stored_as!r} (expected uploads/<batch>/<class>/<file>, "
             "as GET /data/issues or the batch's manifest names it)"
         )
     return parts[1], parts[2], parts[3]
+
+
+def _plain_file(path: Path) -> bool:
+    """A regular file, not a link (False for a name the file system refuses: too long)."""
+    try:
+        return path.is_file() and not path.is_symlink()
+    except OSError:
+        return False
 
 
 def _builder(label: str, name: str, new_label: str | None) -> curation.Builder:
@@ -55,7 +65,11 @@ def _builder(label: str, name: str, new_label: str | None) -> curation.Builder:
                 continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.copytree(
-                    entry, target / entry.name, ignore=skip, copy_function=curation.link
+                    entry,
+                    target / entry.name,
+                    symlinks=True,
+                    ignore=skip,
+                    copy_function=curation.link,
                 )
             else:
                 curation.link(str(entry), str(target / entry.name))

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from imgclf.config import IGNORED_FILE_NAMES
+
 #: Class names: letters, digits, space, ``_ - .``, starting with a letter or digit, never two
 #: dots in a row (so never ``..``). The API's OpenAPI document states the same pattern.
 LABEL_PATTERN = re.compile(r"^[A-Za-z0-9](\.?[A-Za-z0-9 _-])*\.?$")
@@ -45,4 +47,6 @@ def validate_label(label: str | None) -> str:
         raise UploadError(f"label is {len(label)} characters long; at most {MAX_LABEL_LENGTH}")
     if not LABEL_PATTERN.match(label):
         raise UploadError(f"label {label!r} is not allowed: {LABEL_RULE}")
+    if label.lower() in IGNORED_FILE_NAMES:  # a folder every reader of the data skips
+        raise UploadError(f"label {label!r} is not allowed: it names a file that is ignored")
     return label

@@ -61,8 +61,12 @@ def _reference(data_dir: Path, exclude: str, seed: int = 0) -> tuple[list[Path],
     if len(paths) > MAX_REFERENCE:
         from sklearn.model_selection import train_test_split
 
+        alone = min(labels.count(name) for name in set(labels)) < 2  # cannot be stratified
         kept, _ = train_test_split(
-            np.arange(len(paths)), train_size=MAX_REFERENCE, stratify=labels, random_state=seed
+            np.arange(len(paths)),
+            train_size=MAX_REFERENCE,
+            stratify=None if alone else labels,
+            random_state=seed,
         )
         kept = sorted(kept)
         paths, labels = [paths[i] for i in kept], [labels[i] for i in kept]

@@ -53,7 +53,10 @@ def uploaded_image(uploads_dir: Path, stored_as: str) -> Path | None:
     if folder is None or name.startswith(".") or "\x00" in name or "\\" in name:
         return None
     path = folder / name
-    if not folders.is_image_name(name) or path.is_symlink() or not path.is_file():
+    try:
+        if not folders.is_image_name(name) or path.is_symlink() or not path.is_file():
+            return None
+    except OSError:  # a name the file system refuses (too long): no such image
         return None
     return path
 
