@@ -421,7 +421,8 @@ def test_an_outlier_is_relabelled_to_the_chosen_class_or_deleted_and_a_409_shows
     assert view.notices.alert.visible and "retrain job abc" in view.notices.alert.object
     assert client.calls.count("data_issues") == 1  # refused: nothing to reload
     buttons(outlier)["Delete"].clicks += 1
-    assert view.confirmation.text.object.startswith("Delete <code>noise.png</code> (batch <code>b1</code>")
+    asked = view.confirmation.text.object
+    assert asked.startswith("Delete <code>noise.png</code> (batch <code>b1</code>")
     view.confirmation.button.clicks += 1
     assert ("delete_upload_file", "uploads/b1/8/9e1c.png") in client.arguments
 
