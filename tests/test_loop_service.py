@@ -147,6 +147,8 @@ def test_a_new_class_is_served_only_once_tested_and_feedback_becomes_training_da
     assert rejected["state"] == "rejected", rejected
     assert "'probe' needs 5 more" in rejected["result"]["reason"]
     assert "probe" in rejected["result"]["blocked"]
+    audited = rejected["result"]["data_audit"]  # what the audit found in the data it trained on
+    assert audited["leaks_held_out"] == 0 and {"label_issues", "outliers"} <= set(audited)
     assert registry.current_version(project.models_dir) == "v0001"
 
     more = upload(client, "probe", [noise_png(seed) for seed in range(1, 13)])

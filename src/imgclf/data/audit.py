@@ -252,28 +252,48 @@ def _present(batch: str, rows: list[dict], kept: Path) -> list[dict]:
     return [{"batch": batch, **row} for row in rows if (kept / row["stored_as"]).is_file()]
 
 
-def summary(uploads_dir: Path) -> str:
-    """What the audit of the data found, in a few sentences, for the retrain's report."""
+def counts(uploads_dir: Path) -> dict:
+    """What the audit of the data found, in numbers (a retrain's summary and job result)."""
     found = read(uploads_dir)
     leaks, near = found["leaks"], found["near_duplicates"]
-    conflicts = sum(1 for row in near if row.get("conflict"))
-    held_out = [row for row in leaks if not row.get("stored_as")]
+    held_out = sum(1 for row in leaks if not row.get("stored_as"))
+    return {
+        "leaks_held_out": held_out,
+        "training_leaks": len(leaks) - held_out,
+        "near_duplicates": len(near),
+        "label_conflicts": sum(1 for row in near if row.get("conflict")),
+        "label_issues": len(found["label_issues"]),
+        "outliers": len(found["outliers"]),
+        "check_running": found["state"] == "running",
+        "model_version": found["model_version"],
+    }
+
+
+def summary(uploads_dir: Path) -> str:
+    """What the audit of the data found, in a few sentences, for the retrain's report."""
+    found = counts(uploads_dir)
     said = []
-    if not leaks and not near:
+    if not found["leaks_held_out"] + found["training_leaks"] + found["near_duplicates"]:
         said.append("Data audit: no leak of a test image, no near-duplicate.")
     else:
         said.append(
-            f"Data audit: {len(held_out)} near-copies of test images held out (not trained "
-            f"on); {len(leaks) - len(held_out)} training images nearly duplicating a test image "
-            f"(found by a scan); {len(near)} near-duplicates of other images in the training "
-            f"data, {conflicts} of them under a different label than their twin."
+            f"Data audit: {found['leaks_held_out']} near-copies of test images held out (not "
+            f"trained on); {found['training_leaks']} training images nearly duplicating a test "
+            f"image (found by a scan); {found['near_duplicates']} near-duplicates of other "
+            f"images in the training data, {found['label_conflicts']} of them under a different "
+            "label than their twin."
         )
-    issues, outliers = found["label_issues"], found["outliers"]
     said.append(
-        f"{len(issues)} label issues (images whose label the model's features do not support) "
-        f"and {len(outliers)} outliers (unlike every class) are listed; `GET /data/issues` "
-        "shows them, the Data tab fixes them."
+        f"{found['label_issues']} label issues (images whose label the model's features do not "
+        f"support) and {found['outliers']} outliers (unlike every class) are listed; `GET "
+        "/data/issues` shows them, the Data tab fixes them."
     )
-    if found["state"] == "running":
+    if found["check_running"]:
         said.append("A check was still running when this retrain read the data.")
     return " ".join(said)
+
+
+def forget(uploads_dir: Path, batch: str) -> None:
+    """Drop a deleted batch's audit (its findings named images that are gone)."""
+    if BATCH_NAME.match(batch):
+        (uploads_dir / AUDIT_DIR / f"{batch}.json").unlink(missing_ok=True)

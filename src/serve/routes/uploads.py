@@ -103,7 +103,13 @@ def audit_trail(query):
 def delete_batch(batch_id):
     """Delete one upload batch: its images and its manifest."""
     uploads_dir = state.current().settings.uploads_dir
-    return _curate("delete-batch", batch_id, lambda: curation.delete_batch(uploads_dir, batch_id))
+
+    def delete() -> dict:
+        result = curation.delete_batch(uploads_dir, batch_id)
+        data_audit.forget(uploads_dir, batch_id)  # its findings name images that are gone
+        return result
+
+    return _curate("delete-batch", batch_id, delete)
 
 
 @blueprint.route("/uploads/classes/<name>", methods=["DELETE"])
