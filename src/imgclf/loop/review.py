@@ -4,8 +4,9 @@ Arrival order wastes a labeller's time on images the model already gets right, a
 confident first asks about the same confusing picture many times over. ``useful_order``
 keeps the ``POOL_FACTOR`` x ``count`` images of smallest **margin** (the calibrated top
 probability minus the second: where the model hesitates between two classes) and picks among
-them by **k-centre greedy** on the model's features (each next image the one farthest from
-those already picked), so that one request covers the different kinds of doubt. ``GET
+them by **k-centre greedy** on the model's features, weighted by doubt (each next image the
+one whose distance from those already picked, times one minus its margin, is largest), so that
+one request covers the different kinds of doubt and a confident image comes last. ``GET
 /review?order=useful`` and the Review tab use it; ``make bench-data`` measures the accuracy it
 buys per label against random picks.
 """
@@ -38,6 +39,7 @@ def useful_order(
     if count <= 0:
         return []
     pool = np.argsort(margins(probabilities), kind="stable")[: POOL_FACTOR * count]
+    doubt = 1.0 - margins(probabilities)[pool]  # each pick weighs distance by doubt
     points = np.asarray(features, np.float64)[pool]
     scale = np.linalg.norm(points, axis=1, keepdims=True)
     points = points / np.where(scale > 0, scale, 1.0)  # cosine geometry: brightness aside
@@ -45,15 +47,16 @@ def useful_order(
         anchors = np.asarray(known, np.float64)
         anchors = anchors / np.maximum(np.linalg.norm(anchors, axis=1, keepdims=True), 1e-12)
         nearest = np.min(_distances(points, anchors), axis=1)
-        first = int(np.argmax(nearest))
+        first = int(np.argmax(nearest * doubt))
     else:
         nearest = np.full(len(points), np.inf)
         first = 0  # the smallest margin
     picked = [first]
     nearest = np.minimum(nearest, _distances(points, points[[first]])[:, 0])
     while len(picked) < count:
-        nearest[picked] = -1.0
-        chosen = int(np.argmax(nearest))
+        score = nearest * doubt
+        score[picked] = -np.inf  # never twice
+        chosen = int(np.argmax(score))
         picked.append(chosen)
         nearest = np.minimum(nearest, _distances(points, points[[chosen]])[:, 0])
     return [int(pool[i]) for i in picked]
