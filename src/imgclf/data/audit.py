@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 from imgclf.data import folders, neardup
 from imgclf.files import write_json_atomic
@@ -170,11 +171,13 @@ def record_label_check(uploads_dir: Path, batch: str, check: dict) -> Path:
     ``check`` holds ``state`` (running, done or failed), ``model_version``, ``computed_at``,
     ``issues``, ``checked`` and ``note``."""
     path = uploads_dir / AUDIT_DIR / f"{batch}.json"
-    record = json.loads(path.read_text()) if path.is_file() else None
-    record = record or {"batch": batch, "leaks": [], "near_duplicates": []}
-    record["label_check"] = check
     (uploads_dir / AUDIT_DIR).mkdir(parents=True, exist_ok=True)
-    return write_json_atomic(path, record)
+    # read, change, write under a lock: the API's check and a scan's child may both write
+    with FileLock(str(path) + ".lock"):
+        record = json.loads(path.read_text()) if path.is_file() else None
+        record = record or {"batch": batch, "leaks": [], "near_duplicates": []}
+        record["label_check"] = check
+        return write_json_atomic(path, record)
 
 
 def read(uploads_dir: Path, batch: str | None = None) -> dict | None:
@@ -297,3 +300,4 @@ def forget(uploads_dir: Path, batch: str) -> None:
     """Drop a deleted batch's audit (its findings named images that are gone)."""
     if BATCH_NAME.match(batch):
         (uploads_dir / AUDIT_DIR / f"{batch}.json").unlink(missing_ok=True)
+        (uploads_dir / AUDIT_DIR / f"{batch}.json.lock").unlink(missing_ok=True)

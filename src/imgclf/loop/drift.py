@@ -216,7 +216,7 @@ def _verdict(report: dict, tests: dict, threshold: float, count: int, loop) -> d
         return report
     for name, test in tests.items():
         if name == "model_features":  # significant and large enough (an effect-size floor)
-            test.update(featuredrift.judged(test, threshold))
+            test.update(featuredrift.judged(test, threshold, loop.drift_min_sample))
         else:
             test["drift"] = test["p_value"] is not None and test["p_value"] < threshold
         if test["drift"]:

@@ -82,11 +82,12 @@ def two_sample(reference: np.ndarray, production: np.ndarray, seed: int = 0) -> 
     return {**result, "auc": round(float(auc), 4), "p_value": float(test.pvalue)}
 
 
-def judged(test: dict, threshold: float) -> dict:
-    """``test`` with ``drift``: significant at ``threshold`` and an AUC of ``AUC_FLOOR`` at
-    least."""
+def judged(test: dict, threshold: float, min_sample: int = 0) -> dict:
+    """``test`` with ``drift``: on ``min_sample`` production images at least, significant at
+    ``threshold`` and an AUC of ``AUC_FLOOR`` at least."""
     p, auc = test.get("p_value"), test.get("auc")
-    drifted = p is not None and auc is not None and p < threshold and auc >= AUC_FLOOR
+    enough = test.get("production_count", 0) >= min_sample
+    drifted = enough and p is not None and auc is not None and p < threshold and auc >= AUC_FLOOR
     return {**test, "auc_floor": AUC_FLOOR, "drift": bool(drifted)}
 
 
