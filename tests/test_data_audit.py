@@ -109,7 +109,7 @@ def test_training_images_uploaded_again_are_not_leaks_but_near_duplicates_and_co
     rows = manifest.read(project.data_dir / "uploads" / result["batch"])
     shares = {row["file"]: row["split"] for row in rows}
     assert {shares[name] for name in near} == {"train"}, shares
-    said = audit.summary(project.data_dir / "uploads")  # what the retrain's report shows
+    said = audit.summary(audit.counts(project.data_dir / "uploads", search=True))
     assert f"{len(near)} near-duplicates" in said and f"{len(conflicts)} of them" in said
 
 

@@ -255,14 +255,19 @@ def _present(batch: str, rows: list[dict], kept: Path) -> list[dict]:
     return [{"batch": batch, **row} for row in rows if (kept / row["stored_as"]).is_file()]
 
 
-def counts(uploads_dir: Path) -> dict:
-    """What the audit of the data found, in numbers (a retrain's summary and job result)."""
+def counts(uploads_dir: Path, search: bool = False) -> dict:
+    """What the audit of the data found, in numbers (a retrain's summary and job result);
+    with ``search``, training images nearly duplicating a test image are looked for now (on
+    content: seconds), not taken from the last scan."""
     found = read(uploads_dir)
     leaks, near = found["leaks"], found["near_duplicates"]
     held_out = sum(1 for row in leaks if not row.get("stored_as"))
+    trained = len(leaks) - held_out
+    if search:
+        trained = len(training_leaks(uploads_dir.parent))
     return {
         "leaks_held_out": held_out,
-        "training_leaks": len(leaks) - held_out,
+        "training_leaks": trained,
         "near_duplicates": len(near),
         "label_conflicts": sum(1 for row in near if row.get("conflict")),
         "label_issues": len(found["label_issues"]),
@@ -272,9 +277,9 @@ def counts(uploads_dir: Path) -> dict:
     }
 
 
-def summary(uploads_dir: Path) -> str:
-    """What the audit of the data found, in a few sentences, for the retrain's report."""
-    found = counts(uploads_dir)
+def summary(found: dict) -> str:
+    """What the audit of the data found (``counts``), in a few sentences, for the retrain's
+    report."""
     said = []
     if not found["leaks_held_out"] + found["training_leaks"] + found["near_duplicates"]:
         said.append("Data audit: no leak of a test image, no near-duplicate.")
@@ -282,7 +287,7 @@ def summary(uploads_dir: Path) -> str:
         said.append(
             f"Data audit: {found['leaks_held_out']} near-copies of test images held out (not "
             f"trained on); {found['training_leaks']} training images nearly duplicating a test "
-            f"image (found by a scan); {found['near_duplicates']} near-duplicates of other "
+            f"image; {found['near_duplicates']} near-duplicates of other "
             f"images in the training data, {found['label_conflicts']} of them under a different "
             "label than their twin."
         )
