@@ -147,8 +147,11 @@ def test_dashboard_predicts_uploads_retrains_and_shows_every_tab(dashboard, serv
         page.screenshot(path=ARTIFACTS / "insights.png", full_page=True)
 
         # Review: the unsure recent predictions, each labelled in one click
+        # (the tab loads its queue when it is shown; a click on "Reload the queue" as well can
+        # replace the rows while one is clicked, and the click is lost: the likely cause of a
+        # CI run where "Labelled 3" never came)
         tab("Review")
-        page.locator("button:visible", has_text="Reload the queue").click()
+        page.locator("button:visible", has_text="Reload the queue").wait_for(timeout=10_000)
         page.locator("img[src^='data:image/png']:visible").first.wait_for(timeout=90_000)
         page.locator("button:visible").filter(has_text=re.compile(r"^\s*3\s*$")).first.click()
         page.get_by_text("Labelled 3").wait_for(timeout=90_000)

@@ -197,7 +197,7 @@ def test_the_data_tab_accepts_relabels_and_deletes_an_issue_through_the_api(clie
     row = next(r for r in issues.label_issues.objects if isinstance(r, pn.Row))
     third = row.name
     click(row, "Delete")
-    assert "Delete `" in issues.confirmation.text.object
+    assert "Delete <code>" in issues.confirmation.text.object
     issues.confirmation.button.clicks += 1
     assert not (project.data_dir / third).exists() and "Deleted `" in issues.result.object
     listed = [r.name for r in issues.label_issues.objects + issues.conflicts.objects]
