@@ -20,7 +20,7 @@ WORKERS ?= 2
 DASHBOARD_PORT ?= 5006
 export PORT WORKERS DASHBOARD_PORT
 
-.PHONY: help setup lock lock-cuda bench-request bench-backbone bench-gate bench-stats bench-trust bench-quality bench-data soak bench-train data data-fashion eda train evaluate retrain pipeline run model db serve worker \
+.PHONY: help setup lock lock-cuda bench-request bench-backbone bench-gate bench-retrain bench-stats bench-trust bench-quality bench-quality-full bench-data soak bench-train data data-fashion eda train evaluate retrain pipeline run model db serve worker \
         cluster dashboard token bench loadtest reports lab test test-fast lint format clean docs \
         image stack-up stack-down stack-status test-containers loadtest-containers
 
@@ -122,8 +122,14 @@ bench-backbone: setup ## EfficientNet-Lite0 served by JAX and OpenVINO, with and
 bench-gate: setup ## simulate the promotion gate: false rejections and power by test-set size
 	$(PY) -m devkit.bench_gate
 
-bench-quality: setup ## accuracy on digits and Fashion-MNIST: CNN vs pretrained EfficientNet-Lite0
+bench-retrain: setup ## the retrain decision's time (one pass per model against the old passes) and the idle worker's memory after a job
+	$(PY) -m devkit.bench_retrain
+
+bench-quality: setup ## accuracy and ECE over 3 seeds: digits, Fashion-MNIST with 1,000 labels, few RGB photos; CNN, EfficientNet-Lite0 and auto
 	$(PY) -m devkit.bench_quality
+
+bench-quality-full: setup ## the CNN on all of Fashion-MNIST, 3 seeds (hours on 2 cores)
+	BENCH_QUALITY_ONLY=fashion-cnn $(PY) -m devkit.bench_quality
 
 bench-data: setup ## the data audit: planted leaks and near-duplicates, label noise, drift on features, review queue, cost (30-40 min on 2 shared cores; BENCH_DATA_PARTS=neardup,labels,drift,active,cost for some)
 	$(PY) -m devkit.bench_data

@@ -152,7 +152,7 @@ def test_make_train_with_two_forced_devices_trains_data_parallel(digits_dir, tmp
     subprocess.run(upgrade, cwd=PROJECT_ROOT, env=env, check=True, capture_output=True)
     result = subprocess.run(
         [sys.executable, "-m", "imgclf.cli", "run", "train", "-p", "epochs", "2",
-         "-p", "patience", "2", "-p", "batch_size", "63"],
+         "-p", "patience", "2", "-p", "batch_size", "63", "-p", "backbone", ""],
         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

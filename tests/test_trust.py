@@ -29,7 +29,8 @@ def test_temperature_scaling_undoes_overconfidence_and_keeps_every_answer():
     fitted = calibration.calibrate(validation, test)
     # reported with T=1/3: the fit finds about 3 (3,000 images pin it well within 20 %)
     assert 2.4 < fitted["temperature"] < 3.6, fitted["temperature"]
-    assert fitted["ece"] < 0.03 < 0.1 < fitted["ece_uncalibrated"], fitted
+    # (0.0305 after scaling: the ECE of 3,000 images of a calibrated model is itself about 0.03)
+    assert fitted["ece"] < 0.035 < 0.1 < fitted["ece_uncalibrated"], fitted
     scaled = calibration.scale(test[0], fitted["temperature"])
     assert (scaled.argmax(1) == test[0].argmax(1)).all()  # the answers do not change
     np.testing.assert_allclose(scaled.sum(1), 1.0, atol=1e-5)
@@ -41,19 +42,46 @@ def test_temperature_scaling_undoes_overconfidence_and_keeps_every_answer():
         calibration.fit_temperature(test[0], test[1][:10])
 
 
-def test_a_calibrated_model_keeps_temperature_one_unless_the_evidence_says_otherwise():
-    # labels drawn from the very probabilities reported: T = 1 is right, and the likelihood-
-    # ratio test keeps it in about 95 % of 40 held-out sets of 150 images (pure NumPy, the
-    # same on any CPU: at least 34 leaves room for the test's own discreteness)
-    kept = sum(
-        calibration.fit_temperature(*overconfident(150, seed, temperature=1.0)) == 1.0
-        for seed in range(40)
-    )
-    assert kept >= 34, kept
-    # sharpened by 3: the evidence is overwhelming even on 150 images
+def test_few_images_pull_the_temperature_part_of_the_way_from_one():
+    # labels drawn from the very probabilities reported: T = 1 is right; 150 held-out images
+    # keep the served temperature near it (pure NumPy and SciPy: the same on any CPU)
+    served = [
+        calibration.fit_temperature(*overconfident(150, seed, temperature=1.0))
+        for seed in range(20)
+    ]
+    assert all(0.75 < t < 1.33 for t in served), served
+    # sharpened by 3: the evidence is overwhelming even on 150 images, the prior hardly moves it
     sharp, labels = overconfident(150, 99)
     fitted, p = calibration.temperature_evidence(sharp, labels)
-    assert p < 1e-6 and calibration.fit_temperature(sharp, labels) == fitted > 2
+    served = calibration.fit_temperature(sharp, labels)
+    assert p < 1e-6 and fitted > 2 and 0.9 * fitted < served < fitted
+    # on 18 images the prior pulls more of the way to 1 than on 150
+    few = overconfident(18, 3)
+    assert 1 < calibration.fit_temperature(*few) < calibration.temperature_evidence(*few)[0]
+
+
+def test_the_prior_on_the_temperature_beats_the_likelihood_ratio_rule_on_small_sets():
+    """The rule it replaced served the best fit only where a likelihood-ratio test preferred it
+    to T = 1 (p <= 0.05). Over models under-, well and over-confident (true T 0.8, 1, 1.5, 3),
+    40 held-out sets of 45 images each, ECE on 20,000 test images: lower on average with the
+    prior (measured with 80 sets: 0.044 against 0.049; 18 images: 0.068 against 0.071; 150:
+    0.024 against 0.025), though not on a model already calibrated (0.044 against 0.012),
+    which the rule leaves alone. Deterministic NumPy and SciPy: the same on any CPU."""
+    by_rule = {"prior": [], "rule": []}
+    for temperature in (0.8, 1.0, 1.5, 3.0):
+        test = overconfident(20_000, 777, temperature)
+        for seed in range(40):
+            held = overconfident(45, seed, temperature)
+            fitted, p = calibration.temperature_evidence(*held)
+            for name, served in (
+                ("prior", calibration.fit_temperature(*held)),
+                ("rule", fitted if p <= 0.05 else 1.0),
+            ):
+                scaled = calibration.scale(test[0], served)
+                by_rule[name].append(calibration.reliability(scaled, test[1]).ece)
+    prior, rule = np.mean(by_rule["prior"]), np.mean(by_rule["rule"])
+    print(f"mean ECE: prior {prior:.4f}, likelihood-ratio rule {rule:.4f}")
+    assert prior < 0.95 * rule
 
 
 def test_the_unknown_threshold_holds_its_false_rate_with_confidence_and_flags_far_points():
@@ -144,3 +172,38 @@ def test_heat_maps_lie_on_the_ink_of_digits(trained_root):
     picture = Image.open(io.BytesIO(base64.b64decode(answered.saliency)))
     assert picture.size == (16, 16) and picture.mode == "L"
     assert predictor.classify([digits[0].read_bytes()])[0].prediction.saliency is None
+
+
+def test_the_temperature_comes_with_how_well_its_images_know_it():
+    """The 95 % interval covers the true temperature (3) and narrows with more images: a tenth
+    of 180 photos (18) leaves it wide, 3,000 pin it within about 15 %."""
+    widths = {}
+    for n in (18, 60, 3000):
+        probabilities, labels = overconfident(n, 5)
+        low, high = calibration.temperature_interval(probabilities, labels)
+        fitted, _ = calibration.temperature_evidence(probabilities, labels)
+        assert low <= fitted <= high and low <= 3.0 <= high, (n, low, fitted, high)
+        widths[n] = high / low
+    assert widths[3000] < 1.35 < widths[60] < widths[18], widths
+    assert calibration.calibrate(*[overconfident(60, s) for s in (1, 2)])["interval"]
+
+
+def test_the_unknown_threshold_says_what_few_held_out_images_guarantee():
+    # the largest of 18 held-out distances: at most 15 % of in-distribution images above it
+    # with 95 % confidence (1 - 0.05 ** (1 / 18)); 300 images guarantee a 1 % target
+    assert novelty.false_unknown_bound(18, 0.01) == pytest.approx(0.1533, abs=1e-4)
+    assert novelty.false_unknown_bound(300, 0.01) == 0.01
+    assert novelty.false_unknown_bound(0, 0.01) == 1.0
+
+
+def test_small_training_sets_hold_out_enough_images_to_calibrate_on():
+    from imgclf.model import network, training
+
+    share = training.validation_share
+    assert share(1437, 0.1) == 0.1  # the digits: a tenth is already 144 images
+    assert share(180, 0.1) == 0.25  # 60 photos a class... 45 held out, not 18
+    assert share(400, 0.1) == pytest.approx(0.15)  # 60 images
+    assert share(400, 0.3) == 0.3  # never less than asked
+    labels = np.repeat(np.arange(3), 60)
+    train, validation, _ = training.training_indices(labels, network.TrainParams(), 1)
+    assert len(validation) == 45 and not set(train) & set(validation)

@@ -377,15 +377,29 @@ def describe_trust(calibration: dict, unknown: dict) -> str:
     fitted = calibration.get("fitted_temperature", temperature)
     if fitted != temperature:
         direction += (
-            f" (the best fit, {fitted:.2f}, was no better than 1 with confidence: "
-            f"likelihood-ratio p = {calibration['p_value']:.2g})"
+            f" (the best fit alone, {fitted:.2f}, pulled towards 1 by the prior that "
+            "temperatures are near 1: the fewer the images, the more)"
         )
+    interval = calibration.get("interval")
+    known = (
+        f" (the best fit's 95 % interval: {interval[0]:.2f} to {interval[1]:.2f})"
+        if interval
+        else ""
+    )
+    target = unknown["false_unknown_target"]
+    bound = unknown.get("false_unknown_bound", target)
+    rests = (
+        f"for at most {target:.0%} of images like the training ones"
+        if bound <= target
+        else f"aiming at {target:.0%} of images like the training ones, which so few images "
+        f"cannot show: they only show it is below {bound:.0%} (95 % confidence)"
+    )
     return (
         f"Temperature **{temperature:.2f}**, fitted on {calibration['fitted_on']} validation "
-        f"images: {direction}. Expected calibration error on {calibration['measured_on']} test "
-        f"images: {calibration['ece_uncalibrated']:.4f} as trained, **{calibration['ece']:.4f}** "
-        f"after scaling. An image is answered *unknown* when its features are farther from "
-        f"every class than the threshold set on {unknown['held_out_images']} held-out images "
-        f"for at most {unknown['false_unknown_target']:.0%} of images like the training ones "
-        "(Mahalanobis distance to the nearest class mean)."
+        f"images{known}: {direction}. Expected calibration error on "
+        f"{calibration['measured_on']} test images: {calibration['ece_uncalibrated']:.4f} as "
+        f"trained, **{calibration['ece']:.4f}** after scaling. An image is answered *unknown* "
+        "when its features are farther from every class than the threshold set on "
+        f"{unknown['held_out_images']} held-out images, {rests} (Mahalanobis distance to the "
+        "nearest class mean)."
     )

@@ -365,11 +365,28 @@ class ModelInfo(OpenSchema):
     data_fingerprint = fields.String(allow_none=True)
     test_metrics = fields.Dict()
     history = fields.Dict()
-    parameters = fields.Dict()
+    parameters = fields.Dict(
+        metadata={
+            "description": "how it was trained; model_choice: "
+            "what backbone=auto compared and why it chose"
+        }
+    )
     gate = fields.Dict(allow_none=True)
     train_size = fields.Integer(allow_none=True)
     uploads_used = fields.Integer(allow_none=True)
     skipped_files = fields.List(fields.Dict())
+    calibration = fields.Dict(
+        metadata={
+            "description": "the temperature, the images it was "
+            "fitted on (fitted_on), its 95 % interval, ECE"
+        }
+    )
+    unknown = fields.Dict(
+        metadata={
+            "description": "the unknown threshold, its held-out images "
+            "and the false-unknown rate they guarantee"
+        }
+    )
     report = fields.String(allow_none=True)
     served_by_this_worker = fields.String(allow_none=True)
 

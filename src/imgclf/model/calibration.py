@@ -20,9 +20,15 @@ BINS = 15
 #: The temperature is searched in this range (log scale): beyond it the held-out images say
 #: more about their own few errors than about the model.
 TEMPERATURE_RANGE = (0.2, 10.0)
-#: A fitted temperature is used only when it fits the held-out images better than T = 1 at
-#: this level (likelihood-ratio test): see ``fit_temperature``.
-SIGNIFICANCE = 0.05
+#: The temperature served is the most probable one given the held-out images and a prior
+#: belief that it is near 1: log T ~ Normal(0, PRIOR_SD) (T within 0.37 to 2.7 at 95 %). Few
+#: images pull it part of the way from 1, many all the way to their best fit. Simulated (5
+#: classes, true T 0.8, 1, 1.5 and 3, 60 held-out sets each, ECE on 3,000 test images), the
+#: mean ECE over the four with 18, 45 and 150 held-out images: 0.073, 0.053, 0.033 with this
+#: prior against 0.081, 0.059, 0.036 for the rule it replaced (the best fit only where a
+#: likelihood-ratio test preferred it to T = 1 at p <= 0.05), 0.079, 0.058, 0.034 for the
+#: best fit alone; only an already calibrated model did better under the old rule.
+PRIOR_SD = 0.5
 #: Probabilities are clipped to this before their logarithm (float32 softmax can give 0).
 FLOOR = 1e-12
 
@@ -70,22 +76,60 @@ def temperature_evidence(probabilities: np.ndarray, labels: np.ndarray) -> tuple
     return round(float(np.exp(found.x)), 4), float(chi2.sf(gained, 1))
 
 
+def temperature_interval(
+    probabilities: np.ndarray, labels: np.ndarray, level: float = 0.95
+) -> tuple[float, float]:
+    """The temperatures the held-out images cannot rule out at ``level`` (profile likelihood:
+    those whose log-likelihood is within half the chi-squared quantile of the best), clipped to
+    ``TEMPERATURE_RANGE``: how well a few images know the temperature (18 images: about a
+    factor of three either way)."""
+    from scipy.optimize import brentq
+    from scipy.stats import chi2
+
+    labels = np.asarray(labels)
+    logits, rows = log_probabilities(probabilities), np.arange(len(labels))
+
+    def total(log_t: float) -> float:
+        return float(-log_softmax(logits / np.exp(log_t), axis=-1)[rows, labels].sum())
+
+    best, _ = temperature_evidence(probabilities, labels)
+    low, high = np.log(TEMPERATURE_RANGE)
+    limit = total(np.log(best)) + chi2.ppf(level, 1) / 2
+
+    def edge(end: float) -> float:
+        if total(end) <= limit:
+            return end
+        return brentq(lambda t: total(t) - limit, *sorted((np.log(best), end)))
+
+    return round(float(np.exp(edge(low))), 3), round(float(np.exp(edge(high))), 3)
+
+
 def fit_temperature(
-    probabilities: np.ndarray, labels: np.ndarray, alpha: float = SIGNIFICANCE
+    probabilities: np.ndarray, labels: np.ndarray, prior_sd: float = PRIOR_SD
 ) -> float:
-    """The temperature to serve: the one that fits ``labels`` best (``temperature_evidence``)
-    when it fits them significantly better than 1 (p at most ``alpha``), else 1. A few
-    hundred held-out images pin a temperature loosely; changing a model that is already
-    calibrated by a temperature the data cannot tell from 1 only adds noise to its ECE.
+    """The temperature to serve: the most probable given ``labels`` and the prior ``log T ~
+    Normal(0, prior_sd)`` (see ``PRIOR_SD``); 1 when every image is answered right (nothing
+    says how sure the model should be).
 
     Raises:
         ValueError: no images, or not one label per row of probabilities.
     """
-    return _served(*temperature_evidence(probabilities, labels), alpha)
+    best, _ = temperature_evidence(probabilities, labels)
+    if best == 1.0 and (np.asarray(probabilities).argmax(1) == np.asarray(labels)).all():
+        return 1.0
+    from scipy.optimize import minimize_scalar
 
+    logits, rows = log_probabilities(probabilities), np.arange(len(labels))
 
-def _served(temperature: float, p: float, alpha: float = SIGNIFICANCE) -> float:
-    return temperature if p <= alpha else 1.0
+    def posterior(log_t: float) -> float:
+        fit = -log_softmax(logits / np.exp(log_t), axis=-1)[rows, labels].sum()
+        return float(fit + log_t**2 / (2 * prior_sd**2))
+
+    low, high = np.log(TEMPERATURE_RANGE)
+    found = minimize_scalar(
+        posterior, bounds=(low, high), method="bounded", options={"xatol": 1e-4}
+    )
+    return round(float(np.exp(found.x)), 4)
 
 
 @dataclass(frozen=True)
@@ -137,20 +181,23 @@ def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = BINS)
 
 def calibrate(validation: tuple, test: tuple) -> dict:
     """Fit the temperature on ``validation`` (probabilities, labels) and measure ECE on
-    ``test`` before and after: the model's ``calibration`` metadata."""
+    ``test`` before and after: the model's ``calibration`` metadata (``temperature`` served,
+    ``fitted_temperature`` the best fit alone, with its ``interval`` and ``p_value``)."""
     fitted, p = temperature_evidence(*validation)
-    temperature = _served(fitted, p)
+    temperature = fit_temperature(*validation)
     test_probabilities, test_labels = test
     before = reliability(test_probabilities, test_labels)
     after = reliability(scale(test_probabilities, temperature), test_labels)
     return {
         "temperature": temperature,
         "fitted_temperature": fitted,
-        "p_value": round(p, 6),  # against T = 1: the fitted one is used when p <= 0.05
+        "p_value": round(p, 6),  # the best fit against T = 1 (likelihood-ratio test)
+        "prior_sd": PRIOR_SD,  # of log T: the served temperature is pulled towards 1
         "ece": after.ece,
         "ece_uncalibrated": before.ece,
         "bins": after.as_dict(),
         "bins_uncalibrated": before.as_dict(),
         "fitted_on": int(len(validation[1])),
+        "interval": list(temperature_interval(*validation)),  # 95 %: how well it is known
         "measured_on": int(len(test_labels)),
     }

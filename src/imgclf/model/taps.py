@@ -97,22 +97,27 @@ def choose_tap(
         backbone_tap="all",
     )
     features = network.backbone_features(model, dataset.train.images[chosen])
+    splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    by_fold = fold_scores(features, labels[chosen], splitter)
+    scores = {tap: round(float(result.mean()), 4) for tap, result in by_fold.items()}
+    best = max(efficientnet_lite.TAPS, key=lambda tap: scores[tap])  # first on a tie
+    choice = TapChoice(best, scores, len(chosen), folds)
+    log.info("backbone tap %s (cross-validated accuracy: %s)", best, scores)
+    return choice
+
+
+def fold_scores(features: np.ndarray, labels: np.ndarray, splitter) -> dict[str, np.ndarray]:
+    """Each tap's accuracy on each fold of ``splitter``: a linear classifier on its columns of
+    ``features`` (the backbone's ``"all"`` tap, mid then top), fitted on the other folds."""
     top = features.shape[1] - efficientnet_lite.HEAD_FILTERS  # "all" is mid, then top
     columns = {"top": slice(top, None), "mid": slice(0, top), "all": slice(None)}
-    splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
     scores = {}
     for tap in efficientnet_lite.TAPS:
         classifier = make_pipeline(
             StandardScaler(), LogisticRegression(C=PENALTY_C, max_iter=2000)
         )
-        result = cross_val_score(
-            classifier, features[:, columns[tap]], labels[chosen], cv=splitter
-        )
-        scores[tap] = round(float(result.mean()), 4)
-    best = max(efficientnet_lite.TAPS, key=lambda tap: scores[tap])  # first on a tie
-    choice = TapChoice(best, scores, len(chosen), folds)
-    log.info("backbone tap %s (cross-validated accuracy: %s)", best, scores)
-    return choice
+        scores[tap] = cross_val_score(classifier, features[:, columns[tap]], labels, cv=splitter)
+    return scores
 
 
 #: Inverse L2 strengths the linear head is chosen among (by cross-validation).
