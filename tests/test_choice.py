@@ -44,3 +44,33 @@ def test_the_backbone_is_not_tried_where_it_would_take_too_long(photos):
     made = choice.choose(photos, network.TrainParams(), None, 1, 32, budget_s=0.0)
     assert made.backbone == "" and made.backbone_weights == "" and made.scores == {}
     assert "not tried" in made.reason and "over the budget" in made.reason
+
+
+def test_a_head_only_backbone_calibrates_on_out_of_fold_answers_too(photos):
+    """Few held-out photos (23 of 90) are not enough to know a temperature: the linear head's
+    answers on the training images, each from a head fitted without it, join them; a head
+    that is not that regression (as after fine-tuning) keeps to the held-out images."""
+    from imgclf.model import posthoc
+
+    params = network.TrainParams(fine_tune_epochs=0)
+    model = network.build_model(
+        3,
+        photos.input_shape,
+        backbone=choice.BACKBONE,
+        backbone_weights="imagenet",
+        backbone_size=32,
+    )
+    network.compile_model(model)
+    training.fit(model, photos, params, None, 1, verbose=0)
+    _, probabilities = training.evaluate(model, photos.test)
+    fitted = posthoc.fit(model, photos, params, 1, probabilities).calibration
+    _, validation, _ = training.training_indices(photos.train.labels, params, 1)
+    assert fitted["held_out"] == len(validation) == 23
+    assert fitted["out_of_fold"] == 90 - 23 and fitted["fitted_on"] == 90
+
+    head = model.get_layer(network.HEAD_NAME)
+    kernel, bias = head.get_weights()
+    head.set_weights([kernel, bias + [0.2, 0.0, 0.0]])  # no longer the fitted regression
+    _, probabilities = training.evaluate(model, photos.test)
+    fitted = posthoc.fit(model, photos, params, 1, probabilities).calibration
+    assert fitted["out_of_fold"] == 0 and fitted["fitted_on"] == fitted["held_out"] == 23

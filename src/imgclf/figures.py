@@ -394,9 +394,16 @@ def describe_trust(calibration: dict, unknown: dict) -> str:
         else f"aiming at {target:.0%} of images like the training ones, which so few images "
         f"cannot show: they only show it is below {bound:.0%} (95 % confidence)"
     )
+    pooled = calibration.get("out_of_fold", 0)
+    images = (
+        f"{calibration['held_out']} validation images and the out-of-fold answers of the "
+        f"linear head on {pooled} training images (each from a head fitted without it)"
+        if pooled
+        else f"{calibration['fitted_on']} validation images"
+    )
     return (
-        f"Temperature **{temperature:.2f}**, fitted on {calibration['fitted_on']} validation "
-        f"images{known}: {direction}. Expected calibration error on "
+        f"Temperature **{temperature:.2f}**, fitted on {images}{known}: {direction}. "
+        "Expected calibration error on "
         f"{calibration['measured_on']} test images: {calibration['ece_uncalibrated']:.4f} as "
         f"trained, **{calibration['ece']:.4f}** after scaling. An image is answered *unknown* "
         "when its features are farther from every class than the threshold set on "

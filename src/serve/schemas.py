@@ -378,7 +378,9 @@ class ModelInfo(OpenSchema):
     calibration = fields.Dict(
         metadata={
             "description": "the temperature, the images it was "
-            "fitted on (fitted_on), its 95 % interval, ECE"
+            "fitted on (fitted_on: held_out validation images and, for a head-only "
+            "pretrained model, out_of_fold answers of its linear head), its 95 % interval, "
+            "ECE"
         }
     )
     unknown = fields.Dict(

@@ -179,10 +179,19 @@ def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = BINS)
     return Reliability(round(ece, 5), [round(e, 4) for e in edges], counts, mean_conf, mean_acc)
 
 
-def calibrate(validation: tuple, test: tuple) -> dict:
-    """Fit the temperature on ``validation`` (probabilities, labels) and measure ECE on
-    ``test`` before and after: the model's ``calibration`` metadata (``temperature`` served,
-    ``fitted_temperature`` the best fit alone, with its ``interval`` and ``p_value``)."""
+def calibrate(validation: tuple, test: tuple, out_of_fold: tuple | None = None) -> dict:
+    """Fit the temperature on ``validation`` (probabilities, labels), with ``out_of_fold``
+    (more probabilities and labels: training images answered by a model fitted without them,
+    ``posthoc.cross_fitted``) where given, and measure ECE on ``test`` before and after: the
+    model's ``calibration`` metadata (``temperature`` served, ``fitted_temperature`` the best
+    fit alone, with its ``interval`` and ``p_value``; ``fitted_on`` images in all, of which
+    ``held_out`` and ``out_of_fold``)."""
+    held_out = len(validation[1])
+    if out_of_fold is not None and len(out_of_fold[1]):
+        validation = (
+            np.concatenate([np.asarray(validation[0]), np.asarray(out_of_fold[0])]),
+            np.concatenate([np.asarray(validation[1]), np.asarray(out_of_fold[1])]),
+        )
     fitted, p = temperature_evidence(*validation)
     temperature = fit_temperature(*validation)
     test_probabilities, test_labels = test
@@ -198,6 +207,8 @@ def calibrate(validation: tuple, test: tuple) -> dict:
         "bins": after.as_dict(),
         "bins_uncalibrated": before.as_dict(),
         "fitted_on": int(len(validation[1])),
+        "held_out": int(held_out),
+        "out_of_fold": int(len(validation[1]) - held_out),
         "interval": list(temperature_interval(*validation)),  # 95 %: how well it is known
         "measured_on": int(len(test_labels)),
     }

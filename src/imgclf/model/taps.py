@@ -18,11 +18,11 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import (
     StratifiedKFold,
+    cross_val_predict,
     cross_val_score,
-    cross_validate,
     train_test_split,
 )
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from imgclf.model import efficientnet_lite, network
@@ -131,12 +131,55 @@ def _linear(c: float, balanced: bool):
     )
 
 
+@dataclass(frozen=True)
+class LinearHead:
+    """A logistic regression on standardised features, its L2 strength chosen by
+    cross-validation, and the out-of-fold probabilities of that strength (one row per image of
+    ``sample``, columns ``present``): how the head answers images it was not fitted on."""
+
+    pipeline: Pipeline
+    c: float
+    present: np.ndarray
+    sample: np.ndarray
+    out_of_fold: np.ndarray | None
+    scores: dict[float, tuple[float, float]]
+
+
+def linear_head(features: np.ndarray, labels: np.ndarray, balanced: bool, seed: int) -> LinearHead:
+    """The head ``fit_linear_head`` sets, fitted on every row of ``features``; its L2 strength
+    is chosen among ``HEAD_C`` by the log loss of out-of-fold answers on at most
+    ``CHOICE_IMAGES`` rows (a stratified sample). Deterministic: the same features, labels and
+    seed give the same head (``posthoc`` refits it to cross-fit the temperature)."""
+    labels = np.asarray(labels)
+    present = np.unique(labels)
+    folds = min(FOLDS, int(np.bincount(labels)[present].min()))
+    chosen = _sample(labels, seed)
+    splitter = StratifiedKFold(max(folds, 2), shuffle=True, random_state=seed)
+    scored, answers = {}, {}
+    for c in HEAD_C:
+        if folds < 2 or len(present) < 2:
+            scored[c], answers[c] = (float("nan"), float("nan")), None
+            continue
+        answers[c] = cross_val_predict(
+            _linear(c, balanced),
+            features[chosen],
+            labels[chosen],
+            cv=splitter,
+            method="predict_proba",
+        )
+        right = answers[c][np.arange(len(chosen)), np.searchsorted(present, labels[chosen])]
+        accuracy = float((present[answers[c].argmax(1)] == labels[chosen]).mean())
+        scored[c] = (accuracy, float(-np.log(np.clip(right, 1e-12, 1)).mean()))
+    best = min(HEAD_C, key=lambda c: (np.nan_to_num(scored[c][1], nan=np.inf), -c))
+    pipeline = _linear(best, balanced).fit(features, labels)
+    return LinearHead(pipeline, best, present, chosen, answers[best], scored)
+
+
 def fit_linear_head(
     model, features: np.ndarray, labels: np.ndarray, balanced: bool, seed: int
 ) -> dict:
     """Set the classifier's head to a logistic regression on standardised ``features``
-    (the frozen backbone's, one row per image), its L2 strength chosen among ``HEAD_C`` by
-    cross-validation on at most ``CHOICE_IMAGES`` of them: a convex fit, the same on any
+    (the frozen backbone's, one row per image; ``linear_head``): a convex fit, the same on any
     machine, using every image given (no early stopping needs any held out). The scaling is
     folded into the head's weights, so the model stays backbone, dropout, dense softmax.
 
@@ -145,40 +188,19 @@ def fit_linear_head(
         "train_loss": ...}``.
     """
     labels = np.asarray(labels)
-    present = np.unique(labels)
-    folds = min(FOLDS, int(np.bincount(labels)[present].min()))
-    chosen = _sample(labels, seed)
-    splitter = StratifiedKFold(max(folds, 2), shuffle=True, random_state=seed)
-    scored = {}
-    for c in HEAD_C:
-        if folds < 2:
-            scored[c] = (float("nan"), float("nan"))
-            continue
-        result = cross_validate(
-            _linear(c, balanced),
-            features[chosen],
-            labels[chosen],
-            cv=splitter,
-            scoring=("accuracy", "neg_log_loss"),
-        )
-        scored[c] = (
-            float(result["test_accuracy"].mean()),
-            -float(result["test_neg_log_loss"].mean()),
-        )
-    best = min(HEAD_C, key=lambda c: (np.nan_to_num(scored[c][1], nan=np.inf), -c))
-    pipeline = _linear(best, balanced).fit(features, labels)
-    _fold_into_head(model, pipeline, features.shape[1], present)
-    probabilities = pipeline.predict_proba(features)
+    head = linear_head(features, labels, balanced, seed)
+    _fold_into_head(model, head.pipeline, features.shape[1], head.present)
+    probabilities = head.pipeline.predict_proba(features)
     rows = np.arange(len(labels))
-    train_loss = float(
-        -np.log(np.clip(probabilities[rows, np.searchsorted(present, labels)], 1e-12, 1)).mean()
-    )
+    right = probabilities[rows, np.searchsorted(head.present, labels)]
     figures = {
-        "C": best,
-        "cv_accuracy": round(scored[best][0], 4),
-        "cv_loss": round(scored[best][1], 5),
-        "train_accuracy": round(float((present[probabilities.argmax(1)] == labels).mean()), 4),
-        "train_loss": round(train_loss, 5),
+        "C": head.c,
+        "cv_accuracy": round(head.scores[head.c][0], 4),
+        "cv_loss": round(head.scores[head.c][1], 5),
+        "train_accuracy": round(
+            float((head.present[probabilities.argmax(1)] == labels).mean()), 4
+        ),
+        "train_loss": round(float(-np.log(np.clip(right, 1e-12, 1)).mean()), 5),
     }
     log.info("linear head on %d images: %s", len(labels), figures)
     return figures
