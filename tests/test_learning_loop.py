@@ -302,8 +302,6 @@ def test_kept_images_are_pruned_by_age_then_oldest_first_beyond_the_count(tmp_pa
 
 
 def test_a_failed_job_says_when_it_ran_out_of_memory_or_its_kernel_died():
-    from nbclient.exceptions import DeadKernelError
-
     from imgclf import pipeline
     from imgclf.loop import kernels
 
@@ -311,7 +309,7 @@ def test_a_failed_job_says_when_it_ran_out_of_memory_or_its_kernel_died():
     assert kernels.explain(oom).startswith("out of memory:")
     xla = pipeline.PipelineError("failed: XlaRuntimeError: RESOURCE_EXHAUSTED: Out of memory")
     assert kernels.explain(xla).startswith("out of memory:")
-    died = DeadKernelError("Kernel died")
+    died = kernels.KernelDied("Kernel died")
     assert "kernel died while running" in kernels.explain(died, 0, 0)
     assert "OOM kill" in kernels.explain(died, 0, 1)
     assert kernels.explain(pipeline.PipelineError("ValueError: bad")) == "ValueError: bad"

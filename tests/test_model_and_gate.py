@@ -145,3 +145,56 @@ def test_register_and_decide_gates_registers_and_promotes(project):
         )
     with pytest.raises(ValueError, match="outcome"):
         promotion.Outcome.from_dict({"version": "v1"})
+
+
+def test_a_registered_model_keeps_its_test_answers_and_the_next_gate_reads_them(project):
+    """Each model is scored once on a test set: the gate reads the current model's answers
+    kept at its registration instead of running it, and decides exactly as it did running
+    it; on another test set it runs it again."""
+    from imgclf.loop import answers, promotion
+    from imgclf.model import novelty, posthoc, registry
+
+    models_dir = project.models_dir
+    dataset = training.load_dataset(project.data_dir, 16, "grayscale")
+    model = network.load_model(registry.model_path(models_dir, "v0001"))
+    trust = posthoc.Trust(
+        registry.metadata(models_dir, "v0001")["calibration"],
+        novelty.Novelty.from_bytes(registry.attachment(models_dir, "v0001", novelty.FILE)),
+    )
+    record = training.TrainingRecord({}, {}, "grayscale", parent_version="v0001", trust=trust)
+    thresholds = gate.GateThresholds()
+    assert answers.read(models_dir, "v0001", dataset) is None  # registered without them
+
+    ran = promotion.decide(
+        models_dir, model, dataset, promotion.score(model, dataset.test), record, thresholds
+    )
+    assert ran.trust is not None and ran.kept is not None and ran.kept.complete
+    assert registry.current_version(models_dir) == "v0001"
+
+    promotion.register_and_decide(
+        models_dir, model, dataset, promotion.score(model, dataset.test), record, thresholds
+    )
+    assert registry.current_version(models_dir) == "v0002"
+    kept = answers.read(models_dir, "v0002", dataset)
+    assert kept is not None and len(kept.outputs) == len(dataset.test.labels)
+    current, scored, predictor = promotion.score_current(models_dir, dataset)
+    assert current == "v0002" and predictor is None and scored.kept is not None  # not run
+
+    read = promotion.decide(
+        models_dir, model, dataset, promotion.score(model, dataset.test), record, thresholds
+    )
+    assert read.current_metrics == ran.current_metrics
+    assert read.decision.as_dict() == ran.decision.as_dict()
+    for mine, theirs in zip(read.trust, ran.trust, strict=True):
+        assert np.allclose(mine.confidence, theirs.confidence, atol=1e-6)
+        assert (mine.unknown == theirs.unknown).all()
+        assert (mine.unlike_unknown == theirs.unlike_unknown).all()
+
+    other = answers.Answers(
+        "another test set", kept.outputs, kept.probabilities, kept.unknown, kept.unlike_unknown
+    )
+    (models_dir / "v0002" / answers.FILE).write_bytes(other.to_bytes())
+    assert answers.read(models_dir, "v0002", dataset) is None
+    assert promotion.score_current(models_dir, dataset)[2] is not None  # run again
+    (models_dir / "v0002" / answers.FILE).write_bytes(b"not an npz")
+    assert answers.read(models_dir, "v0002", dataset) is None

@@ -7,9 +7,12 @@
    current model, the other the candidate. The old way is the call sequence before
    ``promotion.score`` (commit 441f081): the candidate evaluated by Keras, the current model
    loaded and evaluated by Keras, then both run again for the trust checks. The new way is
-   ``register_and_decide``'s: ``score`` and ``score_current``, one pass per model, whose
-   probabilities and features feed the metrics, the paired answers and the trust checks. Both
-   stop at the decision (the registration after it is the same). Each is timed in a fresh
+   ``register_and_decide``'s (``promotion.decide``): the candidate's one pass (``score``),
+   whose probabilities and features feed the metrics, the paired answers and the trust
+   checks, and the current model's answers kept when it was registered (``loop.answers``; the
+   current model is registered here as a registration does, after its pass over the test
+   set), read instead of running it; the candidate's answers to keep are made in the timed
+   part. Both stop at the registration (the same for both). Each is timed in a fresh
    process (a retrain's kernel is one: compilations count), ``BENCH_RETRAIN_ROUNDS`` (2)
    rounds, the order alternating.
 2. The idle worker's memory: a real worker (``imgclf worker``, as ``make worker``) on a
@@ -133,18 +136,25 @@ def project_settings(folder: Path, data_dir: Path) -> Settings:
 
 
 def setup(folder: Path, size: int, train_per_class: int, test_images: int) -> Settings:
-    """Data, the current model (registered, promoted) and the candidate (in its own registry,
-    ``candidate/``); the decoded cache filled for both data sets. Returns the project."""
+    """Data, the current model (registered, promoted, with its answers on the full test set
+    kept as a registration keeps them) and the candidate (in its own registry, ``candidate/``);
+    the decoded cache filled for both data sets. Returns the project."""
+    from imgclf.loop import answers, promotion
     from imgclf.model import registry, training
 
     full, small = prepare_data(folder / "data", train_per_class, test_images)
     project = project_settings(folder / "project", small)
     dataset = training.load_dataset(small, IMAGE_SIZE, "grayscale", cache_dir=folder / "cache")
-    training.load_dataset(full, IMAGE_SIZE, "grayscale", cache_dir=folder / "cache")
+    full_set = training.load_dataset(full, IMAGE_SIZE, "grayscale", cache_dir=folder / "cache")
     for seed, models_dir in ((1, project.models_dir), (2, folder / "candidate")):
         began = time.perf_counter()
         model, metrics, record = train(dataset, seed, size)
-        version = training.register(models_dir, model, dataset, metrics, record)
+        kept = None
+        if seed == 1:  # the current model, registered after its pass over the test set
+            scored = promotion.score(model, full_set.test)
+            own = promotion.own_answers(scored, model, full_set, record)
+            kept = {answers.FILE: own.to_bytes()}
+        version = training.register(models_dir, model, dataset, metrics, record, attachments=kept)
         registry.promote(models_dir, version)
         print(
             f"seed {seed}: accuracy {metrics['accuracy']:.4f} on {len(dataset.test.labels)} "
@@ -210,17 +220,14 @@ def old_way(models_dir: Path, model, dataset, record, thresholds):
 
 
 def new_way(models_dir: Path, model, dataset, record, thresholds):
-    """The decision now: ``register_and_decide`` up to the registration, after the notebook's
-    ``promotion.score`` of the candidate."""
+    """The decision now: ``register_and_decide`` up to the registration (``promotion.decide``:
+    the current model's kept answers read, not run; the candidate's answers made to keep),
+    after the notebook's ``promotion.score`` of the candidate."""
     from imgclf.loop import promotion
 
     candidate = promotion.score(model, dataset.test)
-    current, scored, predictor = promotion.score_current(models_dir, dataset)
-    paired = promotion._pair(dataset, candidate, scored)
-    trust = promotion.trust_answers((predictor, scored), candidate, model, dataset, record)
-    return promotion._decide(
-        candidate.metrics, current, scored.metrics, paired, "if-not-worse", thresholds, trust
-    )
+    gated = promotion.decide(models_dir, model, dataset, candidate, record, thresholds)
+    return gated.decision
 
 
 def time_decision(way: str, folder: Path) -> dict:
@@ -236,7 +243,8 @@ def time_decision(way: str, folder: Path) -> dict:
     model = network.load_model(registry.model_path(candidates, version))
     detector = novelty.Novelty.from_bytes(registry.attachment(candidates, version, novelty.FILE))
     calibration = registry.metadata(candidates, version)["calibration"]
-    record = SimpleNamespace(trust=SimpleNamespace(calibration=calibration, novelty=detector))
+    trust = SimpleNamespace(calibration=calibration, novelty=detector)
+    record = SimpleNamespace(trust=trust, color_mode="grayscale")
     decide = old_way if way == "old" else new_way
     began = time.perf_counter()
     decision = decide(folder / "project" / "models", model, dataset, record, gate.GateThresholds())

@@ -1,7 +1,9 @@
 """The retrain notebook's kernel: started (with retries), stopped, and why it died.
 
-A job's notebook runs in a Jupyter kernel, a child of the worker (``run_notebook``). Cancelling
-or finishing a job kills every kernel of the worker and their children (``stop_kernels``). A
+A job's notebook runs in a Jupyter kernel started by a child process of the worker
+(``run_notebook``): what running a notebook imports leaves with that process, so the idle
+worker does not grow by a job. Cancelling or finishing a job kills every kernel under the
+worker and their children (``stop_kernels``), then that process. A
 kernel that dies on its own is explained (``explain``): out of memory when the worker's memory
 cgroup counted an OOM kill while it ran (``oom_kills``), or when a cell raised ``MemoryError``
 or XLA's ``RESOURCE_EXHAUSTED``; otherwise the cell's error.
@@ -10,11 +12,12 @@ or XLA's ``RESOURCE_EXHAUSTED``; otherwise the cell's error.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
 
-from imgclf import config, pipeline
+from imgclf import config, pipeline, runs
 from imgclf.config import Settings
 from imgclf.loop import registering
 
@@ -22,15 +25,129 @@ from imgclf.loop import registering
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 #: Tries at starting the notebook's kernel (jupyter_client can lose a port race).
 KERNEL_START_TRIES = 3
+#: After a cancel request, the job's process has this long to write its report.
+CANCEL_GRACE_S = 3.0
+#: How often the worker looks at its job's process.
+POLL_S = 0.2
 
 log = logging.getLogger(__name__)
+
+
+class KernelDied(RuntimeError):
+    """The job's notebook kernel (or the child process running it) died while it ran."""
 
 
 def run_notebook(
     job: dict, settings: Settings, cancelled: threading.Event, kind: str = "retrain"
 ) -> registering.RegisteredRun:
-    """Run the job's registering notebook; retries only a kernel that failed to start (and
-    was not stopped by a cancel request)."""
+    """Run the job's registering notebook in a child process (``python -m
+    imgclf.loop.kernels``), so that what running it imports (papermill, nbclient, nbconvert,
+    the kernel's client) leaves with it and the idle worker stays small. The child starts
+    without the secrets in its environment (its kernel inherits that), reads the job and the
+    settings from its standard input, answers through a pipe, and dies with the worker. After
+    a cancel request (the kernel already killed by ``jobs.Watcher``) it has ``CANCEL_GRACE_S``
+    to write the report, then it is killed.
+
+    Raises:
+        pipeline.PipelineError: a cell raised, or the run could not be settled.
+        KernelDied: the kernel or the child died while running.
+        RuntimeError: anything else the child raised (its message).
+    """
+    import pickle
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    try:
+        with config.secrets_hidden():
+            child = subprocess.Popen(
+                [sys.executable, "-m", "imgclf.loop.kernels", str(write_end), str(os.getpid())],
+                stdin=subprocess.PIPE,
+                pass_fds=(write_end,),
+            )
+    finally:
+        os.close(write_end)
+    try:
+        child.stdin.write(pickle.dumps((job, settings, kind)))
+        child.stdin.close()
+        answer = _answer(child, read_end, cancelled)
+    finally:
+        os.close(read_end)
+        if child.poll() is None:
+            stop_kernels()
+            child.kill()
+        child.wait()
+    if answer is None:
+        raise KernelDied(
+            f"the job's process ended with {child.returncode} before answering (killed, or "
+            "out of memory), its notebook's kernel with it"
+        )
+    what, value = answer
+    if what == "ok":
+        return value
+    failure = {"pipeline": pipeline.PipelineError, "dead": KernelDied}.get(what, RuntimeError)
+    raise failure(value)
+
+
+def _answer(child, read_end: int, cancelled: threading.Event):
+    """The child's ``(what, value)`` read from ``read_end`` until it closes, or None when it
+    ended without one or was killed after a cancel's grace."""
+    import pickle
+    import select
+
+    received, cancel_seen = [], None
+    while True:
+        ready, _, _ = select.select([read_end], [], [], POLL_S)
+        if ready:
+            chunk = os.read(read_end, 1 << 16)
+            if not chunk:  # closed: the child has answered, or died
+                break
+            received.append(chunk)
+            continue
+        if cancelled.is_set():
+            cancel_seen = cancel_seen or time.monotonic()
+            if time.monotonic() - cancel_seen > CANCEL_GRACE_S:
+                return None
+    try:
+        return pickle.loads(b"".join(received))
+    except (EOFError, pickle.UnpicklingError):
+        return None
+
+
+def _child(job: dict, settings: Settings, kind: str, answer, parent: int) -> None:
+    """The job's process: dies with the worker, logs into the job's log, runs the notebook
+    (retrying only a kernel that failed to start) and writes ``(what, value)`` to
+    ``answer`` (a binary file)."""
+    import ctypes
+    import pickle
+    import signal
+
+    try:  # Linux: killed when the worker dies, as its kernel was when it ran in the worker
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides (Ctrl-C reaches both)
+    from nbclient.exceptions import DeadKernelError
+
+    handler = logging.FileHandler(Path(job["run_dir"]) / runs.LOG_FILE)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    try:
+        said = ("ok", _run_with_retries(job, settings, kind))
+    except pipeline.PipelineError as failure:
+        said = ("pipeline", str(failure))
+    except DeadKernelError as failure:
+        said = ("dead", str(failure))
+    except Exception as failure:
+        said = ("error", str(failure))
+    with answer:
+        answer.write(pickle.dumps(said))
+
+
+def _run_with_retries(job: dict, settings: Settings, kind: str) -> registering.RegisteredRun:
+    """Run the registering notebook; retry only a kernel that failed to start."""
     from nbclient.exceptions import DeadKernelError
 
     for attempt in range(1, KERNEL_START_TRIES + 1):
@@ -46,8 +163,6 @@ def run_notebook(
         except (pipeline.PipelineError, DeadKernelError):
             raise
         except Exception as failure:  # the kernel did not start (ports, timeouts)
-            if cancelled.is_set():
-                raise
             if attempt == KERNEL_START_TRIES:
                 raise RuntimeError(f"the notebook's kernel did not start: {failure}") from None
             log.warning("kernel start failed (%s); retrying", failure)
@@ -122,10 +237,8 @@ def explain(
     failure: Exception, oom_before: int | None = None, oom_after: int | None = None
 ) -> str:
     """Why a job failed, in words: out of memory, a kernel that died, or the cell's error."""
-    from nbclient.exceptions import DeadKernelError
-
     text = str(failure)
-    if isinstance(failure, DeadKernelError):
+    if isinstance(failure, KernelDied):
         if oom_before is not None and oom_after is not None and oom_after > oom_before:
             return (
                 "out of memory: the system killed the notebook's kernel (OOM kill) while it ran; "
@@ -138,3 +251,20 @@ def explain(
             "smaller batches or images, or give the worker more memory"
         )
     return text
+
+
+def main(argv: list[str]) -> int:
+    """``python -m imgclf.loop.kernels WRITE_FD PARENT_PID``: the job's process (``_child``);
+    the pickled ``(job, settings, kind)`` on standard input."""
+    import pickle
+    import sys
+
+    job, settings, kind = pickle.loads(sys.stdin.buffer.read())
+    _child(job, settings, kind, os.fdopen(int(argv[0]), "wb"), int(argv[1]))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from imgclf import config
-from imgclf.loop import evidence, gate, registering, trustcheck
+from imgclf.loop import answers, evidence, gate, registering, trustcheck
 from imgclf.loop.outcome import Outcome
 from imgclf.model import network, registry, training
-from imgclf.model.batches import as_inputs
 
 #: What a caller may ask for: the gate decides, or the candidate is (never) promoted regardless.
 POLICIES = ("if-not-worse", "always", "never")
@@ -93,13 +92,17 @@ def show_decision(outcome: Outcome, metrics: dict[str, dict | None], candidate: 
 class Scored:
     """One model's single pass over the test images, all that the metrics and the trust checks
     need: the metrics, the uncalibrated probabilities (padded to the data set's classes) and
-    the pooled features (``score``; the gate scores each model once)."""
+    the pooled features (``score``; the gate scores each model once), or, for a current model
+    that kept its answers on this test set when it was registered, those (``kept``: it is not
+    run again)."""
 
     metrics: dict
     probabilities: np.ndarray
-    features: np.ndarray
+    features: np.ndarray | None
     #: what computed them (the JAX forward pass, the same for both models)
     predictor: object = field(default=None, compare=False, repr=False)
+    kept: answers.Answers | None = field(default=None, compare=False, repr=False)
+    metadata: dict | None = field(default=None, compare=False, repr=False)
 
 
 def score(model, split) -> Scored:
@@ -115,71 +118,127 @@ def score(model, split) -> Scored:
 
 
 def score_current(models_dir: Path, dataset: training.Dataset) -> tuple:
-    """Score the current model on the candidate's test set, in one pass.
+    """Score the current model on the candidate's test set: its answers kept when it was
+    registered (``loop.answers``), or one pass.
 
     Returns:
-        ``(version, scored, predictor)``: ``scored`` (``Scored``) and the loaded ``predictor``
-        are None when there is no current model, or when its classes are not the first
-        classes of the data set (then the two cannot be compared on the same labels). A
-        current model that lacks classes the data brought scores zero on them (see
-        ``training.evaluate``).
+        ``(version, scored, predictor)``: ``scored`` (``Scored``) is None when there is no
+        current model, or when its classes are not the first classes of the data set (then
+        the two cannot be compared on the same labels); ``predictor`` (the loaded model) is
+        None then too, and when its kept answers were read instead. A current model that lacks
+        classes the data brought scores zero on them (see ``training.evaluate``).
     """
     from imgclf.model.prediction import Predictor
 
     version = registry.current_version(models_dir)
     if version is None:
         return None, None, None
-    classes = registry.metadata(models_dir, version)["class_names"]
+    known = registry.metadata(models_dir, version)
+    classes = known["class_names"]
     if dataset.class_names[: len(classes)] != classes:
         return version, None, None
+    kept = answers.read(models_dir, version, dataset)
+    if kept is not None:
+        metrics, probabilities = training.evaluate(
+            None, dataset.test, predict=lambda _: kept.outputs
+        )
+        return version, Scored(metrics, probabilities, None, None, kept, known), None
     # by JAX: the candidate is not registered yet, and a paired comparison compares the
     # models, not the runtimes
     predictor = Predictor.load(models_dir, version, runtime="jax")
     features, outputs = predictor.outputs(dataset.test.images)
     metrics, probabilities = training.evaluate(None, dataset.test, predict=lambda _: outputs)
-    return version, Scored(metrics, probabilities, features, predictor), predictor
+    return version, Scored(metrics, probabilities, features, predictor, None, known), predictor
+
+
+def _judged(candidate: Scored, model, record):
+    """The candidate as it would be served: its temperature and unknown detector."""
+    from imgclf.model.prediction import Predictor
+
+    judged = candidate.predictor or Predictor("candidate", {}, model)
+    judged.temperature = float(record.trust.calibration.get("temperature", 1.0))
+    judged.novelty = record.trust.novelty
+    return judged
+
+
+def both_answers(current: tuple, candidate: Scored, model, dataset, record) -> tuple | None:
+    """``(candidate, current)`` ``answers.Answers`` on every test image and on the unlike
+    images made for the current model's classes (``answers.unlike_images``), from each model's
+    one pass (or the current's kept answers); ``current``: ``(predictor, Scored)``. None when
+    either model has no calibration (trained before it existed) or no test image is of the
+    current model's classes."""
+    predictor, current_scored = current
+    known = current_scored.metadata or predictor.metadata
+    if record.trust is None or "calibration" not in known:
+        return None
+    classes = len(known["class_names"])
+    if not (np.asarray(dataset.test.labels) < classes).any():
+        return None
+    fingerprint = training.test_fingerprint(dataset)
+    unlike = answers.unlike_images(dataset, known)
+    mine = answers.answer(
+        _judged(candidate, model, record),
+        candidate.features,
+        candidate.probabilities,
+        unlike,
+        fingerprint,
+    )
+    theirs = current_scored.kept or answers.answer(
+        predictor,
+        current_scored.features,
+        current_scored.probabilities[:, :classes],
+        unlike,
+        fingerprint,
+    )
+    return mine, theirs
 
 
 def trust_answers(current: tuple, candidate: Scored, model, dataset, record) -> tuple | None:
     """``(candidate, current)`` ``trustcheck.Answers`` on the test images of the classes the
-    current model knows (from each model's one pass, ``Scored``) and on unlike images
-    (``ood.sets``: noise, shuffled tiles, photos); ``current``: ``(predictor, Scored)``. None
-    when either model has no calibration (trained before it existed)."""
-    from imgclf.model import ood
-    from imgclf.model.prediction import Predictor
+    current model knows and on unlike images (``ood.sets``: noise, shuffled tiles, photos)
+    (``both_answers``); None when there are none to compare."""
+    both = both_answers(current, candidate, model, dataset, record)
+    return None if both is None else _trust_of(both, dataset)
 
-    predictor, current_scored = current
-    known = predictor.metadata
-    if record.trust is None or "calibration" not in known:
-        return None
-    classes = len(known["class_names"])
+
+def _trust_of(both: tuple, dataset) -> tuple:
     labels = np.asarray(dataset.test.labels)
-    keep = labels < classes
-    if not keep.any():
-        return None
-    found = ood.sets(
-        as_inputs(np.asarray(dataset.test.images)[keep]),
-        tuple(known["image_size"]),
-        known["color_mode"],
-        known["class_names"],
-        other_data=False,
-    )
-    unlike = np.concatenate([found[name] for name in sorted(found)]).astype(np.float32)
-    judged = candidate.predictor or Predictor("candidate", {}, model)
-    judged.temperature = float(record.trust.calibration.get("temperature", 1.0))
-    judged.novelty = record.trust.novelty
-    passes = (
-        (judged, candidate.features, candidate.probabilities),
-        (predictor, current_scored.features, current_scored.probabilities[:, :classes]),
-    )
-    answers = []
-    for each, features, outputs in passes:
-        probabilities, unknown, _ = each.answers_from(features[keep], outputs[keep])
-        unlike_unknown = each.answers_from(*each.outputs(unlike))[1]
-        answers.append(
-            trustcheck.answers_from(probabilities, unknown, labels[keep], unlike_unknown)
+    keep = labels < both[1].classes
+    return tuple(
+        trustcheck.answers_from(
+            each.probabilities[keep],
+            None if each.unknown is None else each.unknown[keep],
+            labels[keep],
+            each.unlike_unknown,
         )
-    return tuple(answers)
+        for each in both
+    )
+
+
+def own_answers(
+    candidate: Scored, model, dataset, record, both: tuple | None = None
+) -> answers.Answers | None:
+    """The candidate's answers to keep with its version (``loop.answers``): those the trust
+    checks made where the current model has its classes and inputs, else made for its own."""
+    if record.trust is None or candidate.features is None:
+        return None
+    own = {
+        "class_names": list(dataset.class_names),
+        "image_size": list(dataset.input_shape[:2]),
+        "color_mode": record.color_mode,
+    }
+    if both is not None:
+        mine, theirs = both
+        if mine.classes == theirs.classes == len(own["class_names"]):
+            return mine if mine.complete else None
+    made = answers.answer(
+        _judged(candidate, model, record),
+        candidate.features,
+        candidate.probabilities,
+        answers.unlike_images(dataset, own),
+        training.test_fingerprint(dataset),
+    )
+    return made if made.complete else None
 
 
 def _decide(
@@ -264,18 +323,53 @@ def register_and_decide(
     """
     if policy not in POLICIES:
         raise ValueError(f"promote={policy!r}: expected one of {', '.join(POLICIES)}")
+    gated = decide(models_dir, model, dataset, candidate, record, thresholds, policy)
+    extra = {
+        "gate": gated.decision.as_dict(),
+        **_evidence(gated.current, gated.paired, gated.trust),
+    }
+    kept = {answers.FILE: gated.kept.to_bytes()} if gated.kept is not None else None
+    registration = (models_dir, model, dataset, candidate.metrics, record, extra, kept)
+    outcome = _register(registration, gated.decision, gated.current, policy, version, pointer)
+    return outcome, gated.current_metrics
+
+
+@dataclass(frozen=True)
+class Gated:
+    """The gate's decision on a candidate and what it rests on; ``kept``: the candidate's
+    answers to keep with its version (``loop.answers``)."""
+
+    decision: gate.GateDecision
+    current: str | None
+    current_metrics: dict | None
+    paired: evidence.Paired | None
+    trust: tuple | None
+    kept: answers.Answers | None
+
+
+def decide(
+    models_dir: Path,
+    model,
+    dataset: training.Dataset,
+    candidate: Scored,
+    record: training.TrainingRecord,
+    thresholds: gate.GateThresholds,
+    policy: str = "if-not-worse",
+) -> Gated:
+    """Everything ``register_and_decide`` does before registering: the current model scored
+    (or its kept answers read), the paired answers, the trust checks and the decision."""
     current, current_scored, predictor = score_current(models_dir, dataset)
     paired = _pair(dataset, candidate, current_scored)
-    trust = None
+    both = None
     if paired is not None:
-        trust = trust_answers((predictor, current_scored), candidate, model, dataset, record)
+        both = both_answers((predictor, current_scored), candidate, model, dataset, record)
+    trust = None if both is None else _trust_of(both, dataset)
     current_metrics = current_scored.metrics if current_scored else None
     decision = _decide(
         candidate.metrics, current, current_metrics, paired, policy, thresholds, trust
     )
-    extra = {"gate": decision.as_dict(), **_evidence(current, paired, trust)}
-    registration = (models_dir, model, dataset, candidate.metrics, record, extra)
-    return _register(registration, decision, current, policy, version, pointer), current_metrics
+    kept = own_answers(candidate, model, dataset, record, both)
+    return Gated(decision, current, current_metrics, paired, trust, kept)
 
 
 def _register(registration: tuple, decision, current, policy, version, pointer) -> Outcome:

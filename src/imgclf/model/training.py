@@ -388,10 +388,12 @@ def register(
     test_metrics: dict,
     record: TrainingRecord,
     extra: dict | None = None,
+    attachments: dict[str, bytes] | None = None,
     version: str | None = None,
 ) -> str:
-    """Save a trained model into the registry with its metadata, as ``version`` (reserved in
-    the database) or the next number; returns the version name."""
+    """Save a trained model into the registry with its metadata and ``attachments`` (beside
+    the trust's), as ``version`` (reserved in the database) or the next number; returns the
+    version name."""
     info = {
         "parent_version": record.parent_version,
         "parameters": record.parameters,
@@ -409,7 +411,7 @@ def register(
         **(record.trust.metadata() if record.trust else {}),
         **(extra or {}),
     }
-    attachments = record.trust.attachments() if record.trust else None
+    attachments = {**(record.trust.attachments() if record.trust else {}), **(attachments or {})}
     with tempfile.TemporaryDirectory() as folder:
         path = network.save_model(model, Path(folder) / registry.MODEL_FILE)
         return registry.register(models_dir, path, info, version, attachments)
