@@ -183,10 +183,30 @@ def small_test_ece(probabilities: np.ndarray, labels: np.ndarray, seed: int) -> 
     }
 
 
+def _calibration(fitted: dict, probabilities: np.ndarray, labels, seed: int) -> dict:
+    """A row's calibration figures: ECE on all its test images, and on few (``small_test_ece``,
+    where there are enough)."""
+    from imgclf.model import calibration
+
+    labels = np.asarray(labels)
+    few = None
+    if len(labels) >= 2 * SMALL_TEST_PER_CLASS * len(np.unique(labels)):
+        served = calibration.scale(probabilities, fitted["temperature"])
+        few = small_test_ece(served, labels, seed)
+    return {
+        "ece": fitted["ece"],
+        "ece_uncalibrated": fitted["ece_uncalibrated"],
+        "temperature": fitted["temperature"],
+        "calibrated_on": fitted["fitted_on"],
+        "calibrated_out_of_fold": fitted["out_of_fold"],
+        "ece_few_test_images": few,
+    }
+
+
 def run_row(row: Row, folder: Path, seed: int) -> dict:
     """Train and test one row with one seed; its figures (accuracy, macro-F1, ECE)."""
     from imgclf.data import augment
-    from imgclf.model import calibration, network, posthoc, training
+    from imgclf.model import network, posthoc, training
 
     network.set_seed(seed)
     data_dir = _data(row, folder)
@@ -216,10 +236,6 @@ def run_row(row: Row, folder: Path, seed: int) -> dict:
     train_seconds = time.perf_counter() - began
     metrics, probabilities = training.evaluate(model, dataset.test)
     trusted = posthoc.fit(model, dataset, params, seed, probabilities)
-    served = calibration.scale(probabilities, trusted.calibration["temperature"])
-    few = None
-    if len(dataset.test.labels) >= 2 * SMALL_TEST_PER_CLASS * len(dataset.class_names):
-        few = small_test_ece(served, np.asarray(dataset.test.labels), seed)
     return {
         "name": row.name,
         "seed": seed,
@@ -232,12 +248,7 @@ def run_row(row: Row, folder: Path, seed: int) -> dict:
         "test_images": len(dataset.test.labels),
         "accuracy": round(float(metrics["accuracy"]), 4),
         "f1_macro": round(float(metrics["f1_macro"]), 4),
-        "ece": trusted.calibration["ece"],
-        "ece_uncalibrated": trusted.calibration["ece_uncalibrated"],
-        "temperature": trusted.calibration["temperature"],
-        "calibrated_on": trusted.calibration["fitted_on"],
-        "calibrated_out_of_fold": trusted.calibration["out_of_fold"],
-        "ece_few_test_images": few,
+        **_calibration(trusted.calibration, probabilities, dataset.test.labels, seed),
         "train_seconds": round(train_seconds, 1),
         "epochs_run": len(history["loss"]),
         "image_size": row.image_size,
