@@ -311,6 +311,24 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _earlier_rows(only: set[str]) -> dict | None:
+    """The newest earlier report's rows other than ``only`` (and the long ones), with its file
+    name and date; None where there is none."""
+    import json
+
+    from imgclf.config import get_settings
+
+    for path in sorted(get_settings().reports_dir.glob("bench-quality-*.json"), reverse=True):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        rows = [r for r in record.get("rows", []) if r["name"] not in only | LONG]
+        if rows:
+            return {"rows": rows, "file": path.name, "date": record.get("date", "")}
+    return None
+
+
 def main() -> int:
     only = {n for n in os.environ.get("BENCH_QUALITY_ONLY", "").split(",") if n}
     seeds = [int(s) for s in os.environ.get("BENCH_QUALITY_SEEDS", "").split(",") if s]
@@ -340,7 +358,16 @@ def main() -> int:
         f"{record['date'][:10]}."
     )
     markers = LONG_MARKERS if only and only <= LONG else MARKERS
-    publish("bench-quality", record, f"{caption}\n\n{table(results)}", markers)
+    shown, earlier = results, None
+    if only and markers == MARKERS:  # a partial run: the other rows stay as last measured
+        earlier = _earlier_rows(only)
+        if earlier:
+            shown = earlier["rows"] + results
+            caption += (
+                f" Rows {', '.join(sorted(only))} from this run; the others from "
+                f"{earlier['file']} ({earlier['date'][:10]})."
+            )
+    publish("bench-quality", record, f"{caption}\n\n{table(shown)}", markers)
     return 0
 
 
