@@ -367,7 +367,8 @@ def table(gate_rounds: list[dict], memory: dict | None) -> str:
         old, new = row["old"]["seconds"], row["new"]["seconds"]
         lines.append(
             f"| the gate's decision, round {row['round']} (fresh process each) | "
-            f"{old:.1f} s (old passes) | {new:.1f} s (the candidate's pass, the current's kept answers) | "
+            f"{old:.1f} s (old passes) | "
+            f"{new:.1f} s (the candidate's pass, the current's kept answers) | "
             f"x{row['ratio']:.2f} faster |"
         )
     if gate_rounds:
