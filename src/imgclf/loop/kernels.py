@@ -67,9 +67,13 @@ def run_notebook(
             )
     finally:
         os.close(write_end)
+    level = logging.getLogger().getEffectiveLevel()
     try:
-        child.stdin.write(pickle.dumps((job, settings, kind)))
-        child.stdin.close()
+        try:
+            child.stdin.write(pickle.dumps((job, settings, kind, level)))
+            child.stdin.close()
+        except BrokenPipeError:  # it died at once: said below, by its exit status
+            pass
         answer = _answer(child, read_end, cancelled)
     finally:
         os.close(read_end)
@@ -114,8 +118,11 @@ def _answer(child, read_end: int, cancelled: threading.Event):
         return None
 
 
-def _child(job: dict, settings: Settings, kind: str, answer, parent: int) -> None:
-    """The job's process: dies with the worker, logs into the job's log, runs the notebook
+def _child(
+    job: dict, settings: Settings, kind: str, answer, parent: int, level: int = logging.INFO
+) -> None:
+    """The job's process: dies with the worker, logs (at the worker's ``level``) into the
+    job's log and the worker's standard error, runs the notebook
     (retrying only a kernel that failed to start) and writes ``(what, value)`` to
     ``answer`` (a binary file)."""
     import ctypes
@@ -131,9 +138,10 @@ def _child(job: dict, settings: Settings, kind: str, answer, parent: int) -> Non
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides (Ctrl-C reaches both)
     from nbclient.exceptions import DeadKernelError
 
-    handler = logging.FileHandler(Path(job["run_dir"]) / runs.LOG_FILE)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    handlers = [logging.FileHandler(Path(job["run_dir"]) / runs.LOG_FILE), logging.StreamHandler()]
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=level, handlers=handlers)
     try:
         said = ("ok", _run_with_retries(job, settings, kind))
     except pipeline.PipelineError as failure:
@@ -255,12 +263,12 @@ def explain(
 
 def main(argv: list[str]) -> int:
     """``python -m imgclf.loop.kernels WRITE_FD PARENT_PID``: the job's process (``_child``);
-    the pickled ``(job, settings, kind)`` on standard input."""
+    the pickled ``(job, settings, kind, log level)`` on standard input."""
     import pickle
     import sys
 
-    job, settings, kind = pickle.loads(sys.stdin.buffer.read())
-    _child(job, settings, kind, os.fdopen(int(argv[0]), "wb"), int(argv[1]))
+    job, settings, kind, level = pickle.loads(sys.stdin.buffer.read())
+    _child(job, settings, kind, os.fdopen(int(argv[0]), "wb"), int(argv[1]), level)
     return 0
 
 
