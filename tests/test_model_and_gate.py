@@ -163,7 +163,8 @@ def test_a_registered_model_keeps_its_test_answers_and_the_next_gate_reads_them(
     )
     record = training.TrainingRecord({}, {}, "grayscale", parent_version="v0001", trust=trust)
     thresholds = gate.GateThresholds()
-    assert answers.read(models_dir, "v0001", dataset) is None  # registered without them
+    known = registry.metadata(models_dir, "v0001")  # v0002 is the same model: the same facts
+    assert answers.read(models_dir, "v0001", dataset, known) is None  # registered without them
 
     ran = promotion.decide(
         models_dir, model, dataset, promotion.score(model, dataset.test), record, thresholds
@@ -175,7 +176,7 @@ def test_a_registered_model_keeps_its_test_answers_and_the_next_gate_reads_them(
         models_dir, model, dataset, promotion.score(model, dataset.test), record, thresholds
     )
     assert registry.current_version(models_dir) == "v0002"
-    kept = answers.read(models_dir, "v0002", dataset)
+    kept = answers.read(models_dir, "v0002", dataset, known)
     assert kept is not None and len(kept.outputs) == len(dataset.test.labels)
     current, scored, predictor = promotion.score_current(models_dir, dataset)
     assert current == "v0002" and predictor is None and scored.kept is not None  # not run
@@ -191,10 +192,20 @@ def test_a_registered_model_keeps_its_test_answers_and_the_next_gate_reads_them(
         assert (mine.unlike_unknown == theirs.unlike_unknown).all()
 
     other = answers.Answers(
-        "another test set", kept.outputs, kept.probabilities, kept.unknown, kept.unlike_unknown
+        "another test set",
+        kept.outputs,
+        kept.probabilities,
+        kept.unknown,
+        kept.unlike_unknown,
+        kept.unlike_digest,
     )
-    (models_dir / "v0002" / answers.FILE).write_bytes(other.to_bytes())
-    assert answers.read(models_dir, "v0002", dataset) is None
+    kept_file = models_dir / "v0002" / answers.FILE
+    kept_file.chmod(0o644)  # the registry makes it read-only
+    kept_file.write_bytes(other.to_bytes())
+    assert answers.read(models_dir, "v0002", dataset, known) is None
     assert promotion.score_current(models_dir, dataset)[2] is not None  # run again
-    (models_dir / "v0002" / answers.FILE).write_bytes(b"not an npz")
-    assert answers.read(models_dir, "v0002", dataset) is None
+    made_elsewhere = replace(other, fingerprint=kept.fingerprint, unlike_digest="other code")
+    kept_file.write_bytes(made_elsewhere.to_bytes())
+    assert answers.read(models_dir, "v0002", dataset, known) is None  # other unlike images
+    kept_file.write_bytes(b"not an npz")
+    assert answers.read(models_dir, "v0002", dataset, known) is None

@@ -207,3 +207,18 @@ def test_small_training_sets_hold_out_enough_images_to_calibrate_on():
     labels = np.repeat(np.arange(3), 60)
     train, validation, _ = training.training_indices(labels, network.TrainParams(), 1)
     assert len(validation) == 45 and not set(train) & set(validation)
+
+
+def test_the_linear_head_cross_validates_a_rare_class_that_a_sample_would_miss():
+    """Over 2,000 training images the head's strength is chosen on a stratified sample, which
+    leaves a class of two images out or alone; the sample takes all of it, so the out-of-fold
+    answers (the temperature's cross-fitting) have a column for every class."""
+    from imgclf.model import taps
+
+    labels = np.r_[np.zeros(3000, int), np.ones(2998, int), [2, 2]]
+    features = np.random.default_rng(0).normal(size=(len(labels), 8))
+    features[labels == 2] += 3
+    for seed in (1, 42):
+        head = taps.linear_head(features, labels, False, seed)
+        assert np.bincount(labels[head.sample]).tolist()[2] == 2
+        assert head.out_of_fold.shape == (len(head.sample), 3)

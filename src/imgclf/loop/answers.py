@@ -12,6 +12,7 @@ change once registered, so neither do its answers on the same images.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ class Answers:
     probabilities: np.ndarray  # as served: after the temperature
     unknown: np.ndarray | None  # answered unknown (bool), one a test image
     unlike_unknown: np.ndarray | None  # answered unknown on the unlike images (bool)
+    unlike_digest: str = ""  # of the unlike images (``digest``): another version may make others
 
     @property
     def complete(self) -> bool:
@@ -58,6 +60,7 @@ class Answers:
             probabilities=self.probabilities.astype(np.float32),
             unknown=self.unknown.astype(bool),
             unlike_unknown=self.unlike_unknown.astype(bool),
+            unlike_digest=np.array(self.unlike_digest),
         )
         return buffer.getvalue()
 
@@ -70,6 +73,7 @@ class Answers:
                 kept["probabilities"],
                 kept["unknown"],
                 kept["unlike_unknown"],
+                str(kept["unlike_digest"]),
             )
 
 
@@ -91,23 +95,33 @@ def unlike_images(dataset: training.Dataset, metadata: dict) -> np.ndarray:
     return np.concatenate([found[name] for name in sorted(found)]).astype(np.float32)
 
 
+def digest(unlike: np.ndarray) -> str:
+    """What identifies a set of unlike images (SHA-256 of their pixels and shape)."""
+    found = hashlib.sha256(str(unlike.shape).encode())
+    found.update(np.ascontiguousarray(unlike, np.float32).tobytes())
+    return found.hexdigest()
+
+
 def answer(judged, features, outputs, unlike: np.ndarray, fingerprint: str) -> Answers:
     """``judged``'s (a ``Predictor`` with its temperature and unknown detector) answers from
     its one pass over the test set (``features``, ``outputs``) and over ``unlike``."""
     probabilities, unknown, _ = judged.answers_from(features, outputs)
     unlike_unknown = judged.answers_from(*judged.outputs(unlike))[1]
-    return Answers(fingerprint, outputs, probabilities, unknown, unlike_unknown)
+    return Answers(fingerprint, outputs, probabilities, unknown, unlike_unknown, digest(unlike))
 
 
-def read(models_dir: Path, version: str, dataset: training.Dataset) -> Answers | None:
-    """``version``'s kept answers on ``dataset``'s test set; None where it kept none, or kept
-    them on other test images (or the file cannot be read: the model is run instead)."""
+def read(
+    models_dir: Path, version: str, dataset: training.Dataset, metadata: dict
+) -> Answers | None:
+    """``version``'s (of ``metadata``) kept answers on ``dataset``'s test set; None where it
+    kept none, kept them on other test images or other unlike images (made by another version
+    of this code), or the file cannot be read: the model is run instead."""
     payload = registry.attachment(models_dir, version, FILE)
     if payload is None:
         return None
     try:
         kept = Answers.from_bytes(payload)
-    except (OSError, ValueError, KeyError) as error:
+    except Exception as error:  # truncated, not an npz, another layout
         log.warning(
             "%s's kept test answers are unreadable (%s): running it instead", version, error
         )
@@ -115,5 +129,7 @@ def read(models_dir: Path, version: str, dataset: training.Dataset) -> Answers |
     if kept.fingerprint != training.test_fingerprint(dataset):
         return None
     if len(kept.outputs) != len(dataset.test.labels):
+        return None
+    if kept.unlike_digest != digest(unlike_images(dataset, metadata)):
         return None
     return kept

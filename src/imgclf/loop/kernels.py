@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -25,8 +26,11 @@ from imgclf.loop import registering
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 #: Tries at starting the notebook's kernel (jupyter_client can lose a port race).
 KERNEL_START_TRIES = 3
-#: After a cancel request, the job's process has this long to write its report.
-CANCEL_GRACE_S = 3.0
+#: After a cancel request (told by ``CANCEL_SIGNAL``: it starts no other kernel), the job's
+#: process has this long to write its report, or to settle a run that had already ended.
+CANCEL_GRACE_S = 60.0
+#: How the worker tells its job's process that the job was cancelled.
+CANCEL_SIGNAL = signal.SIGUSR1
 #: How often the worker looks at its job's process.
 POLL_S = 0.2
 
@@ -44,9 +48,11 @@ def run_notebook(
     imgclf.loop.kernels``), so that what running it imports (papermill, nbclient, nbconvert,
     the kernel's client) leaves with it and the idle worker stays small. The child starts
     without the secrets in its environment (its kernel inherits that), reads the job and the
-    settings from its standard input, answers through a pipe, and dies with the worker. After
-    a cancel request (the kernel already killed by ``jobs.Watcher``) it has ``CANCEL_GRACE_S``
-    to write the report, then it is killed.
+    settings from its standard input, answers through a pipe, and dies with the worker. A
+    cancel request (the kernel already killed by ``jobs.Watcher``) is passed on
+    (``CANCEL_SIGNAL``: no other kernel is started); the child then has ``CANCEL_GRACE_S`` to
+    write the report, or to settle a run that had ended before the cancel (its outcome
+    stands), before it is killed.
 
     Raises:
         pipeline.PipelineError: a cell raised, or the run could not be settled.
@@ -109,13 +115,22 @@ def _answer(child, read_end: int, cancelled: threading.Event):
             received.append(chunk)
             continue
         if cancelled.is_set():
-            cancel_seen = cancel_seen or time.monotonic()
+            if cancel_seen is None:
+                cancel_seen = time.monotonic()
+                try:
+                    child.send_signal(CANCEL_SIGNAL)
+                except ProcessLookupError:
+                    pass
             if time.monotonic() - cancel_seen > CANCEL_GRACE_S:
                 return None
     try:
         return pickle.loads(b"".join(received))
     except (EOFError, pickle.UnpicklingError):
         return None
+
+
+#: Set in the job's process when the worker says the job was cancelled (``CANCEL_SIGNAL``).
+_cancelled = threading.Event()
 
 
 def _child(
@@ -127,8 +142,8 @@ def _child(
     ``answer`` (a binary file)."""
     import ctypes
     import pickle
-    import signal
 
+    signal.signal(CANCEL_SIGNAL, lambda *_: _cancelled.set())
     try:  # Linux: killed when the worker dies, as its kernel was when it ran in the worker
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -171,6 +186,8 @@ def _run_with_retries(job: dict, settings: Settings, kind: str) -> registering.R
         except (pipeline.PipelineError, DeadKernelError):
             raise
         except Exception as failure:  # the kernel did not start (ports, timeouts)
+            if _cancelled.is_set():
+                raise
             if attempt == KERNEL_START_TRIES:
                 raise RuntimeError(f"the notebook's kernel did not start: {failure}") from None
             log.warning("kernel start failed (%s); retrying", failure)

@@ -137,7 +137,7 @@ def score_current(models_dir: Path, dataset: training.Dataset) -> tuple:
     classes = known["class_names"]
     if dataset.class_names[: len(classes)] != classes:
         return version, None, None
-    kept = answers.read(models_dir, version, dataset)
+    kept = answers.read(models_dir, version, dataset, known)
     if kept is not None:
         metrics, probabilities = training.evaluate(
             None, dataset.test, predict=lambda _: kept.outputs

@@ -57,14 +57,23 @@ class TapChoice:
 
 
 def _sample(labels: np.ndarray, seed: int) -> np.ndarray:
-    """Indices of at most ``CHOICE_IMAGES`` training images, stratified by class."""
+    """Indices of about ``CHOICE_IMAGES`` training images, stratified by class, with every
+    image of a class the stratified draw would leave short of ``FOLDS`` (a new class of a few
+    images): cross-validation then sees every class the head is fitted on."""
+    labels = np.asarray(labels)
     indices = np.arange(len(labels))
     if len(labels) <= CHOICE_IMAGES:
         return indices
-    chosen, _ = train_test_split(
-        indices, train_size=CHOICE_IMAGES, stratify=labels, random_state=seed
-    )
-    return np.sort(chosen)
+    common = np.bincount(labels)[labels] >= 2  # stratifying needs two of a class
+    chosen = indices[common]
+    if common.sum() > CHOICE_IMAGES:
+        chosen, _ = train_test_split(
+            chosen, train_size=CHOICE_IMAGES, stratify=labels[common], random_state=seed
+        )
+    total = np.bincount(labels)
+    sampled = np.bincount(labels[chosen], minlength=len(total))
+    short = np.flatnonzero(sampled < np.minimum(total, FOLDS))
+    return np.union1d(chosen, indices[np.isin(labels, short)])
 
 
 def choose_tap(
@@ -152,8 +161,8 @@ def linear_head(features: np.ndarray, labels: np.ndarray, balanced: bool, seed: 
     seed give the same head (``posthoc`` refits it to cross-fit the temperature)."""
     labels = np.asarray(labels)
     present = np.unique(labels)
-    folds = min(FOLDS, int(np.bincount(labels)[present].min()))
     chosen = _sample(labels, seed)
+    folds = min(FOLDS, int(np.bincount(labels[chosen])[present].min()))
     splitter = StratifiedKFold(max(folds, 2), shuffle=True, random_state=seed)
     scored, answers = {}, {}
     for c in HEAD_C:
