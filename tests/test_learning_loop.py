@@ -423,3 +423,25 @@ def test_the_upload_manifest_has_one_owner():
             text = path.read_text()
             assert '"manifest.json"' not in text, f"{path} names the manifest's file itself"
             assert "MANIFEST" not in text, f"{path} keeps its own name for the manifest"
+
+
+def test_a_job_process_that_fails_before_it_runs_says_why_through_its_pipe():
+    """The job's process answers through a pipe; one that cannot even read its job still
+    answers, so the job's error names the cause instead of only an exit status."""
+    import pickle
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    child = subprocess.run(
+        [sys.executable, "-m", "imgclf.loop.kernels", str(write_end), str(os.getpid())],
+        input=b"not a pickled job",
+        pass_fds=(write_end,),
+        capture_output=True,
+        check=False,
+    )
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as answer:
+        what, said = pickle.loads(answer.read())
+    assert child.returncode != 0 and what == "error"
+    assert said.startswith("the job's process failed: UnpicklingError"), said

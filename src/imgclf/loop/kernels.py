@@ -284,8 +284,16 @@ def main(argv: list[str]) -> int:
     import pickle
     import sys
 
-    job, settings, kind, level = pickle.loads(sys.stdin.buffer.read())
-    _child(job, settings, kind, os.fdopen(int(argv[0]), "wb"), int(argv[1]), level)
+    answer = os.fdopen(int(argv[0]), "wb")
+    try:
+        job, settings, kind, level = pickle.loads(sys.stdin.buffer.read())
+        _child(job, settings, kind, answer, int(argv[1]), level)
+    except BaseException as failure:  # before it could answer: the job's error says why
+        if not answer.closed:
+            with answer:
+                said = f"the job's process failed: {type(failure).__name__}: {failure}"
+                answer.write(pickle.dumps(("error", said)))
+        raise
     return 0
 
 
