@@ -38,6 +38,19 @@ def test_build_model_rejects_single_class_and_unknown_backbone():
         network.build_model(3, (32, 32, 1), backbone="vgg99")
 
 
+def test_cnn_width_doubles_block_by_block_and_its_default_is_the_model_trained_so_far():
+    """``cnn_width`` (notebook 02's parameter) sets the CNN's three blocks; its default builds
+    the same CNN as ``build_model`` always has, so existing models and their retrains keep it."""
+    assert network.cnn_filters(network.TrainParams().cnn_width) == (16, 32, 64)
+    wide = network.build_model(3, (16, 16, 1), filters=network.cnn_filters(32))
+    widths = [wide.get_layer(f"block{i}_conv2").filters for i in (1, 2, 3)]
+    assert widths == [32, 64, 128]
+    assert wide.count_params() > 3 * network.build_model(3, (16, 16, 1)).count_params()
+    for bad in (0, 3, 512):
+        with pytest.raises(ValueError, match="cnn_width"):
+            network.cnn_filters(bad)
+
+
 def test_gate_thresholds_reject_an_unknown_metric_and_a_negative_tolerance():
     with pytest.raises(ValueError, match="metric"):
         gate.GateThresholds(metric="auc")

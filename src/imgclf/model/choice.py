@@ -126,7 +126,11 @@ def _cnn_fold(dataset, params, augmentation, seed, train, test) -> float:
     fit, stop = training.hold_out(labels[train], share, seed)
     network.set_seed(seed)
     model = network.build_model(
-        len(dataset.class_names), dataset.input_shape, params.l2, params.dropout
+        len(dataset.class_names),
+        dataset.input_shape,
+        params.l2,
+        params.dropout,
+        filters=network.cnn_filters(params.cnn_width),
     )
     network.compile_model(model, params.learning_rate)
     network.train(

@@ -52,11 +52,21 @@ class TrainParams:
     fine_tune_blocks: int = 2
     fine_tune_epochs: int = 5
     fine_tune_learning_rate: float = 1e-4
+    #: The CNN from scratch: filters of its first block, doubled by each of the next two
+    #: (``cnn_filters``). 16 suits a few thousand images; tens of thousands gain from 32.
+    cnn_width: int = 16
 
 
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and Keras (JAX) so that a run can be repeated exactly."""
     keras.utils.set_random_seed(seed)
+
+
+def cnn_filters(width: int) -> tuple[int, int, int]:
+    """The CNN's three block widths for a first-block ``width`` (each block doubles it)."""
+    if not 4 <= int(width) <= 256:
+        raise ValueError(f"cnn_width={width}: expected 4 to 256 filters in the first block")
+    return (int(width), 2 * int(width), 4 * int(width))
 
 
 def _conv_block(x, filters: int, l2: float, name: str):
