@@ -410,11 +410,12 @@ def main() -> int:
         "rows": results,
     }
     minutes = record["total_seconds"] / 60
+    markers = LONG_MARKERS if only and only <= LONG else MARKERS
+    target = "make bench-quality-full" if markers == LONG_MARKERS else "make bench-quality"
     caption = (
-        f"`make bench-quality`: {record['cpus']} cores, {minutes:.1f} minutes in all"
+        f"`{target}`: {record['cpus']} cores, {minutes:.1f} minutes in all"
         f"{f' ({jobs} processes at once)' if jobs > 1 else ''}; {record['date'][:10]}."
     )
-    markers = LONG_MARKERS if only and only <= LONG else MARKERS
     shown, earlier = results, None
     if only and markers == MARKERS:  # a partial run: the other rows stay as last measured
         earlier = _earlier_rows(only)
