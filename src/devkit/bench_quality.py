@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from devkit.bench_quality_table import shown_rows, table
 from devkit.bench_train import publish
 
 #: Seeds of every row (BENCH_QUALITY_SEEDS: a comma-separated list).
@@ -263,77 +264,12 @@ def run_row(row: Row, folder: Path, seed: int) -> dict:
         "backbone_tap": tap if backbone else None,
         "augment": augmentation.as_dict() if augmentation else None,
         "params": row.params,
+        "date": datetime.now(UTC).isoformat(),
     }
 
 
 MARKERS = ("<!-- bench-quality -->", "<!-- /bench-quality -->")
 LONG_MARKERS = ("<!-- bench-quality-full -->", "<!-- /bench-quality-full -->")
-
-
-def _spread(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{np.mean(values):.4f} ± {np.std(values):.4f} (min {min(values):.4f})"
-
-
-def _model_name(runs: list[dict]) -> str:
-    first = runs[0]
-    if first["model"] == "auto":
-        chosen = sorted({r["chosen"] for r in runs})
-        named = " / ".join("CNN" if c == "cnn" else "Lite0" for c in chosen)
-        return f"auto: chose {named} ({', '.join(r['chosen'] for r in runs)})"
-    name = "EfficientNet-Lite0, ImageNet" if first["pretrained"] else "CNN from scratch"
-    if first["pretrained"]:
-        name += f" ({first['backbone_size'] or 224} px, {first['backbone_tap']} features)"
-    return name
-
-
-def _few(runs: list[dict]) -> str:
-    few = [r["ece_few_test_images"] for r in runs if r.get("ece_few_test_images")]
-    if not few:
-        return "-"
-    return f"{np.mean([f['ece'] for f in few]):.3f} ({np.mean([f['floor'] for f in few]):.3f})"
-
-
-def table(results: list[dict]) -> str:
-    """The table of docs/benchmarks.md: one line a row, its seeds' mean, spread and least."""
-    lines = [
-        "| data set | model | train images | test images | seeds | accuracy: mean ± sd (min) "
-        "| macro-F1, mean | ECE, mean (max) | ECE on 20 test images a class: mean (floor) "
-        "| training, mean |",
-        "|---|---|---:|---:|---|---|---:|---:|---:|---:|",
-    ]
-    names = list(dict.fromkeys(r["name"] for r in results))
-    for name in names:
-        runs = [r for r in results if r["name"] == name]
-        first, eces = runs[0], [r["ece"] for r in runs]
-        lines.append(
-            f"| {first['dataset']} | {_model_name(runs)} | {first['train_images']:,} | "
-            f"{first['test_images']:,} | {', '.join(str(r['seed']) for r in runs)} | "
-            f"{_spread([r['accuracy'] for r in runs])} | "
-            f"{np.mean([r['f1_macro'] for r in runs]):.4f} | "
-            f"{np.mean(eces):.3f} ({max(eces):.3f}) | {_few(runs)} | "
-            f"{np.mean([r['train_seconds'] for r in runs]):.0f} s |"
-        )
-    return "\n".join(lines)
-
-
-def _earlier_rows(only: set[str]) -> dict | None:
-    """The newest earlier report's rows other than ``only`` (and the long ones), with its file
-    name and date; None where there is none."""
-    import json
-
-    from imgclf.config import get_settings
-
-    for path in sorted(get_settings().reports_dir.glob("bench-quality-*.json"), reverse=True):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        rows = [r for r in record.get("rows", []) if r["name"] not in only | LONG]
-        if rows:
-            return {"rows": rows, "file": path.name, "date": record.get("date", "")}
-    return None
 
 
 #: XLA on one thread: a CPU process of the bench when several run at once (BENCH_QUALITY_JOBS).
@@ -365,6 +301,14 @@ def _one(row: Row, seed: int, folder: Path) -> dict:
     return result
 
 
+class PartialRun(Exception):
+    """Some seeds of a run with several processes failed; ``results`` are those that did not."""
+
+    def __init__(self, results: list[dict], failed: list[str]):
+        super().__init__(f"failed: {', '.join(failed)}")
+        self.results, self.failed = results, failed
+
+
 def run_all(rows: list[Row], seeds: list[int], folder: Path, jobs: int = 1) -> list[dict]:
     """Every row with every seed, in order; ``jobs`` > 1 runs that many at once, each in a
     process of its own with XLA on one thread: on 2 cores the wide CNN's epoch took 40 s with
@@ -376,6 +320,7 @@ def run_all(rows: list[Row], seeds: list[int], folder: Path, jobs: int = 1) -> l
                 results.append(run_row(row, folder, seed))
                 _say(results[-1])
         return results
+    import subprocess
     from concurrent.futures import ThreadPoolExecutor
 
     from imgclf.model import training
@@ -385,7 +330,15 @@ def run_all(rows: list[Row], seeds: list[int], folder: Path, jobs: int = 1) -> l
         training.load_dataset(_data(row, folder), row.image_size, row.color_mode, cache_dir=cache)
     with ThreadPoolExecutor(jobs) as pool:
         runs = [pool.submit(_one, row, seed, folder) for row in rows for seed in seeds]
-        return [run.result() for run in runs]
+        results, failed = [], []
+        for (row, seed), run in zip([(r, s) for r in rows for s in seeds], runs, strict=True):
+            try:
+                results.append(run.result())
+            except subprocess.CalledProcessError as error:
+                failed.append(f"{row.name} seed {seed} (exit {error.returncode})")
+    if failed:  # the seeds that finished are still written, then the run fails
+        raise PartialRun(results, failed)
+    return results
 
 
 def main() -> int:
@@ -400,8 +353,15 @@ def main() -> int:
         return 0
     began = time.perf_counter()
     jobs = int(os.environ.get("BENCH_QUALITY_JOBS", "1"))
+    failed = None
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as folder:
-        results = run_all(rows, seeds or list(SEEDS), Path(folder), jobs)
+        try:
+            results = run_all(rows, seeds or list(SEEDS), Path(folder), jobs)
+        except PartialRun as partial:
+            results, failed = partial.results, partial.failed
+    if not results:
+        print(f"bench-quality: nothing finished ({', '.join(failed or [])})", file=sys.stderr)
+        return 1
     record = {
         "date": datetime.now(UTC).isoformat(),
         "cpus": os.cpu_count(),
@@ -416,17 +376,29 @@ def main() -> int:
         f"`{target}`: {record['cpus']} cores, {minutes:.1f} minutes in all"
         f"{f' ({jobs} processes at once)' if jobs > 1 else ''}; {record['date'][:10]}."
     )
-    shown, earlier = results, None
-    if only and markers == MARKERS:  # a partial run: the other rows stay as last measured
-        earlier = _earlier_rows(only)
-        if earlier:
-            shown = earlier["rows"] + results
+    kept = {}
+    if only and markers == MARKERS:  # a partial run: the other rows stay as the page has them
+        from devkit.bench_train import BENCHMARKS
+
+        kept = {
+            n: line
+            for n, line in shown_rows(BENCHMARKS.read_text(), MARKERS).items()
+            if n not in only
+        }
+        if kept:
             caption += (
-                f" Rows {', '.join(sorted(only))} from this run; the others from "
-                f"{earlier['file']} ({earlier['date'][:10]})."
+                f" Rows {', '.join(sorted(only))} from this run; the others as measured before."
             )
-    publish("bench-quality", record, f"{caption}\n\n{table(shown)}", markers)
-    return 0
+    if failed:
+        record["failed"] = failed
+        caption += f" Failed, not shown: {', '.join(failed)}."
+    publish(
+        "bench-quality",
+        record,
+        f"{caption}\n\n{table(results, kept, tuple(r.name for r in ROWS))}",
+        markers,
+    )
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
