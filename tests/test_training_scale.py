@@ -184,6 +184,12 @@ def test_the_cache_file_reads_rows_like_an_array_without_mapping_it(tmp_path):
     assert np.array_equal(rows[1:5], kept[1:5]) and np.array_equal(rows[::3], kept[::3])
     assert np.array_equal(rows[np.array([6, 0, 3])], kept[[6, 0, 3]])
     assert np.array_equal(np.stack(list(rows)), kept) and np.array_equal(np.asarray(rows), kept)
+    # numpy's indexing past the rows: flipped images, one channel, one image's column
+    assert np.array_equal(rows[:, :, ::-1], kept[:, :, ::-1])
+    assert np.array_equal(rows[np.array([1, 4]), ..., 0], kept[[1, 4], ..., 0])
+    assert np.array_equal(rows[3, :, 1], kept[3, :, 1]) and np.array_equal(rows[...], kept)
+    with pytest.raises(TypeError, match="rows first"):
+        rows[[0, 1], [0, 1]]
     with pytest.raises(IndexError):
         rows[7]
     (tmp_path / "short.npy").write_bytes((tmp_path / "a.npy").read_bytes()[:-10])

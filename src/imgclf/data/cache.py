@@ -98,6 +98,18 @@ class ImageFile:
         return np.frombuffer(raw, np.uint8).reshape(count, *self.shape[1:])
 
     def __getitem__(self, key):
+        if key is Ellipsis or (isinstance(key, tuple) and (not key or key[0] is Ellipsis)):
+            return np.asarray(self)[key]
+        if isinstance(key, tuple):  # rows first, then numpy's indexing within them
+            if any(isinstance(part, list | np.ndarray) for part in key[1:]):
+                raise TypeError(
+                    "index an image file's rows first (images[rows]), then the array it gives: "
+                    "arrays after the first index are not supported"
+                )
+            rows = self[key[0]]
+            if isinstance(key[0], int | np.integer):
+                return rows[key[1:]]
+            return rows[(slice(None), *key[1:])]
         if isinstance(key, slice):
             start, stop, step = key.indices(len(self))
             rows = self._rows(start, stop)
