@@ -77,9 +77,9 @@ ROWS = (
         200,
         params={"epochs": 40, "patience": 8},
     ),
-    # Lite0's native 224 px, head only (128 px: 0.852 over 3 seeds in 165 s a seed; 224 px:
-    # 0.865 and 0.860 in seeds 1-2, about 5.5 minutes a seed); fine-tuning at 224 px costs
-    # about 15 minutes a seed on 2 cores and its validation loss dropped it
+    # Lite0's native 224 px, head only: 0.8623 over 3 seeds, about 10 minutes a seed (128 px:
+    # 0.852, 188 s of training); training its last two stages as well did not beat the head
+    # (docs/benchmarks.md)
     Row(
         "fashion-lite0-1k",
         "fashion_mnist",
