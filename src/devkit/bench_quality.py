@@ -380,15 +380,12 @@ def main() -> int:
     if only and markers == MARKERS:  # a partial run: the other rows stay as the page has them
         from devkit.bench_train import BENCHMARKS
 
-        kept = {
-            n: line
-            for n, line in shown_rows(BENCHMARKS.read_text(), MARKERS).items()
-            if n not in only
-        }
+        measured = sorted({r["name"] for r in results})
+        shown = shown_rows(BENCHMARKS.read_text(), MARKERS)
+        kept = {n: line for n, line in shown.items() if n not in measured}
         if kept:
-            caption += (
-                f" Rows {', '.join(sorted(only))} from this run; the others as measured before."
-            )
+            caption += f" Rows {', '.join(measured)} from this run; the others as measured before."
+
     if failed:
         record["failed"] = failed
         caption += f" Failed, not shown: {', '.join(failed)}."
