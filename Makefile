@@ -128,7 +128,7 @@ bench-retrain: setup ## the retrain decision's time (one pass per model against 
 bench-quality: setup ## accuracy and ECE over 3 seeds: digits, Fashion-MNIST with 1,000 labels, few RGB photos; CNN, EfficientNet-Lite0 and auto
 	$(PY) -m devkit.bench_quality
 
-bench-quality-full: setup ## the CNN on all of Fashion-MNIST, 3 seeds at once (about 80 minutes on 2 cores)
+bench-quality-full: setup ## the CNN on all of Fashion-MNIST, 3 seeds at once (about 110 minutes on 2 cores)
 	BENCH_QUALITY_ONLY=fashion-cnn BENCH_QUALITY_JOBS=$${BENCH_QUALITY_JOBS:-3} $(PY) -m devkit.bench_quality
 
 bench-data: setup ## the data audit: planted leaks and near-duplicates, label noise, drift on features, review queue, cost (30-40 min on 2 shared cores; BENCH_DATA_PARTS=neardup,labels,drift,active,cost for some)

@@ -173,7 +173,9 @@ def extract(images: np.ndarray) -> np.ndarray:
 
     if not len(images):
         return np.zeros((0, 1280), np.float32)
-    return network.backbone_features(model(images.shape[1]), images[..., None], batch_size=250)
+    return network.backbone_features(
+        model(images.shape[1]), images[..., None], batch_size=250, reuse=False
+    )
 
 
 def features(images: np.ndarray) -> np.ndarray:

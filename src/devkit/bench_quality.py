@@ -96,13 +96,14 @@ ROWS = (
     Row("photos-lite0", model="efficientnet_lite0", flip=True, **PHOTOS),
     # the full set: make bench-quality-full (3 to 5 minutes an epoch on one core). 60,000
     # images carry a CNN twice as wide (cnn_width 32: 16 stalled near 0.92); flips and 1-px
-    # shifts only: the default rotation and zoom cost it accuracy (0.9082 after 20 epochs)
+    # shifts only: the default rotation and zoom cost it accuracy (0.9082 after 20 epochs).
+    # 15 epochs ran all 15 for 0.9348/0.9335/0.9295, still improving: 18
     Row(
         "fashion-cnn",
         "fashion_mnist",
         "cnn",
         28,
-        params={"epochs": 15, "patience": 4, "batch_size": 128, "cnn_width": 32},
+        params={"epochs": 18, "patience": 4, "batch_size": 128, "cnn_width": 32},
         flip=True,
         ranges=(0.0, 0.0, 0.05),
     ),

@@ -160,9 +160,9 @@ def _backbone(dataset, backbone_size) -> tuple[object, float]:
         backbone_tap="all",
     )
     probe = dataset.train.images[: min(PROBE_IMAGES, len(dataset.train.images))]
-    network.backbone_features(model, probe)  # compiles
+    network.backbone_features(model, probe, reuse=False)  # compiles
     started = time.perf_counter()
-    network.backbone_features(model, probe)
+    network.backbone_features(model, probe, reuse=False)
     return model, (time.perf_counter() - started) / len(probe)
 
 

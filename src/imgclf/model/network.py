@@ -12,7 +12,7 @@ import keras  # the backend is chosen by importing the package (imgclf/__init__.
 import numpy as np
 from keras import layers, regularizers
 
-from imgclf.model import efficientnet_lite
+from imgclf.model import efficientnet_lite, featurememo
 from imgclf.model.batches import Batches, as_inputs, device_multiple
 
 HEAD_NAME = "head"
@@ -249,11 +249,21 @@ def head_model(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, outputs, name="head_on_features")
 
 
-def backbone_features(model: keras.Model, images, batch_size: int = 64) -> np.ndarray:
-    """The pooled backbone features of ``images`` (inference mode), batch by batch."""
+def backbone_features(
+    model: keras.Model, images, batch_size: int = 64, reuse: bool = True
+) -> np.ndarray:
+    """The pooled backbone features of ``images`` (inference mode), batch by batch; with
+    ``reuse``, an EfficientNet-Lite's features of images seen before are read from
+    ``featurememo`` (the same weights and preprocessing: the same numbers)."""
     pooled = model.get_layer(FEATURES_NAME).input
     extractor = keras.Model(model.input, pooled, name="features_of")
-    return predict_proba(extractor, images, batch_size)
+
+    def compute(part) -> np.ndarray:
+        return predict_proba(extractor, part, batch_size)
+
+    if not reuse or not has_backbone(model):
+        return compute(images)
+    return featurememo.features(model, model.get_layer(BACKBONE_NAME), images, compute)
 
 
 def describe_input(model: keras.Model) -> str:

@@ -36,7 +36,12 @@ def with_features(model: keras.Model) -> keras.Model:
 
 
 def features_and_probabilities(model: keras.Model, images, batch_size: int = 128):
-    """``(features, probabilities)`` of ``images`` (inference mode), batch by batch."""
+    """``(features, probabilities)`` of ``images`` (inference mode), batch by batch; a
+    pretrained backbone's features of images seen before are reused
+    (``network.backbone_features``), its probabilities are the head's on them."""
+    if network.has_backbone(model):
+        features = network.backbone_features(model, images)
+        return features, network.predict_proba(network.head_model(model), features)
     both = with_features(model)
     features, probabilities = [], []
     for start in range(0, len(images), batch_size):

@@ -285,7 +285,8 @@ def _fit_head(model, dataset, params, seed, train_part, validation) -> dict[str,
     fitted_on = np.unique(train_part)
     features = network.backbone_features(model, dataset.train.images[fitted_on])
     head = taps.fit_linear_head(model, features, labels[fitted_on], params.balance > 0, seed)
-    chance = network.predict_proba(model, dataset.train.images[validation])
+    held = network.backbone_features(model, dataset.train.images[validation])
+    chance = network.predict_proba(network.head_model(model), held)
     right = chance[np.arange(len(validation)), labels[validation]]
     return {
         "loss": [head["train_loss"]],
