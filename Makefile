@@ -20,7 +20,7 @@ WORKERS ?= 2
 DASHBOARD_PORT ?= 5006
 export PORT WORKERS DASHBOARD_PORT
 
-.PHONY: help setup lock lock-cuda bench-request bench-backbone bench-gate bench-retrain bench-stats bench-trust bench-quality bench-quality-full bench-data soak bench-train data data-fashion eda train evaluate retrain pipeline run model db serve worker \
+.PHONY: help setup lock lock-cuda bench-request bench-backbone bench-gate bench-retrain bench-stats bench-trust bench-quality bench-quality-full bench-head bench-data soak bench-train data data-fashion eda train evaluate retrain pipeline run model db serve worker \
         cluster dashboard token bench loadtest reports lab test test-fast lint format clean docs \
         image stack-up stack-down stack-status test-containers loadtest-containers
 
@@ -130,6 +130,9 @@ bench-quality: setup ## accuracy and ECE over 3 seeds: digits, Fashion-MNIST wit
 
 bench-quality-full: setup ## the CNN on all of Fashion-MNIST, 3 seeds at once (about 110 minutes on 2 cores)
 	BENCH_QUALITY_ONLY=fashion-cnn BENCH_QUALITY_JOBS=$${BENCH_QUALITY_JOBS:-3} $(PY) -m devkit.bench_quality
+
+bench-head: setup ## head-only training on EfficientNet-Lite0: its features computed once against at every read (about 10 minutes)
+	$(PY) -m devkit.bench_head
 
 bench-data: setup ## the data audit: planted leaks and near-duplicates, label noise, drift on features, review queue, cost (30-40 min on 2 shared cores; BENCH_DATA_PARTS=neardup,labels,drift,active,cost for some)
 	$(PY) -m devkit.bench_data
