@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imgclf.config.readers import ConfigError
 from imgclf.model import featurememo, network, posthoc, taps, training
 
 SIZE = 32  # the backbone's input side: small, so that a forward pass is quick
@@ -97,6 +98,9 @@ def test_switched_off_or_full_it_computes_and_keeps_within_its_bound(counted, im
     network.backbone_features(model, images)
     network.backbone_features(model, images)
     assert counted == [40, 40] and featurememo.kept_bytes() == 0
+    monkeypatch.setenv("IMGCLF_FEATURE_MEMO", "off")
+    with pytest.raises(ConfigError, match="IMGCLF_FEATURE_MEMO"):
+        network.backbone_features(model, images)
     monkeypatch.delenv("IMGCLF_FEATURE_MEMO")
     width = network.backbone_features(model, images[:10]).shape[1]
     assert featurememo.kept_bytes() == 10 * width * 4

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
 import numpy as np
+
+from imgclf.config import catalogue
 
 #: Features kept at most (float32), over all backbones: the oldest backbone's go first.
 MAX_BYTES = 256 * 2**20
@@ -42,8 +43,12 @@ _sizes: dict[tuple, int] = {}
 
 
 def enabled() -> bool:
-    """Whether features are kept (``IMGCLF_FEATURE_MEMO`` is not ``0``)."""
-    return os.environ.get("IMGCLF_FEATURE_MEMO", "1").strip() != "0"
+    """Whether features are kept (the setting ``IMGCLF_FEATURE_MEMO``, 1 by default).
+
+    Raises:
+        ConfigError: a value other than 0 or 1.
+    """
+    return bool(catalogue.value("IMGCLF_FEATURE_MEMO"))
 
 
 def clear() -> None:
