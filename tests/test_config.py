@@ -11,6 +11,7 @@ from imgclf.config import catalogue, reference
 GETTERS = (
     config.get_settings, config.get_service_settings, config.get_server_settings,
     config.get_loop_settings, config.get_runtime_settings, config.backbone_cache_dir,
+    config.feature_memo,
 )  # fmt: skip
 
 

@@ -251,6 +251,12 @@ def backbone_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imgclf"
 
 
+def feature_memo() -> bool:
+    """Whether a training run keeps a frozen backbone's features (``IMGCLF_FEATURE_MEMO``;
+    ``imgclf.model.featurememo``)."""
+    return bool(value("IMGCLF_FEATURE_MEMO"))
+
+
 def environment_without_secrets() -> dict[str, str]:
     """This process's environment less the secrets (``SECRET_NAMES``), for a child process
     that needs none of them."""

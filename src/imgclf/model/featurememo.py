@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from imgclf.config import catalogue
+from imgclf import config
 
 #: Features kept at most (float32), over all backbones: the oldest backbone's go first.
 MAX_BYTES = 256 * 2**20
@@ -48,7 +48,7 @@ def enabled() -> bool:
     Raises:
         ConfigError: a value other than 0 or 1.
     """
-    return bool(catalogue.value("IMGCLF_FEATURE_MEMO"))
+    return config.feature_memo()
 
 
 def clear() -> None:
