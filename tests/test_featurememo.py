@@ -103,14 +103,40 @@ def test_switched_off_or_full_it_computes_and_keeps_within_its_bound(counted, im
         network.backbone_features(model, images)
     monkeypatch.delenv("IMGCLF_FEATURE_MEMO")
     width = network.backbone_features(model, images[:10]).shape[1]
-    assert featurememo.kept_bytes() == 10 * width * 4
-    monkeypatch.setattr(featurememo, "MAX_BYTES", 15 * width * 4)
+    row = 4 * width + 2 * featurememo.ROW_OVERHEAD  # mid: two outputs, two entries a row
+    assert featurememo.kept_bytes() == 10 * row
+    monkeypatch.setattr(featurememo, "MAX_BYTES", 15 * row)
     network.backbone_features(lite0("mid", size=40), images[:10])  # another backbone: the
-    assert featurememo.kept_bytes() == 10 * width * 4  # first one's are dropped
+    assert featurememo.kept_bytes() == 10 * row  # first one's are dropped
     network.backbone_features(model, images[:10])
-    assert counted[-1] == 10
-    network.backbone_features(model, images)  # more than the bound alone: nothing kept
-    assert featurememo.kept_bytes() == 0
+    assert counted[-1] == 10 and featurememo.kept_bytes() == 10 * row
+    assert len(network.backbone_features(model, images)) == 40  # cannot fit: computed, not
+    assert counted[-1] == 30 and featurememo.kept_bytes() == 10 * row  # kept
+    network.backbone_features(model, images[:10])
+    assert counted[-1] == 30, "what was kept still serves"
+
+
+def test_frozen_statistics_duplicates_none_and_a_cache_file(counted, images, tmp_path):
+    model = lite0("mid")
+    network.freeze_backbone(model, 0)
+    before = network.backbone_features(model, images[:8])
+    norm = model.get_layer(network.BACKBONE_NAME).get_layer("block15_project_bn")
+    norm.moving_mean.assign(np.asarray(norm.moving_mean) + 1.0)  # not a trainable weight
+    after = network.backbone_features(model, images[:8])
+    assert counted == [8, 8] and not np.allclose(before, after)
+    twice = np.concatenate([images[20:24], images[20:24]])
+    got = network.backbone_features(model, twice)
+    # kept once each: 8 + 8 (both statistics) + 4
+    assert counted[-1] == 8 and featurememo.kept_bytes() == 20 * (
+        4 * got.shape[1] + 2 * featurememo.ROW_OVERHEAD
+    )
+    np.testing.assert_array_equal(got[:4], got[4:])
+    assert network.backbone_features(model, images[:0]).shape[0] == 0
+    # a memory-mapped file is read by rows, as an array would be
+    mapped = np.lib.format.open_memmap(tmp_path / "m.npy", "w+", np.uint8, images.shape)
+    mapped[:] = images
+    np.testing.assert_array_equal(network.backbone_features(model, mapped)[20:24], got[:4])
+    assert counted[-1] == 40 - 8 - 4  # the images seen before are read
 
 
 def _folder(root, per_class: dict[str, int]) -> None:

@@ -29,16 +29,20 @@ import numpy as np
 
 from imgclf import config
 
-#: Features kept at most (float32), over all backbones: the oldest backbone's go first.
+#: Features kept at most (float32 rows and their bookkeeping), over all backbones: the least
+#: recently used backbone's go first; a request that cannot fit is computed and not kept.
 MAX_BYTES = 256 * 2**20
-#: Images read (and digested) at a time: a memory-mapped set is never read whole.
+#: Bookkeeping of a kept row (its array and its dictionary entry), counted against MAX_BYTES.
+ROW_OVERHEAD = 200
+#: Images read (and digested, and computed) at a time: a memory-mapped set is never read whole.
 CHUNK = 1024
 #: Layer-name prefixes of an EfficientNet-Lite (``efficientnet_lite.build``); "top" is the
 #: final convolution, which only the ``top`` output depends on.
 STEM_AND_BLOCKS, TOP = ("stem", "block"), "top"
 
 _lock = threading.Lock()
-_memo: OrderedDict[tuple, dict[bytes, np.ndarray]] = OrderedDict()
+#: {backbone (front, digest of stem and blocks): {output key: {image digest: row}}}
+_memo: OrderedDict[tuple, dict[tuple, dict[bytes, np.ndarray]]] = OrderedDict()
 _sizes: dict[tuple, int] = {}
 
 
@@ -59,7 +63,7 @@ def clear() -> None:
 
 
 def kept_bytes() -> int:
-    """Bytes of features kept now."""
+    """Bytes of features kept now (with their bookkeeping)."""
     with _lock:
         return sum(_sizes.values())
 
@@ -67,48 +71,65 @@ def kept_bytes() -> int:
 def features(model, base, images, compute: Callable[[object], np.ndarray]) -> np.ndarray:
     """``compute(images)`` (the pooled features of ``model``, whose backbone is the nested
     ``base``), with the rows of images seen before read from the memo and only the others
-    computed; ``images`` is anything ``compute`` takes that numpy can index by rows."""
-    keys = _output_keys(model, base) if enabled() and len(images) else None
-    if keys is None:
+    computed, ``CHUNK`` at a time; ``images`` is anything ``compute`` takes that numpy can
+    index by rows (an array, a memory-mapped cache)."""
+    found = _output_keys(model, base) if enabled() and len(images) else None
+    if found is None:
         return compute(images)
+    group, keys = found
     digests = _digests(images)
     with _lock:
-        kept = [_memo.get(key, {}) for key, _ in keys]
+        kept = [_memo.get(group, {}).get(key, {}) for key, _ in keys]
         known = {
             index: np.concatenate([rows[digest] for rows in kept])
             for index, digest in enumerate(digests)
             if all(digest in rows for rows in kept)
         }
+        if known:
+            _memo.move_to_end(group)
     missing = np.array([i for i in range(len(digests)) if i not in known], dtype=np.int64)
-    if not len(missing):
-        return np.stack([known[i] for i in range(len(digests))])
-    fresh = np.asarray(compute(images[missing]), np.float32)
-    _store(keys, [digests[i] for i in missing], fresh)
-    if not known:
-        return fresh
-    out = np.empty((len(digests), fresh.shape[1]), np.float32)
-    out[missing] = fresh
+    width = sum(w for _, w in keys)
+    out = np.empty((len(digests), width), np.float32)
     for index, row in known.items():
         out[index] = row
+    for start in range(0, len(missing), CHUNK):
+        part = missing[start : start + CHUNK]
+        out[part] = np.asarray(compute(images[part]), np.float32)
+    if len(missing):
+        _store(group, keys, [digests[i] for i in missing], out[missing])
     return out
 
 
-def _store(keys: list[tuple[tuple, int]], digests: list[bytes], fresh: np.ndarray) -> None:
+def _store(group: tuple, keys: list, digests: list[bytes], fresh: np.ndarray) -> None:
+    """Keep ``fresh``'s rows under ``group`` if they fit in ``MAX_BYTES`` once the least
+    recently used other backbones are dropped; else keep nothing new."""
     starts = np.cumsum([0] + [width for _, width in keys])
     with _lock:
-        for (key, width), start in zip(keys, starts[:-1], strict=True):
-            rows = _memo.setdefault(key, {})
-            _memo.move_to_end(key)
-            for digest, row in zip(digests, fresh[:, start : start + width], strict=True):
-                if digest not in rows:
-                    rows[digest] = row.copy()
-                    _sizes[key] = _sizes.get(key, 0) + row.nbytes
-        while sum(_sizes.values()) > MAX_BYTES and len(_memo) > 1:
-            oldest, _ = _memo.popitem(last=False)
-            _sizes.pop(oldest, None)
-        if sum(_sizes.values()) > MAX_BYTES:  # one backbone's features alone: keep none
-            _memo.clear()
-            _sizes.clear()
+        outputs = _memo.get(group, {})
+        new = [
+            (key, start, width, _unseen(digests, outputs.get(key, {})))
+            for (key, width), start in zip(keys, starts[:-1], strict=True)
+        ]
+        needed = sum((4 * width + ROW_OVERHEAD) * len(rows) for _, _, width, rows in new)
+        others = [g for g in _memo if g != group]
+        while others and sum(_sizes.values()) + needed > MAX_BYTES:
+            dropped = others.pop(0)
+            del _memo[dropped]
+            _sizes.pop(dropped, None)
+        if sum(_sizes.values()) + needed > MAX_BYTES:
+            return
+        outputs = _memo.setdefault(group, {})
+        _memo.move_to_end(group)
+        for key, start, width, rows in new:
+            kept = outputs.setdefault(key, {})
+            for index in rows:
+                kept[digests[index]] = fresh[index, start : start + width].copy()
+        _sizes[group] = _sizes.get(group, 0) + needed
+
+
+def _unseen(digests: list[bytes], rows: dict) -> list[int]:
+    """The index of each digest not in ``rows``, once each."""
+    return list({d: i for i, d in enumerate(digests) if d not in rows}.values())
 
 
 def _digests(images) -> list[bytes]:
@@ -121,11 +142,16 @@ def _digests(images) -> list[bytes]:
     return out
 
 
-def _output_keys(model, base) -> list[tuple[tuple, int]] | None:
-    """``[(key, width)]`` for each of ``base``'s outputs in order (each pooled to ``width``
-    features), or None where ``base`` is not an EfficientNet-Lite."""
+def _output_keys(model, base) -> tuple[tuple, list[tuple[tuple, int]]] | None:
+    """``(group, [(key, width)])``: the backbone's group (what every output depends on) and
+    a key for each of ``base``'s outputs in order (each pooled to ``width`` features), or None
+    where ``base`` is not an EfficientNet-Lite."""
+    from imgclf.model import efficientnet_lite
+
     names = [layer.name for layer in base.layers if layer.weights]
     if not names or not all(name.startswith((*STEM_AND_BLOCKS, TOP)) for name in names):
+        return None
+    if not base.layers[0].name.startswith(tuple(efficientnet_lite.VARIANTS)):
         return None
     position = {id(tensor): index for index, tensor in enumerate(base.outputs)}
     outputs = [None] * len(base.outputs)
@@ -134,16 +160,13 @@ def _output_keys(model, base) -> list[tuple[tuple, int]] | None:
             outputs[position[id(layer.output)]] = layer.name
     if None in outputs:
         return None
-    front = _front(model, base)
-    blocks = _weights_digest(base, STEM_AND_BLOCKS)
+    group = (_front(model, base), _weights_digest(base, STEM_AND_BLOCKS))
     every = _weights_digest(base, (*STEM_AND_BLOCKS, TOP))
-    return [
-        (
-            (front, name, every if name.startswith(TOP) else blocks),
-            int(tensor.shape[-1]),
-        )
+    keys = [
+        ((name, every if name.startswith(TOP) else b""), int(tensor.shape[-1]))
         for name, tensor in zip(outputs, base.outputs, strict=True)
     ]
+    return group, keys
 
 
 def _front(model, base) -> str:
@@ -152,8 +175,8 @@ def _front(model, base) -> str:
     for layer in model.layers:
         if layer is base:
             break
-        config = {k: v for k, v in layer.get_config().items() if k not in ("name", "trainable")}
-        parts.append(type(layer).__name__ + json.dumps(config, sort_keys=True, default=repr))
+        described = {k: v for k, v in layer.get_config().items() if k not in ("name", "trainable")}
+        parts.append(type(layer).__name__ + json.dumps(described, sort_keys=True, default=repr))
     return "|".join(parts)
 
 
@@ -162,6 +185,7 @@ def _weights_digest(base, prefixes: tuple[str, ...]) -> bytes:
     for layer in base.layers:
         if not layer.name.startswith(prefixes):
             continue
+        digest.update(f"{layer.name}:{layer.dtype_policy.name}".encode())
         for variable in layer.weights:
             value = np.ascontiguousarray(np.asarray(variable))
             digest.update(f"{layer.name}/{variable.name}{value.dtype.str}{value.shape}".encode())
