@@ -13,8 +13,9 @@ So the model choice's ``all`` features serve a model built with ``mid``, and a b
 blocks were fine-tuned has other weights, so other keys: nothing stale can be read.
 
 Other backbones (``keras.applications``) are computed every time. ``IMGCLF_FEATURE_MEMO=0``
-turns the memo off (a benchmark's side-by-side run); at most ``MAX_BYTES`` of features are
-kept, the oldest backbone's dropped first.
+turns the memo off (a benchmark's side-by-side run). At most ``MAX_BYTES`` are kept, the least
+recently used backbone's dropped first; what cannot fit is computed and not kept.
+``posthoc.fit``, a training run's last reader, frees them all.
 """
 
 from __future__ import annotations
