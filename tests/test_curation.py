@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import fill, png
 
-from imgclf.data import curation, filecuration, folders, manifest, uploadrules, uploads
+from imgclf.data import audit, curation, filecuration, folders, manifest, uploadrules, uploads
 from imgclf.model import training
 
 
@@ -126,6 +126,45 @@ def test_rename_a_misspelt_class_moves_files_and_manifest_rows_keeping_their_spl
         assert (data_dir / row["stored_as"]).is_file()
     duplicate = uploads.store_upload([("x", "y.png", png(200))], uploads_dir, index)
     assert duplicate.duplicates[0]["duplicate_of"].startswith(f"uploads/{names['c']}/seven/")
+
+
+def test_the_audits_rows_follow_a_renamed_class(store):
+    """Findings about images of a renamed class keep naming them (new place, new label), a
+    near-duplicate's conflict is judged again, and a suggestion of the old name, now gone,
+    becomes the new one; other classes' rows stay as they were."""
+    data_dir, _, names = store
+    uploads_dir = data_dir / "uploads"
+    rows = {row["label"]: row for row in rows_of(uploads_dir / names["c"])}
+    sevn, cat = rows["sevn"], rows["cat"]
+    near = {**sevn, "batch": names["c"], "duplicate_of": cat["stored_as"]}
+    audit.write(
+        uploads_dir, names["c"], [], [{**near, "duplicate_label": "cat", "conflict": True}]
+    )
+    issues = [
+        {**sevn, "suggested_label": "cat", "score": 0.1},
+        {**cat, "suggested_label": "sevn", "score": 0.2},
+    ]
+    audit.record_label_check(uploads_dir, names["c"], {"state": "done", "issues": issues})
+    scan = {"state": "done", "label_issues": [{**sevn, "suggested_label": "cat", "score": 0.3}]}
+    audit.write_training(uploads_dir, scan)
+    before = audit.read(uploads_dir)
+    assert len(before["label_issues"]) == 2 and len(before["near_duplicates"]) == 1
+
+    curation.rename_class(uploads_dir, "sevn", "cat")  # merged: no longer a conflict
+    found = audit.read(uploads_dir)
+    moved = sevn["stored_as"].replace("/sevn/", "/cat/")
+    assert (data_dir / moved).is_file()
+    [twin] = found["near_duplicates"]
+    assert twin["stored_as"] == moved and twin["label"] == "cat" and twin["conflict"] is False
+    by_place = {row["stored_as"]: row for row in found["label_issues"]}
+    assert by_place.keys() == {moved, cat["stored_as"]}
+    assert by_place[moved]["label"] == "cat"
+    assert by_place[cat["stored_as"]] == {
+        "batch": names["c"],
+        **issues[1],
+        "suggested_label": "cat",
+    }
+    assert audit.read(uploads_dir, names["a"]) is None  # batches without findings: none made
 
 
 def test_rename_into_an_existing_class_merges_the_images(store):

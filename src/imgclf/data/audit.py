@@ -301,6 +301,62 @@ def summary(found: dict) -> str:
     return " ".join(said)
 
 
+#: Fields of an audit row that name an image's place (``uploads/<batch>/<class>/<file>``),
+#: each with the field that holds that image's label.
+PLACES = {"stored_as": "label", "duplicate_of": "duplicate_label"}
+
+
+def follow_rename(
+    uploads_dir: Path, name: str, new_name: str, batches: set[str], gone: bool
+) -> int:
+    """Rewrite the audit after the uploaded class ``name`` of ``batches`` became ``new_name``
+    (``curation.rename_class``), so that its rows follow the images rather than vanish: each
+    image that moved keeps its row under its new place and label, a near-duplicate's
+    ``conflict`` is judged again, and where no class ``name`` is left (``gone``) a suggested
+    label ``name`` becomes ``new_name``. Returns how many rows changed."""
+    folder = uploads_dir / AUDIT_DIR
+    paths = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    changed = 0
+    for path in paths:
+        with FileLock(str(path) + ".lock"):  # as record_label_check writes
+            record = json.loads(path.read_text())
+            count = sum(_renamed(row, name, new_name, batches, gone) for row in _rows(record))
+            if count:
+                write_json_atomic(path, record)
+        changed += count
+    return changed
+
+
+def _rows(value):
+    """Every audit row (a dict naming an image's place) anywhere in ``value``."""
+    if isinstance(value, list):
+        for item in value:
+            yield from _rows(item)
+    elif isinstance(value, dict):
+        if any(isinstance(value.get(place), str) for place in PLACES):
+            yield value
+        for item in value.values():
+            if isinstance(item, list | dict):
+                yield from _rows(item)
+
+
+def _renamed(row: dict, name: str, new_name: str, batches: set[str], gone: bool) -> bool:
+    """Rename ``row``'s images of class ``name`` in ``batches`` in place; whether it changed."""
+    before = dict(row)
+    for place, label in PLACES.items():
+        parts = str(row.get(place) or "").split("/")
+        if len(parts) == 4 and parts[0] == "uploads" and parts[1] in batches:
+            if parts[2] == name:
+                row[place] = "/".join([parts[0], parts[1], new_name, parts[3]])
+                if row.get(label) == name:
+                    row[label] = new_name
+    if "conflict" in row and isinstance(row.get("duplicate_label"), str):
+        row["conflict"] = row.get("label") != row["duplicate_label"]
+    if gone and row.get("suggested_label") == name:
+        row["suggested_label"] = new_name
+    return row != before
+
+
 def forget(uploads_dir: Path, batch: str) -> None:
     """Drop a deleted batch's audit (its findings named images that are gone)."""
     if BATCH_NAME.match(batch):

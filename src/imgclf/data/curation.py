@@ -35,7 +35,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from imgclf.data import folders, manifest, uploadrules
+from imgclf.data import audit, folders, manifest, uploadrules
 
 WORK_PREFIX = ".curation-"
 COMMIT = "COMMIT"
@@ -180,6 +180,11 @@ def rename_class(uploads_dir: Path, name: str, new_name: str) -> dict:
             raise InvalidName(f"the class is already named {name!r}")
         merged = any(new_name in batch_counts(batch) for batch in batches(uploads_dir))
         apply_plan(uploads_dir, {batch: _builder(name, new_name) for batch in counts})
+        # the audit's rows follow the images (after the change: a crash before leaves them
+        # naming files that are gone, which GET /data/issues leaves out)
+        data_dir = uploads_dir.parent
+        gone = not any((data_dir / split / name).is_dir() for split in folders.SPLITS)
+        audit.follow_rename(uploads_dir, name, new_name, set(counts), gone)
     result = result_of("rename-class", name, counts, set())
     return {**result, "new_name": new_name, "merged": merged}
 
