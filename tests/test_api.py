@@ -228,6 +228,8 @@ def test_metrics_are_prometheus_text(client, project):
     predicted = ("imgclf_predictions_total", (("label", label), ("model_version", "v0001")))
     assert after[predicted] - before.get(predicted, 0) == 1
     assert after[("imgclf_model_info", (("version", "v0001"),))] == 1
+    runtime = client.get("/health").get_json()["runtime"]
+    assert after[("imgclf_workers_serving", (("runtime", runtime), ("version", "v0001")))] == 1
     assert 0 <= after[("imgclf_uptime_seconds", ())] < 3600
     assert any(name == "imgclf_predict_latency_seconds_bucket" for name, _ in after)
 

@@ -28,6 +28,7 @@ from conftest import (
     settled,
     wait_for,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 from imgclf.model import registry
 
@@ -167,6 +168,17 @@ def test_a_rollback_reaches_both_workers(retrained):
     wait_for(lambda: set(worker_versions(url).values()) == {"v0001"}, 30, "both on v0001")
     print(f"both workers served v0001 {time.time() - rolled_at:.2f} s after the rollback")
     assert len(worker_versions(url)) == 2
+
+    def serving() -> dict[str, float]:  # summed over the live workers, whichever is scraped
+        return {
+            sample.labels["version"]: sample.value
+            for family in text_string_to_metric_families(requests.get(f"{url}/metrics").text)
+            for sample in family.samples
+            if sample.name == "imgclf_workers_serving" and sample.labels["runtime"] == "jax"
+        }
+
+    wait_for(lambda: serving().get("v0001") == 2.0, 10, "the metric counting both on v0001")
+    assert serving()[retrained.new_version] == 0.0
 
 
 def test_the_metrics_count_the_predictions_and_the_promoted_job(retrained):

@@ -15,6 +15,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -72,7 +73,17 @@ BATCH_QUEUE_WAIT = Histogram(
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
     registry=None,
 )
+WORKERS_SERVING = Gauge(
+    "imgclf_workers_serving",
+    "Workers serving a model, by the runtime that computes its predictions (jax, openvino) and "
+    "its version, summed over the live workers: a worker that fell back to JAX, or one still "
+    "on the previous version, shows here whichever worker is scraped.",
+    ["runtime", "version"],
+    multiprocess_mode="livesum",
+    registry=None,
+)
 OWN_METRICS = (
+    WORKERS_SERVING,
     REQUESTS,
     PREDICT_LATENCY,
     PREDICTIONS,
@@ -81,6 +92,15 @@ OWN_METRICS = (
     BATCH_IMAGES,
     BATCH_QUEUE_WAIT,
 )
+
+
+def serving(before: tuple[str, str] | None, now: tuple[str, str]) -> tuple[str, str]:
+    """Count this worker under ``now`` (runtime, version) in ``WORKERS_SERVING`` instead of
+    ``before``; returns ``now``."""
+    if before is not None and before != now:
+        WORKERS_SERVING.labels(*before).set(0)
+    WORKERS_SERVING.labels(*now).set(1)
+    return now
 
 
 class ServiceCollector:

@@ -75,6 +75,8 @@ class WorkerState:
         #: under gunicorn: this worker's mark that it serves at full speed (``readiness``)
         self.ready_mark = ready_mark(server.metrics_dir, os.getpid())
         self.workers = server.workers
+        #: (runtime, version) this worker counts under in metrics.WORKERS_SERVING
+        self._serving: tuple[str, str] | None = None
         self.model = LiveModel(
             settings.models_dir,
             service.reload_poll_s,
@@ -116,6 +118,7 @@ class WorkerState:
         }
 
     def _loaded(self, predictor: Predictor) -> None:
+        self._serving = metrics.serving(self._serving, (predictor.runtime, predictor.version))
         if self.ready_mark is not None:
             self.ready_mark.touch()
 
