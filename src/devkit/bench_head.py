@@ -21,15 +21,13 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from devkit.bench_train import _environment, publish
-from imgclf.config import PROJECT_ROOT
+from devkit.bench_train import _environment, child, publish
 
 MARKERS = ("<!-- bench-head -->", "<!-- /bench-head -->")
 PHASES = ("tap choice", "head", "test", "post-hoc")
@@ -87,17 +85,7 @@ def run(data_dir: Path, size: int) -> dict:
 
 def _child(data_dir: Path, size: int, memo: bool) -> dict:
     env = {**os.environ, "IMGCLF_FEATURE_MEMO": "1" if memo else "0"}
-    result = subprocess.run(
-        [sys.executable, "-m", "devkit.bench_head", "run", str(data_dir), str(size)],
-        capture_output=True,
-        text=True,
-        cwd=PROJECT_ROOT,
-        env=env,
-        check=False,
-    )
-    if result.returncode:
-        raise RuntimeError(f"bench-head run failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return child("devkit.bench_head", "run", str(data_dir), str(size), env=env)
 
 
 def table(record: dict) -> str:

@@ -161,17 +161,28 @@ def bare_step(size: int, batch: int, batches: int = 40) -> dict:
     return {"step_ms": round(seconds * 1000, 2), "images_per_s": round(batch / seconds, 1)}
 
 
-def _child(*args: str) -> dict:
+def child(module: str, *args: str, env: dict | None = None) -> dict:
+    """Run ``python -m module args`` (one measurement in a process of its own) and return the
+    JSON its last line of output prints.
+
+    Raises:
+        RuntimeError: it failed (with the end of its stderr).
+    """
     result = subprocess.run(
-        [sys.executable, "-m", "devkit.bench_train", *args],
+        [sys.executable, "-m", module, *args],
         capture_output=True,
         text=True,
         cwd=PROJECT_ROOT,
+        env=env,
         check=False,
     )
     if result.returncode:
-        raise RuntimeError(f"bench-train {args[0]} failed:\n{result.stderr[-3000:]}")
+        raise RuntimeError(f"{module} {args[0]} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _child(*args: str) -> dict:
+    return child("devkit.bench_train", *args)
 
 
 def table(record: dict) -> str:
