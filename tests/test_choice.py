@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from imgclf.data import augment, folders
-from imgclf.model import choice, network, training
+from imgclf.model import choice, efficientnet_lite, network, training
 
 pytestmark = pytest.mark.skipif(
     not (folders.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
@@ -30,7 +30,7 @@ def test_few_photos_get_the_pretrained_backbone_with_the_evidence(photos):
     # measured: the backbone about 0.8, the CNN at chance (0.33) on every fold; a margin of
     # more than 0.3 cannot be crossed by a machine's rounding
     assert made.backbone == choice.BACKBONE and made.backbone_weights == "imagenet"
-    assert made.tap in ("top", "mid", "all") and made.folds == 3 and made.images == 90
+    assert made.tap in efficientnet_lite.TAPS and made.folds == 3 and made.images == 90
     cnn, backbone = made.scores.values()
     assert len(cnn) == len(backbone) == 3
     assert min(backbone) - max(cnn) > 0.3, made.scores

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 from test_torchweights import state_dict_file
@@ -211,7 +212,8 @@ def test_a_feature_tap_pools_the_named_stages_saves_and_is_chosen_on_training_im
         model = network.build_model(3, (24, 24, 1), backbone="efficientnet_lite0",
                                     backbone_size=32, backbone_tap=tap)  # fmt: skip
         widths[tap] = model.get_layer(network.FEATURES_NAME).input.shape[-1]
-    assert widths == {"top": 1280, "mid": 192 + 320, "all": 192 + 320 + 1280}
+    # at 32 px the stages' output is 1x1: the grid is one region, the mid features
+    assert widths == {"top": 1280, "mid": 192 + 320, "all": 192 + 320 + 1280, "grid": 192 + 320}
     # the tap survives saving; "top" is not part of a "mid" model, so fine-tuning skips it
     images = np.random.default_rng(1).integers(0, 255, (4, 24, 24, 1), dtype=np.uint8)
     before = network.predict_proba(model, images)
@@ -236,3 +238,40 @@ def test_a_feature_tap_pools_the_named_stages_saves_and_is_chosen_on_training_im
     assert "cross-validated" in choice.describe()
     with pytest.raises(ValueError, match="EfficientNet-Lite"):
         taps.choose_tap(dataset, "mobilenet_v2")
+
+
+def test_the_grid_tap_averages_each_region_as_adaptive_pooling_does_and_surveys_every_tap():
+    """At 224 px the last two stages' output is 7x7: the grid's regions are rows and columns
+    0-2, 2-4 and 4-6 (floor(i * 7 / 3) to ceil((i + 1) * 7 / 3)), overlapping as adaptive
+    pooling's do, each averaged; the survey model gives every tap's columns in one pass."""
+    model = network.build_model(3, (224, 224, 3), backbone="efficientnet_lite0",
+                                backbone_size=224, backbone_tap="grid")  # fmt: skip
+    images = np.random.default_rng(2).uniform(0, 1, (2, 224, 224, 3)).astype(np.float32)
+    maps = [model.get_layer(f"backbone_grid{i}_00").input for i in range(2)]
+    stage6, stage7 = keras.Model(model.input, maps)(images)
+    regions = [(0, 3), (2, 5), (4, 7)]
+    expected = np.concatenate(
+        [np.asarray(m)[:, a:b, c:d].mean((1, 2)) for m in (stage6, stage7)
+         for a, b in regions for c, d in regions], axis=1,
+    )  # fmt: skip
+    got = network.backbone_features(model, images, reuse=False)
+    assert got.shape == (2, 9 * (192 + 320))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+    survey = network.build_model(3, (224, 224, 3), backbone="efficientnet_lite0",
+                                 backbone_size=224, backbone_tap=el.SURVEY)  # fmt: skip
+    grid_base = model.get_layer(network.BACKBONE_NAME)
+    for layer in survey.get_layer(network.BACKBONE_NAME).layers:  # the same random weights
+        if layer.weights and not layer.name.startswith("top"):
+            layer.set_weights(grid_base.get_layer(layer.name).get_weights())
+    columns = network.survey_columns(survey)
+    everything = network.backbone_features(survey, images, reuse=False)
+    assert {t: everything[:, c].shape[1] for t, c in columns.items()} == {
+        "top": 1280, "mid": 512, "all": 1792, "grid": 9 * 512,
+    }  # fmt: skip
+    np.testing.assert_allclose(everything[:, columns["grid"]], got, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        everything[:, columns["mid"]], np.concatenate(
+            [np.asarray(m).mean((1, 2)) for m in (stage6, stage7)], axis=1
+        ), rtol=1e-4, atol=1e-4,
+    )  # fmt: skip

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from imgclf.config.readers import ConfigError
-from imgclf.model import featurememo, network, posthoc, taps, training
+from imgclf.model import efficientnet_lite, featurememo, network, posthoc, taps, training
 
 SIZE = 32  # the backbone's input side: small, so that a forward pass is quick
 
@@ -182,3 +182,25 @@ def test_head_only_training_reads_each_training_image_through_the_backbone_once(
     assert calibrated[0]["temperature"] == pytest.approx(calibrated[1]["temperature"], rel=1e-3)
     unknown = trust["unknown"], trust_again["unknown"]
     assert unknown[0].keys() == unknown[1].keys()
+
+
+def test_the_surveys_features_serve_a_grid_model_region_by_region(counted, images):
+    """The tap choice's survey (every tap, ``grid`` too) in one pass; a ``grid`` model and a
+    ``mid`` model then read it, each region under a key of its own, and get what they would
+    compute."""
+    survey = lite0(efficientnet_lite.SURVEY, size=64)  # 2x2 maps: 4 regions of one cell each
+    first = network.backbone_features(survey, images)
+    assert counted == [40]
+    columns = network.survey_columns(survey)
+    for tap in ("grid", "mid"):
+        model = lite0(tap, size=64)
+        reused = network.backbone_features(model, images)
+        assert counted == [40], f"a {tap} model read what the survey computed"
+        direct = network.backbone_features(model, images, reuse=False)
+        counted.pop()  # the direct pass
+        assert reused.shape == direct.shape == first[:, columns[tap]].shape
+        np.testing.assert_allclose(reused, direct, rtol=1e-4, atol=1e-5)
+    assert first[:, columns["grid"]].shape[1] == 4 * 512
+    # the regions differ: a region's key is not the whole map's
+    grid = first[:, columns["grid"]].reshape(40, 4, 512)
+    assert not np.allclose(grid[:, 0], grid[:, 3])

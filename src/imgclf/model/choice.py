@@ -157,7 +157,7 @@ def _backbone(dataset, backbone_size) -> tuple[object, float]:
         backbone=BACKBONE,
         backbone_weights=WEIGHTS,
         backbone_size=backbone_size,
-        backbone_tap="all",
+        backbone_tap=efficientnet_lite.SURVEY,
     )
     probe = dataset.train.images[: min(PROBE_IMAGES, len(dataset.train.images))]
     network.backbone_features(model, probe, reuse=False)  # compiles
@@ -222,7 +222,7 @@ def _compare(dataset, params, augmentation, seed, backbone, chosen, folds) -> tu
     labels = np.asarray(dataset.train.labels)[chosen]
     features = network.backbone_features(backbone, dataset.train.images[chosen])
     splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    by_tap = taps.fold_scores(features, labels, splitter)
+    by_tap = taps.fold_scores(features, labels, splitter, network.survey_columns(backbone))
     tap = max(efficientnet_lite.TAPS, key=lambda t: by_tap[t].mean())  # first on a tie
     cnn = np.array(
         [

@@ -12,6 +12,7 @@ that the output depends on (the stem and blocks; the final convolution too for `
 So the model choice's ``all`` features serve a model built with ``mid``, and a backbone whose
 blocks were fine-tuned has other weights, so other keys: nothing stale can be read.
 
+A piece pooled over a region of the output (the ``grid`` tap) has a key of its own.
 Other backbones (``keras.applications``) are computed every time. ``IMGCLF_FEATURE_MEMO=0``
 turns the memo off (a benchmark's side-by-side run). At most ``MAX_BYTES`` are kept, the least
 recently used backbone's dropped first; what cannot fit is computed and not kept.
@@ -159,15 +160,41 @@ def _output_keys(model, base) -> tuple[tuple, list[tuple[tuple, int]]] | None:
     for layer in base.layers:
         if id(layer.output) in position:
             outputs[position[id(layer.output)]] = layer.name
-    if None in outputs:
+    pieces = _pieces(model, base)
+    if None in outputs or pieces is None:
         return None
     group = (_front(model, base), _weights_digest(base, STEM_AND_BLOCKS))
     every = _weights_digest(base, (*STEM_AND_BLOCKS, TOP))
-    keys = [
-        ((name, every if name.startswith(TOP) else b""), int(tensor.shape[-1]))
-        for name, tensor in zip(outputs, base.outputs, strict=True)
-    ]
+    keys = []
+    for index, region, width in pieces:
+        name = outputs[index]
+        keys.append(((name, every if name.startswith(TOP) else b"", region), width))
     return group, keys
+
+
+def _pieces(model, base) -> list[tuple[int, tuple, int]] | None:
+    """``[(output, region, width)]``: for each part of the model's pooled features in order,
+    which of ``base``'s outputs it pools, over which region (``()``: the whole map; else a
+    crop's margins, ``network._grid``) and how many features it gives; None for any other
+    shape of model."""
+    from imgclf.model import network
+
+    pooled = model.get_layer(network.FEATURES_NAME).input
+    last = pooled._keras_history.operation
+    parts = last.input if type(last).__name__ == "Concatenate" else [pooled]
+    found = []
+    for part in parts:
+        pool = part._keras_history.operation
+        if type(pool).__name__ != "GlobalAveragePooling2D":
+            return None
+        source, region = pool.input, ()
+        crop = source._keras_history.operation
+        if type(crop).__name__ == "Cropping2D":
+            source, region = crop.input, tuple(map(tuple, crop.cropping))
+        if source._keras_history.operation is not base:
+            return None
+        found.append((source._keras_history.tensor_index, region, int(part.shape[-1])))
+    return found
 
 
 def _front(model, base) -> str:

@@ -86,6 +86,11 @@ def _conv_block(x, filters: int, l2: float, name: str):
     return layers.MaxPooling2D(name=f"{name}_pool")(x)
 
 
+def survey_columns(model: keras.Model) -> dict[str, slice]:
+    """Each tap's columns of the features of a model built with ``efficientnet_lite.SURVEY``."""
+    return efficientnet_lite.survey_columns(model.get_layer(BACKBONE_NAME))
+
+
 def _backbone(
     name: str,
     x,
@@ -99,7 +104,8 @@ def _backbone(
     Grayscale is repeated to three channels; an EfficientNet-Lite resizes its input to
     ``size`` (default: its native resolution) inside the model, so that data, evaluation and
     serving keep the data set's own size, and gives the features of ``tap``
-    (``efficientnet_lite.TAPS``; the others always give their last layer's)."""
+    (``efficientnet_lite.TAPS`` or ``efficientnet_lite.SURVEY``; the others always give
+    their last layer's)."""
     known = sorted({*BACKBONES, *efficientnet_lite.VARIANTS})
     if name not in known:
         raise ValueError(f"backbone={name!r}: expected one of {known} or None")
@@ -119,13 +125,7 @@ def _backbone(
             base = efficientnet_lite.pretrained(name, shape)
         else:
             base = efficientnet_lite.build(name, shape)
-        outputs = [base.get_layer(n).output for n in efficientnet_lite.tap_layers(base, tap)]
-        base = keras.Model(base.input, outputs, name=BACKBONE_NAME)
-        pooled = [
-            layers.GlobalAveragePooling2D(name=f"backbone_pool{index}")(output)
-            for index, output in enumerate(base(x))
-        ]
-        return layers.Concatenate(name="backbone_pool")(pooled) if len(pooled) > 1 else pooled[0]
+        return efficientnet_lite.pooled(base, x, tap, BACKBONE_NAME)
     if tap != "top":
         raise ValueError(f"backbone_tap={tap!r}: {name} gives its last layer's features only")
     constructor, scale, offset = BACKBONES[name]

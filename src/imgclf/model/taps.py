@@ -6,7 +6,8 @@ product photos) the outputs of earlier stages transfer better (measured on Fashi
 1,000 training images: 0.838 from the last layer, 0.857 from the last two stages). Which one a
 data set wants is not known in advance, so ``choose_tap`` scores each tap
 (``efficientnet_lite.TAPS``) by the cross-validated accuracy of a linear classifier on its
-pooled features: the test images play no part in the choice.
+pooled features (``grid``: pooled on a grid of regions): the test images play no part in the
+choice.
 """
 
 from __future__ import annotations
@@ -103,11 +104,11 @@ def choose_tap(
         backbone=backbone,
         backbone_weights=backbone_weights,
         backbone_size=backbone_size,
-        backbone_tap="all",
+        backbone_tap=efficientnet_lite.SURVEY,
     )
     features = network.backbone_features(model, dataset.train.images[chosen])
     splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    by_fold = fold_scores(features, labels[chosen], splitter)
+    by_fold = fold_scores(features, labels[chosen], splitter, network.survey_columns(model))
     scores = {tap: round(float(result.mean()), 4) for tap, result in by_fold.items()}
     best = max(efficientnet_lite.TAPS, key=lambda tap: scores[tap])  # first on a tie
     choice = TapChoice(best, scores, len(chosen), folds)
@@ -115,11 +116,12 @@ def choose_tap(
     return choice
 
 
-def fold_scores(features: np.ndarray, labels: np.ndarray, splitter) -> dict[str, np.ndarray]:
-    """Each tap's accuracy on each fold of ``splitter``: a linear classifier on its columns of
-    ``features`` (the backbone's ``"all"`` tap, mid then top), fitted on the other folds."""
-    top = features.shape[1] - efficientnet_lite.HEAD_FILTERS  # "all" is mid, then top
-    columns = {"top": slice(top, None), "mid": slice(0, top), "all": slice(None)}
+def fold_scores(
+    features: np.ndarray, labels: np.ndarray, splitter, columns: dict[str, slice]
+) -> dict[str, np.ndarray]:
+    """Each tap's accuracy on each fold of ``splitter``: a linear classifier on its
+    ``columns`` of ``features`` (a survey model's, ``network.survey_columns``), fitted on the
+    other folds."""
     scores = {}
     for tap in efficientnet_lite.TAPS:
         classifier = make_pipeline(
