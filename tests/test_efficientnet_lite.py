@@ -214,6 +214,7 @@ def test_a_feature_tap_pools_the_named_stages_saves_and_is_chosen_on_training_im
         widths[tap] = model.get_layer(network.FEATURES_NAME).input.shape[-1]
     # at 32 px the stages' output is 1x1: the grid is one region, the mid features
     assert widths == {"top": 1280, "mid": 192 + 320, "all": 192 + 320 + 1280, "grid": 192 + 320}
+    assert el.regions(model) == 1  # the last built: "grid" at 32 px
     # the tap survives saving; "top" is not part of a "mid" model, so fine-tuning skips it
     images = np.random.default_rng(1).integers(0, 255, (4, 24, 24, 1), dtype=np.uint8)
     before = network.predict_proba(model, images)
@@ -250,12 +251,12 @@ def test_the_grid_tap_averages_each_region_as_adaptive_pooling_does_and_surveys_
     maps = [model.get_layer(f"backbone_grid{i}_00").input for i in range(2)]
     stage6, stage7 = keras.Model(model.input, maps)(images)
     regions = [(0, 3), (2, 5), (4, 7)]
-    expected = np.concatenate(
-        [np.asarray(m)[:, a:b, c:d].mean((1, 2)) for m in (stage6, stage7)
-         for a, b in regions for c, d in regions], axis=1,
+    expected = np.concatenate(  # region by region, each region's two stages side by side
+        [np.asarray(m)[:, a:b, c:d].mean((1, 2)) for a, b in regions for c, d in regions
+         for m in (stage6, stage7)], axis=1,
     )  # fmt: skip
     got = network.backbone_features(model, images, reuse=False)
-    assert got.shape == (2, 9 * (192 + 320))
+    assert got.shape == (2, 9 * (192 + 320)) and el.regions(model) == 9
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
     survey = network.build_model(3, (224, 224, 3), backbone="efficientnet_lite0",

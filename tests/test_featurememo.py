@@ -202,5 +202,30 @@ def test_the_surveys_features_serve_a_grid_model_region_by_region(counted, image
         np.testing.assert_allclose(reused, direct, rtol=1e-4, atol=1e-5)
     assert first[:, columns["grid"]].shape[1] == 4 * 512
     # the regions differ: a region's key is not the whole map's
-    grid = first[:, columns["grid"]].reshape(40, 4, 512)
+    grid = first[:, columns["grid"]].reshape(40, 4, 512)  # region by region
     assert not np.allclose(grid[:, 0], grid[:, 3])
+
+
+def test_a_grid_model_trains_head_only_and_its_unknown_detector_averages_the_regions(
+    counted, tmp_path
+):
+    """A ``grid`` model (at 64 px: a 2x2 grid of the last two stages' output) through
+    training and the post-hoc fit: the head reads 4 x 512 features, the detector their
+    average over the regions (512), and the survey's pass is the only one."""
+    _folder(tmp_path, {"train": 20, "test": 5})
+    dataset = training.load_dataset(tmp_path, 24, "rgb")
+    params = network.TrainParams(fine_tune_epochs=0)
+    chosen = taps.choose_tap(dataset, "efficientnet_lite0", 64, "imagenet", 1)
+    assert set(chosen.scores) == set(efficientnet_lite.TAPS)
+    model = lite0("grid", size=64)
+    network.compile_model(model)
+    training.fit(model, dataset, params, None, 1, verbose=0)
+    _, probabilities = training.evaluate(model, dataset.test)
+    trusted = posthoc.fit(model, dataset, params, 1, probabilities)
+    assert counted == [60], "the survey's features served the grid model"
+    assert model.get_layer(network.HEAD_NAME).get_weights()[0].shape == (4 * 512, 3)
+    unknown = trusted.metadata()["unknown"]
+    assert unknown["regions"] == 4 and unknown["features"] == 512
+    features, _ = posthoc.features_and_probabilities(model, dataset.test.images)
+    known, scores = trusted.novelty.unknown(features)
+    assert scores.shape == (len(dataset.test.images),) and np.isfinite(scores).all()

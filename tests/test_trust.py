@@ -110,6 +110,29 @@ def test_the_unknown_threshold_holds_its_false_rate_with_confidence_and_flags_fa
         novelty.fit(features, labels, held_out[:0])
 
 
+def test_a_grid_models_detector_averages_the_regions_and_keeps_them_when_saved():
+    """A ``grid`` model's features are its regions' rows side by side: the detector measures
+    their average (as many features as the ``mid`` model's, not 9 times as many), and a file
+    saved before ``regions`` existed reads as one region."""
+    rng = np.random.default_rng(3)
+    labels = np.repeat([0, 1, 2], 100)
+    per_region = rng.normal(0, 1, (300, 3, 8)) + labels[:, None, None] * 3
+    held = rng.normal(0, 1, (60, 3, 8)) + np.repeat([0, 1, 2], 20)[:, None, None] * 3
+    grid = novelty.fit(per_region.reshape(300, 24), labels, held.reshape(60, 24), regions=3)
+    averaged = novelty.fit(per_region.mean(1), labels, held.mean(1))
+    assert grid.means.shape == (3, 8) and grid.summary()["regions"] == 3
+    probe = rng.normal(0, 1, (10, 3, 8))
+    flat = probe.reshape(10, 24)
+    np.testing.assert_allclose(grid.scores(flat), averaged.scores(probe.mean(1)))
+    again = novelty.Novelty.from_bytes(grid.to_bytes())
+    assert again.regions == 3
+    np.testing.assert_allclose(again.scores(flat), grid.scores(flat))
+    buffer = io.BytesIO()  # the file as saved before regions: three figures
+    figures = np.array([averaged.threshold, averaged.target, averaged.held_out])
+    np.savez(buffer, means=averaged.means, precision=averaged.precision, figures=figures)
+    assert novelty.Novelty.from_bytes(buffer.getvalue()).regions == 1
+
+
 def test_the_served_digits_model_answers_photos_and_noise_unknown_and_digits_known(
     trained_root,
 ):

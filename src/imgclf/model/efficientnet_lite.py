@@ -212,15 +212,32 @@ def pooled(base: keras.Model, x, tap: str, name: str):
     outputs = [base.get_layer(n).output for n in layer_names]
     maps = keras.Model(base.input, outputs, name=name)(x)
     if tap == "grid":
-        parts = [cell for index, out in enumerate(maps) for cell in _grid(out, index)]
+        parts = _regions(maps)
     else:
         parts = [
             layers.GlobalAveragePooling2D(name=f"backbone_pool{index}")(output)
             for index, output in enumerate(maps)
         ]
     if tap == SURVEY:
-        parts += [cell for index, out in enumerate(maps[:mid]) for cell in _grid(out, index)]
+        parts += _regions(maps[:mid])
     return layers.Concatenate(name="backbone_pool")(parts) if len(parts) > 1 else parts[0]
+
+
+def _regions(maps: list) -> list:
+    """Every output of ``maps`` pooled on the grid, region by region (each region's outputs
+    side by side: the features are ``regions`` rows of the outputs' widths, which the unknown
+    detector averages, ``novelty``)."""
+    cells = [_grid(output, index) for index, output in enumerate(maps)]
+    if len({len(each) for each in cells}) > 1:
+        raise ValueError("the grid tap needs outputs of one size: these differ")
+    return [each[region] for region in range(len(cells[0])) for each in cells]
+
+
+def regions(model: keras.Model) -> int:
+    """How many regions a classifier's pooled features are laid out in (``_regions``): 1
+    unless it was built with the ``grid`` tap."""
+    crops = [layer for layer in model.layers if isinstance(layer, layers.Cropping2D)]
+    return max(1, sum(1 for layer in crops if layer.name.startswith("backbone_grid0_")))
 
 
 def survey_columns(backbone: keras.Model) -> dict[str, slice]:

@@ -70,12 +70,12 @@ def kept_bytes() -> int:
         return sum(_sizes.values())
 
 
-def features(model, base, images, compute: Callable[[object], np.ndarray]) -> np.ndarray:
-    """``compute(images)`` (the pooled features of ``model``, whose backbone is the nested
-    ``base``), with the rows of images seen before read from the memo and only the others
-    computed, ``CHUNK`` at a time; ``images`` is anything ``compute`` takes that numpy can
-    index by rows (an array, a memory-mapped cache)."""
-    found = _output_keys(model, base) if enabled() and len(images) else None
+def features(model, base, pooled, images, compute: Callable[[object], np.ndarray]) -> np.ndarray:
+    """``compute(images)`` (the pooled features of ``model``, the tensor ``pooled``, whose
+    backbone is the nested ``base``), with the rows of images seen before read from the memo
+    and only the others computed, ``CHUNK`` at a time; ``images`` is anything ``compute``
+    takes that numpy can index by rows (an array, a memory-mapped cache)."""
+    found = _output_keys(model, base, pooled) if enabled() and len(images) else None
     if found is None:
         return compute(images)
     group, keys = found
@@ -144,7 +144,7 @@ def _digests(images) -> list[bytes]:
     return out
 
 
-def _output_keys(model, base) -> tuple[tuple, list[tuple[tuple, int]]] | None:
+def _output_keys(model, base, pooled) -> tuple[tuple, list[tuple[tuple, int]]] | None:
     """``(group, [(key, width)])``: the backbone's group (what every output depends on) and
     a key for each of ``base``'s outputs in order (each pooled to ``width`` features), or None
     where ``base`` is not an EfficientNet-Lite."""
@@ -160,7 +160,7 @@ def _output_keys(model, base) -> tuple[tuple, list[tuple[tuple, int]]] | None:
     for layer in base.layers:
         if id(layer.output) in position:
             outputs[position[id(layer.output)]] = layer.name
-    pieces = _pieces(model, base)
+    pieces = _pieces(base, pooled)
     if None in outputs or pieces is None:
         return None
     group = (_front(model, base), _weights_digest(base, STEM_AND_BLOCKS))
@@ -172,14 +172,11 @@ def _output_keys(model, base) -> tuple[tuple, list[tuple[tuple, int]]] | None:
     return group, keys
 
 
-def _pieces(model, base) -> list[tuple[int, tuple, int]] | None:
-    """``[(output, region, width)]``: for each part of the model's pooled features in order,
+def _pieces(base, pooled) -> list[tuple[int, tuple, int]] | None:
+    """``[(output, region, width)]``: for each part of the ``pooled`` features in order,
     which of ``base``'s outputs it pools, over which region (``()``: the whole map; else a
     crop's margins, ``network._grid``) and how many features it gives; None for any other
     shape of model."""
-    from imgclf.model import network
-
-    pooled = model.get_layer(network.FEATURES_NAME).input
     last = pooled._keras_history.operation
     parts = last.input if type(last).__name__ == "Concatenate" else [pooled]
     found = []

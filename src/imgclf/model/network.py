@@ -263,7 +263,8 @@ def backbone_features(
 
     if not reuse or not has_backbone(model):
         return compute(images)
-    return featurememo.features(model, model.get_layer(BACKBONE_NAME), images, compute)
+    base = model.get_layer(BACKBONE_NAME)
+    return featurememo.features(model, base, pooled, images, compute)
 
 
 def describe_input(model: keras.Model) -> str:

@@ -38,6 +38,8 @@ class Novelty:
     threshold: float
     target: float
     held_out: int
+    #: features laid out as this many regions' rows (the ``grid`` tap), averaged first
+    regions: int = 1
 
     def __post_init__(self) -> None:
         # precision = L L^T: the distance is a Euclidean one after one (d x d) product, so a
@@ -48,7 +50,7 @@ class Novelty:
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         """The squared Mahalanobis distance of each row to the nearest class mean."""
-        moved = np.asarray(features, np.float64) @ self._whiten  # (n, d)
+        moved = reduce(features, self.regions) @ self._whiten  # (n, d)
         distances = ((moved[:, None, :] - self._centres[None, :, :]) ** 2).sum(axis=-1)
         return distances.min(axis=1)
 
@@ -64,15 +66,18 @@ class Novelty:
             buffer,
             means=self.means,
             precision=self.precision,
-            figures=np.array([self.threshold, self.target, self.held_out]),
+            figures=np.array([self.threshold, self.target, self.held_out, self.regions]),
         )
         return buffer.getvalue()
 
     @classmethod
     def from_bytes(cls, payload: bytes) -> Novelty:
         with np.load(io.BytesIO(payload), allow_pickle=False) as arrays:
-            threshold, target, held_out = arrays["figures"].tolist()
-            return cls(arrays["means"], arrays["precision"], threshold, target, int(held_out))
+            threshold, target, held_out, *more = arrays["figures"].tolist()
+            regions = int(more[0]) if more else 1  # a detector saved before regions
+            return cls(
+                arrays["means"], arrays["precision"], threshold, target, int(held_out), regions
+            )
 
     def summary(self) -> dict:
         """What the model's metadata records (the arrays stay in ``FILE``)."""
@@ -84,7 +89,18 @@ class Novelty:
             "held_out_images": self.held_out,
             "false_unknown_bound": false_unknown_bound(self.held_out, self.target),
             "features": int(self.means.shape[1]),
+            "regions": self.regions,
         }
+
+
+def reduce(features: np.ndarray, regions: int) -> np.ndarray:
+    """``features`` as float64, each row's ``regions`` equal parts averaged: a grid model's
+    9 x 512 features become 512, as many as its ``mid`` sibling's (a precision matrix on 4,608
+    would take 170 MB a version, and on a few hundred images say little more)."""
+    features = np.asarray(features, np.float64)
+    if regions <= 1:
+        return features
+    return features.reshape(len(features), regions, -1).mean(axis=1)
 
 
 def false_unknown_bound(held_out: int, target: float) -> float:
@@ -117,9 +133,11 @@ def fit(
     labels: np.ndarray,
     held_out: np.ndarray,
     target: float = FALSE_UNKNOWN_RATE,
+    regions: int = 1,
 ) -> Novelty:
     """Fit class means and a shrunk shared covariance on ``features`` (training images), and
-    the threshold on ``held_out`` (features of in-distribution images not trained on).
+    the threshold on ``held_out`` (features of in-distribution images not trained on); with
+    ``regions``, on each row's regions averaged (``reduce``).
 
     Raises:
         ValueError: a target outside (0, 1), or no held-out images.
@@ -130,11 +148,11 @@ def fit(
         raise ValueError("the unknown threshold needs held-out in-distribution images")
     from sklearn.covariance import LedoitWolf
 
-    features, labels = np.asarray(features, np.float64), np.asarray(labels)
+    features, labels = reduce(features, regions), np.asarray(labels)
     classes = np.unique(labels)
     means = np.stack([features[labels == k].mean(axis=0) for k in classes])
     centred = features - means[np.searchsorted(classes, labels)]
     precision = LedoitWolf(assume_centered=True).fit(centred).precision_
-    detector = Novelty(means, precision, 1.0, target, len(held_out))
+    detector = Novelty(means, precision, 1.0, target, len(held_out), regions)
     threshold = conservative_threshold(detector.scores(held_out), target)
-    return Novelty(means, precision, max(threshold, 1e-9), target, len(held_out))
+    return Novelty(means, precision, max(threshold, 1e-9), target, len(held_out), regions)

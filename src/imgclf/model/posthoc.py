@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from imgclf.model import calibration, featurememo, network, novelty
+from imgclf.model import calibration, efficientnet_lite, featurememo, network, novelty
 from imgclf.model.batches import as_inputs
 
 #: Below this many held-out images, the temperature of a head-only pretrained model is also
@@ -98,7 +98,13 @@ def fit(
         (test_probabilities, dataset.test.labels),
         pooled,
     )
-    detector = novelty.fit(train_features, labels[fit_on], held_features, false_unknown)
+    detector = novelty.fit(
+        train_features,
+        labels[fit_on],
+        held_features,
+        false_unknown,
+        efficientnet_lite.regions(model),
+    )
     featurememo.clear()  # the training run's last read of its features: free them
     return Trust(fitted, detector)
 
