@@ -146,8 +146,9 @@ def _digests(images) -> list[bytes]:
 
 def _output_keys(model, base, pooled) -> tuple[tuple, list[tuple[tuple, int]]] | None:
     """``(group, [(key, width)])``: the backbone's group (what every output depends on) and
-    a key for each of ``base``'s outputs in order (each pooled to ``width`` features), or None
-    where ``base`` is not an EfficientNet-Lite."""
+    a key for each piece of ``pooled`` in order (``_pieces``: an output of ``base`` pooled
+    over the whole map or a region, to ``width`` features), or None where ``base`` is not an
+    EfficientNet-Lite."""
     from imgclf.model import efficientnet_lite
 
     names = [layer.name for layer in base.layers if layer.weights]
@@ -175,7 +176,7 @@ def _output_keys(model, base, pooled) -> tuple[tuple, list[tuple[tuple, int]]] |
 def _pieces(base, pooled) -> list[tuple[int, tuple, int]] | None:
     """``[(output, region, width)]``: for each part of the ``pooled`` features in order,
     which of ``base``'s outputs it pools, over which region (``()``: the whole map; else a
-    crop's margins, ``network._grid``) and how many features it gives; None for any other
+    crop's margins, ``efficientnet_lite._grid``) and how many features it gives; None for any other
     shape of model."""
     last = pooled._keras_history.operation
     parts = last.input if type(last).__name__ == "Concatenate" else [pooled]
